@@ -1,0 +1,44 @@
+// Linux interfaces that Swift's Glibc module leaves out. Headers that are plain POSIX or Linux (epoll, eventfd,
+// signalfd) are included here so Swift sees their types and constants; the GNU-only calls are wrapped in shim.c,
+// which is compiled with _GNU_SOURCE.
+#ifndef TCX_CLINUX_H
+#define TCX_CLINUX_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <signal.h>
+#include <syslog.h>
+
+/// splice(2) between a descriptor and a pipe, without offsets.
+ssize_t tcx_splice(int fd_in, int fd_out, size_t length, unsigned int flags);
+
+/// accept4(2) with SOCK_NONBLOCK | SOCK_CLOEXEC.
+int tcx_accept(int fd, struct sockaddr *address, socklen_t *length);
+
+/// pipe2(2) with O_CLOEXEC, and O_NONBLOCK when `nonblocking` is not 0.
+int tcx_pipe(int fds[2], int nonblocking);
+
+/// fcntl(2) F_SETPIPE_SZ; returns the new capacity or -1.
+int tcx_set_pipe_size(int fd, int size);
+
+/// fcntl(2) F_GETPIPE_SZ.
+int tcx_get_pipe_size(int fd);
+
+/// flock(2) LOCK_EX | LOCK_NB.
+int tcx_lock(int fd);
+
+/// syslog(3) with a fixed "%s" format, so a message is never read as a format.
+void tcx_syslog(int priority, const char *message);
+
+/// SPLICE_F_MOVE | SPLICE_F_NONBLOCK.
+extern const unsigned int tcx_splice_flags;
+
+/// SOCK_NONBLOCK | SOCK_CLOEXEC, for socket(2).
+extern const int tcx_sock_flags;
+
+#endif

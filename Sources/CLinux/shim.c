@@ -1,0 +1,36 @@
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <unistd.h>
+#include <sys/file.h>
+#include "CLinux.h"
+
+const unsigned int tcx_splice_flags = SPLICE_F_MOVE | SPLICE_F_NONBLOCK;
+const int tcx_sock_flags = SOCK_NONBLOCK | SOCK_CLOEXEC;
+
+ssize_t tcx_splice(int fd_in, int fd_out, size_t length, unsigned int flags) {
+    return splice(fd_in, NULL, fd_out, NULL, length, flags);
+}
+
+int tcx_accept(int fd, struct sockaddr *address, socklen_t *length) {
+    return accept4(fd, address, length, SOCK_NONBLOCK | SOCK_CLOEXEC);
+}
+
+int tcx_pipe(int fds[2], int nonblocking) {
+    return pipe2(fds, O_CLOEXEC | (nonblocking ? O_NONBLOCK : 0));
+}
+
+int tcx_set_pipe_size(int fd, int size) {
+    return fcntl(fd, F_SETPIPE_SZ, size);
+}
+
+int tcx_get_pipe_size(int fd) {
+    return fcntl(fd, F_GETPIPE_SZ);
+}
+
+int tcx_lock(int fd) {
+    return flock(fd, LOCK_EX | LOCK_NB);
+}
+
+void tcx_syslog(int priority, const char *message) {
+    syslog(priority, "%s", message);
+}

@@ -1,0 +1,84 @@
+/// One relayed connection, owned by the event loop that accepted it: its two sockets, the relay state, and what
+/// its log line needs. The loop closes both descriptors exactly once, in `EventLoop.finish`.
+final class Connection {
+    enum Phase {
+        /// The connect to `attempt`'s remote address is in progress.
+        case connecting
+        case relaying
+    }
+
+    /// Why the connection ended, for its log line.
+    enum Ending: Equatable {
+        /// Both sides sent their end of stream; `Side` sent it first.
+        case completed(first: Side?)
+        /// A call on `side` failed: a reset, or an error such as a keepalive timeout.
+        case failed(Side, Errno)
+        /// No remote address could be connected; the last error.
+        case connectFailed(String)
+        case idleTimeout
+        case shutdown
+    }
+
+    let slot: Int32
+    let generation: UInt32
+    let service: Int
+    let client: CInt
+    var server: CInt = -1
+    var phase = Phase.connecting
+    var relay = RelayState()
+    /// The remote address tried now, as an index into the service's addresses.
+    var attempt = 0
+    /// The last connect failure, for the log line when every address failed.
+    var connectError = ""
+    let clientAddress: SocketAddress
+    let localAddress: SocketAddress
+    var remoteAddress: SocketAddress?
+    let startedAt: Int64
+    var connectDeadline: Int64 = 0
+    var lastActivity: Int64
+    /// Bytes each way already added to the process's figures; a change means activity.
+    var accountedUp: UInt64 = 0
+    var accountedDown: UInt64 = 0
+    /// An entry for this connection is in the loop's timer heap.
+    var timerArmed = false
+    /// The connection is on the loop's list of connections to come back to.
+    var queued = false
+
+    init(
+        slot: Int32,
+        generation: UInt32,
+        service: Int,
+        client: CInt,
+        clientAddress: SocketAddress,
+        localAddress: SocketAddress,
+        now: Int64
+    ) {
+        self.slot = slot
+        self.generation = generation
+        self.service = service
+        self.client = client
+        self.clientAddress = clientAddress
+        self.localAddress = localAddress
+        self.startedAt = now
+        self.lastActivity = now
+    }
+
+    /// The one line logged when the connection ends: client, local and remote address, bytes each way, duration,
+    /// and who closed or which error ended it.
+    func summary(_ ending: Ending, now: Int64) -> String {
+        let remote = remoteAddress.map { $0.description } ?? "-"
+        let (up, down) = relay.bytes
+        let milliseconds = max(0, now - startedAt)
+        let seconds = "\(milliseconds / 1000).\(String(repeating: "0", count: 3 - String(milliseconds % 1000).count))\(milliseconds % 1000)"
+        let how: String
+        switch ending {
+        case .completed(let first): how = first.map { "\($0) closed first" } ?? "closed"
+        case .failed(let side, let errno): how = "aborted, \(side) error: \(errno)"
+        case .connectFailed(let reason): how = "not relayed, \(reason)"
+        case .idleTimeout: how = "closed after the idle timeout"
+        case .shutdown: how = "closed at shutdown"
+        }
+        return "\(clientAddress) -> \(localAddress) -> \(remote): \(up) bytes up, \(down) bytes down, "
+            + "\(seconds) s, \(how)"
+    }
+}

@@ -1,0 +1,317 @@
+/// Readiness of a connection's two sockets, as edge-triggered epoll last reported it and the last calls left it.
+///
+/// A flag is set by an epoll event and cleared when a call on that socket returns EAGAIN; with edge triggering,
+/// no new event comes until then.
+public struct Readiness: Equatable, Sendable {
+    public var clientReadable = false
+    public var clientWritable = false
+    public var serverReadable = false
+    public var serverWritable = false
+
+    public init() {}
+
+    @inline(__always)
+    public func readable(_ side: Side) -> Bool { side == .client ? clientReadable : serverReadable }
+
+    @inline(__always)
+    public func writable(_ side: Side) -> Bool { side == .client ? clientWritable : serverWritable }
+
+    @inline(__always)
+    public mutating func setReadable(_ side: Side, _ value: Bool) {
+        if side == .client { clientReadable = value } else { serverReadable = value }
+    }
+
+    @inline(__always)
+    public mutating func setWritable(_ side: Side, _ value: Bool) {
+        if side == .client { clientWritable = value } else { serverWritable = value }
+    }
+}
+
+/// Bytes received in copy mode that the destination has not taken yet.
+struct HeldBytes {
+    let buffer: UnsafeMutableRawBufferPointer
+    var start: Int
+    var end: Int
+
+    var isEmpty: Bool { start == end }
+}
+
+/// How one direction of a relay ended its turn.
+public enum PumpOutcome: Equatable, Sendable {
+    /// Nothing more can be done until a socket becomes ready again.
+    case idle
+    /// There is more to do, but the turn's budget is spent: come back after the other connections had theirs.
+    case moreWork
+    /// A call on `side` failed: the connection is over (a reset, or an error such as a timeout).
+    case failed(Side, Errno)
+}
+
+/// One direction of a relayed connection (`clientToServer` or `serverToClient`): moves bytes from `source` to
+/// `destination` and passes the end of the stream on.
+///
+/// Small exchanges are copied: recv(2) into the loop's shared buffer, then send(2) at once, so an idle or
+/// request/response connection holds no buffer and no pipe. When a receive fills the buffer (bulk data) or the
+/// destination cannot keep up, the direction switches to splice(2) through a pipe, which moves bytes without
+/// copying them; when the source goes quiet with the pipe empty, the pipe goes back to the pool.
+public struct Direction {
+    public let source: Side
+    public let destination: Side
+
+    /// Bytes delivered to the destination.
+    public private(set) var bytes: UInt64 = 0
+    /// The source sent its end of stream (recv returned 0).
+    public private(set) var sourceEnded = false
+    /// The end of stream was passed on: shutdown(SHUT_WR) on the destination.
+    public private(set) var finished = false
+
+    /// The pipe while the direction splices; nil while it copies.
+    private(set) var pipe: PipeHandle?
+    /// Bytes in the pipe, spliced in and not yet out.
+    private(set) var pipeBytes = 0
+    /// Bytes spliced in since the source was last found empty: a small figure means the source went quiet.
+    private var inflowSinceEmpty = 0
+    /// Copy mode: bytes the destination did not take at once.
+    private var held: HeldBytes?
+    /// splice(2) refused this source with EINVAL: copy for good.
+    private(set) var spliceUnsupported = false
+    /// Copy mode saw bulk traffic: splice once the held bytes are out.
+    private var wantsSplice = false
+
+    public init(from source: Side, to destination: Side) {
+        self.source = source
+        self.destination = destination
+    }
+
+    /// Whether bytes are held in the pipe or in a buffer, received and not yet delivered.
+    public var holdsBytes: Bool { pipeBytes > 0 || held != nil }
+
+    /// Whether this direction holds a pipe or a buffer that `releaseResources` must give back.
+    public var holdsResources: Bool { pipe != nil || held != nil }
+
+    /// Moves bytes while the sockets allow it, for at most `budget` rounds.
+    public mutating func pump<IO: RelayIO>(
+        _ io: inout IO,
+        _ readiness: inout Readiness,
+        budget: Int
+    ) -> PumpOutcome {
+        var rounds = 0
+        while true {
+            var progressed = false
+            do {
+                progressed = try deliverHeldBytes(&io, &readiness)
+                if try takeIn(&io, &readiness) { progressed = true }
+                if try passOnEnd(&io) { progressed = true }
+            } catch {
+                return .failed(error.side, error.errno)
+            }
+            if !progressed { return .idle }
+            rounds += 1
+            if rounds >= budget { return .moreWork }
+        }
+    }
+
+    /// An errno, with the side whose call failed.
+    struct SideError: Error {
+        let side: Side
+        let errno: Errno
+    }
+
+    /// Step 1: bytes already received go out first, in order (a copy-mode buffer is always emptied before the
+    /// direction starts splicing, so at most one of the two holds bytes).
+    private mutating func deliverHeldBytes<IO: RelayIO>(
+        _ io: inout IO,
+        _ readiness: inout Readiness
+    ) throws(SideError) -> Bool {
+        guard readiness.writable(destination) else { return false }
+        if var held {
+            let result: IOResult<Int>
+            do {
+                result = try io.send(
+                    to: destination,
+                    UnsafeRawBufferPointer(rebasing: held.buffer[held.start..<held.end])
+                )
+            } catch {
+                throw SideError(side: destination, errno: error)
+            }
+            switch result {
+            case .wouldBlock:
+                readiness.setWritable(destination, false)
+                return false
+            case .processed(let count):
+                bytes += UInt64(count)
+                held.start += count
+                if held.isEmpty {
+                    io.releaseBuffer(held.buffer)
+                    self.held = nil
+                    if wantsSplice { startSplicing(&io) }
+                } else {
+                    self.held = held
+                }
+                return true
+            }
+        }
+        guard pipeBytes > 0, let pipe else { return false }
+        let result: IOResult<Int>
+        do {
+            result = try io.splice(from: pipe, to: destination, count: pipeBytes)
+        } catch {
+            throw SideError(side: destination, errno: error)
+        }
+        switch result {
+        case .wouldBlock:
+            readiness.setWritable(destination, false)
+            return false
+        case .processed(let count):
+            bytes += UInt64(count)
+            pipeBytes -= count
+            return count > 0
+        }
+    }
+
+    /// Step 2: takes in more from the source, while there is room for it.
+    private mutating func takeIn<IO: RelayIO>(
+        _ io: inout IO,
+        _ readiness: inout Readiness
+    ) throws(SideError) -> Bool {
+        guard !sourceEnded, readiness.readable(source) else { return false }
+        if let pipe {
+            return try spliceIn(&io, &readiness, pipe)
+        }
+        // Copy mode receives only what it can send at once: with a full destination the bytes stay in the
+        // source's socket, and the sender slows down.
+        guard held == nil, readiness.writable(destination) else { return false }
+        return try copy(&io, &readiness)
+    }
+
+    private mutating func spliceIn<IO: RelayIO>(
+        _ io: inout IO,
+        _ readiness: inout Readiness,
+        _ pipe: PipeHandle
+    ) throws(SideError) -> Bool {
+        let room = pipe.capacity - pipeBytes
+        guard room > 0 else { return false }
+        let result: IOResult<Int>
+        do {
+            result = try io.splice(from: source, into: pipe, count: room)
+        } catch where error == .invalidArgument && pipeBytes == 0 {
+            // This source cannot be spliced from: copy instead, for the rest of the connection.
+            spliceUnsupported = true
+            stopSplicing(&io)
+            return true
+        } catch {
+            throw SideError(side: source, errno: error)
+        }
+        switch result {
+        case .processed(0):
+            sourceEnded = true
+            return true
+        case .processed(let count):
+            pipeBytes += count
+            inflowSinceEmpty += count
+            return true
+        case .wouldBlock:
+            // With bytes in the pipe, EAGAIN may come from a pipe whose slots are all taken, not from an empty
+            // socket: the readable flag stays, and the next round tries again once the pipe has drained.
+            guard pipeBytes == 0 else { return false }
+            readiness.setReadable(source, false)
+            if inflowSinceEmpty < io.scratch.count {
+                stopSplicing(&io)
+            }
+            inflowSinceEmpty = 0
+            return false
+        }
+    }
+
+    private mutating func copy<IO: RelayIO>(
+        _ io: inout IO,
+        _ readiness: inout Readiness
+    ) throws(SideError) -> Bool {
+        let scratch = io.scratch
+        let received: IOResult<Int>
+        do {
+            received = try io.receive(from: source, into: scratch)
+        } catch {
+            throw SideError(side: source, errno: error)
+        }
+        let count: Int
+        switch received {
+        case .wouldBlock:
+            readiness.setReadable(source, false)
+            return false
+        case .processed(0):
+            sourceEnded = true
+            return true
+        case .processed(let received):
+            count = received
+        }
+        if count == scratch.count && !spliceUnsupported {
+            wantsSplice = true
+        }
+        let sent: Int
+        do {
+            switch try io.send(to: destination, UnsafeRawBufferPointer(rebasing: scratch[0..<count])) {
+            case .processed(let accepted): sent = accepted
+            case .wouldBlock: sent = 0
+            }
+        } catch {
+            throw SideError(side: destination, errno: error)
+        }
+        bytes += UInt64(sent)
+        if sent < count {
+            // The destination is full: keep the rest (the next round tries again and learns from EAGAIN when to
+            // wait), and splice from now on, since the destination is slower than the source.
+            let buffer = io.acquireBuffer()
+            let rest = count - sent
+            buffer.baseAddress!.copyMemory(from: scratch.baseAddress! + sent, byteCount: rest)
+            held = HeldBytes(buffer: buffer, start: 0, end: rest)
+            if !spliceUnsupported { wantsSplice = true }
+        } else if wantsSplice {
+            startSplicing(&io)
+        }
+        return true
+    }
+
+    /// Step 3: once the source has ended and everything received is out, the destination gets a FIN.
+    private mutating func passOnEnd<IO: RelayIO>(_ io: inout IO) throws(SideError) -> Bool {
+        guard sourceEnded, !finished, !holdsBytes else { return false }
+        do {
+            try io.shutdownWrite(destination)
+        } catch {
+            throw SideError(side: destination, errno: error)
+        }
+        finished = true
+        stopSplicing(&io)
+        return true
+    }
+
+    private mutating func startSplicing<IO: RelayIO>(_ io: inout IO) {
+        wantsSplice = false
+        guard pipe == nil, held == nil else { return }
+        // Without a pipe (out of descriptors) the direction goes on copying.
+        pipe = io.acquirePipe()
+        inflowSinceEmpty = 0
+    }
+
+    private mutating func stopSplicing<IO: RelayIO>(_ io: inout IO) {
+        guard let pipe, pipeBytes == 0 else { return }
+        io.releasePipe(pipe)
+        self.pipe = nil
+    }
+
+    /// Hands the pipe and buffer back when the connection ends; a pipe that still holds bytes (an aborted
+    /// connection) cannot be reused and is closed.
+    public mutating func releaseResources<IO: RelayIO>(_ io: inout IO) {
+        if let held {
+            io.releaseBuffer(held.buffer)
+            self.held = nil
+        }
+        guard let pipe else { return }
+        self.pipe = nil
+        if pipeBytes == 0 {
+            io.releasePipe(pipe)
+        } else {
+            io.discardPipe(pipe)
+            pipeBytes = 0
+        }
+    }
+}

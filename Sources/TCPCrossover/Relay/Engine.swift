@@ -1,0 +1,135 @@
+import Glibc
+import Synchronization
+
+/// Work the first event loop does at a fixed interval: sd_notify STATUS, watchdog pings, the idle exit check.
+public struct PeriodicTask: Sendable {
+    /// Milliseconds between runs.
+    public let interval: Int64
+    public let run: @Sendable () -> Void
+
+    public init(interval: Int64, run: @escaping @Sendable () -> Void) {
+        self.interval = interval
+        self.run = run
+    }
+}
+
+/// The relay engine: event loops (one per thread) sharing the listeners, the figures, the connection limit and
+/// the stop request. The first loop runs on the calling thread and also takes the signals.
+public final class Engine: @unchecked Sendable {
+    public let options: RelayOptions
+    public let services: [Service]
+    public let statistics: Statistics
+    /// 0 while running; 1 after the first SIGTERM (stop accepting, let connections finish); 2 to stop at once.
+    let stopLevel = Atomic<Int>(0)
+    /// Loops that paused accepting at the connection limit and wait to be woken.
+    let pausedForLimit = Atomic<Int>(0)
+    /// Set before any loop runs; read-only afterwards.
+    var periodicTasks: [PeriodicTask] = []
+    private var loops: [EventLoop] = []
+
+    /// The signals the engine takes through a signalfd; they are blocked in every thread.
+    static let handledSignals: [CInt] = [SIGTERM, SIGINT, SIGHUP, SIGUSR1]
+
+    public init(services: [Service], options: RelayOptions, statistics: Statistics = Statistics()) {
+        self.services = services
+        self.options = options
+        self.statistics = statistics
+    }
+
+    /// Blocks the handled signals and ignores SIGPIPE, in the calling thread and every thread started after.
+    /// Call before anything else starts threads.
+    public static func prepareProcess() {
+        Syscall.ignoreSignal(SIGPIPE)
+        Syscall.blockSignals(handledSignals)
+    }
+
+    /// Adds work for the first loop; call before `run`.
+    public func addPeriodicTask(_ task: PeriodicTask) {
+        periodicTasks.append(task)
+    }
+
+    /// Relays the connections of `listeners` until SIGTERM or SIGINT, and `connections` (accepted before start)
+    /// until they end. `listeners`' descriptors stay the caller's.
+    public func run(
+        listeners: [ListeningSocket],
+        connections: [AcceptedConnection],
+        onReady: () -> Void = {}
+    ) throws(SystemError) {
+        let loopCount = listeners.isEmpty ? 1 : (options.threads > 0 ? options.threads : Syscall.onlineProcessors)
+        for index in 0..<loopCount {
+            let loop = try EventLoop(index: index, engine: self)
+            for listener in listeners { try loop.addListener(listener) }
+            loops.append(loop)
+        }
+        try loops[0].handleSignals()
+        for connection in connections { loops[0].adopt(connection) }
+
+        var threads: [pthread_t] = []
+        for loop in loops.dropFirst() {
+            do {
+                threads.append(try Syscall.startThread { loop.run() })
+            } catch {
+                requestStop(immediately: true)
+                for thread in threads { Syscall.joinThread(thread) }
+                throw SystemError("pthread_create", error)
+            }
+        }
+        onReady()
+        loops[0].run()
+        // The first loop ends after a stop request once its own connections are done (the other loops finish
+        // theirs), or when its only connection (inetd) has ended, or on a failure of epoll itself.
+        if stopLevel.load(ordering: .sequentiallyConsistent) == 0 { requestStop(immediately: true) }
+        for thread in threads { Syscall.joinThread(thread) }
+        loops.removeAll()
+    }
+
+    /// Asks every loop to stop: the first request lets connections finish, the second stops at once. Returns
+    /// the new level.
+    @discardableResult
+    func requestStop(immediately: Bool = false) -> Int {
+        var level = 0
+        if immediately {
+            stopLevel.store(2, ordering: .sequentiallyConsistent)
+            level = 2
+        } else {
+            level = stopLevel.add(1, ordering: .sequentiallyConsistent).newValue
+        }
+        wakeAll()
+        return level
+    }
+
+    /// Wakes every loop to look at the stop level and the connection limit.
+    func wakeAll() {
+        for loop in loops { loop.wakeUp() }
+    }
+
+    // MARK: the connection limit
+
+    /// Counts a connection about to be accepted; false at the limit.
+    @inline(__always)
+    func reserveConnection() -> Bool {
+        var current = statistics.active.load(ordering: .relaxed)
+        while current < options.maximumConnections {
+            let (exchanged, original) = statistics.active.compareExchange(
+                expected: current, desired: current + 1, ordering: .sequentiallyConsistent)
+            if exchanged { return true }
+            current = original
+        }
+        return false
+    }
+
+    /// Undoes `reserveConnection` when accept found no connection.
+    @inline(__always)
+    func cancelReservation() {
+        connectionEnded()
+    }
+
+    var hasCapacity: Bool { statistics.active.load(ordering: .sequentiallyConsistent) < options.maximumConnections }
+
+    /// Counts a connection that ended, and wakes loops waiting at the limit.
+    @inline(__always)
+    func connectionEnded() {
+        statistics.active.subtract(1, ordering: .sequentiallyConsistent)
+        if pausedForLimit.load(ordering: .sequentiallyConsistent) > 0 { wakeAll() }
+    }
+}

@@ -1,0 +1,596 @@
+import CLinux
+import Glibc
+import Synchronization
+
+/// What an epoll event belongs to, packed into its 64-bit data: the kind in the low two bits, an index (connection
+/// slot, listener or control descriptor) above it, and for connections the generation in the high 32 bits, so that
+/// an event for a connection that ended earlier in the same batch is recognised and dropped.
+enum EventTag {
+    static let client: UInt64 = 0
+    static let server: UInt64 = 1
+    static let listener: UInt64 = 2
+    static let control: UInt64 = 3
+
+    static let wake = 0
+    static let signals = 1
+
+    @inline(__always)
+    static func make(_ kind: UInt64, index: Int, generation: UInt32 = 0) -> UInt64 {
+        UInt64(generation) << 32 | UInt64(UInt32(truncatingIfNeeded: index)) << 2 | kind
+    }
+}
+
+/// A listener as one event loop sees it: its own duplicate of the listening descriptor, so that every loop can
+/// stop accepting and close its copy without racing the others.
+struct LoopListener {
+    let fd: CInt
+    let address: SocketAddress
+    let service: Int
+    var registered = false
+}
+
+/// One thread's event loop: edge-triggered epoll over its connections' sockets, level-triggered over the shared
+/// listeners (with EPOLLEXCLUSIVE, so a new connection wakes one loop, not all).
+final class EventLoop: @unchecked Sendable {
+    let index: Int
+    unowned(unsafe) let engine: Engine
+    private let epoll: CInt
+    private let wake: CInt
+    private var signals: CInt = -1
+    private var listeners: [LoopListener] = []
+    private var connections: [Connection?] = []
+    private var freeSlots: [Int32] = []
+    private var liveConnections = 0
+    private var nextGeneration: UInt32 = 1
+    private var timers = TimerHeap()
+    private var moreWork: [Connection] = []
+    private var moreWorkSpare: [Connection] = []
+    private var events: UnsafeMutableBufferPointer<epoll_event>
+    private let resources: LoopResources
+    private var now: Int64
+    /// Accepting is paused: at the connection limit, or out of descriptors until `acceptResumeAt`.
+    private var pausedForLimit = false
+    private var acceptResumeAt: Int64?
+    private var exhaustionEpisode = false
+    /// SIGTERM seen: the listeners are closed and live connections get until `stopDeadline`.
+    private var stopping = false
+    private var stopDeadline: Int64?
+    /// Periodic work of the first loop (status, watchdog); the time each is next due.
+    private var periodicDue: [Int64] = []
+
+    init(index: Int, engine: Engine) throws(SystemError) {
+        self.index = index
+        self.engine = engine
+        do {
+            epoll = try Syscall.epollCreate()
+        } catch {
+            throw SystemError("epoll_create1", error)
+        }
+        do {
+            wake = try Syscall.eventFD()
+        } catch {
+            Syscall.close(epoll)
+            throw SystemError("eventfd", error)
+        }
+        events = .allocate(capacity: 64)
+        resources = LoopResources(copyChunk: engine.options.copyChunk, pipeSize: engine.options.pipeSize)
+        now = Syscall.monotonicMilliseconds()
+        try control(EPOLL_CTL_ADD, wake, EPOLLIN.rawValue, EventTag.make(EventTag.control, index: EventTag.wake))
+    }
+
+    deinit {
+        for listener in listeners { Syscall.close(listener.fd) }
+        Syscall.close(wake)
+        Syscall.close(epoll)
+        if signals >= 0 { Syscall.close(signals) }
+        events.deallocate()
+    }
+
+    private func control(_ operation: CInt, _ fd: CInt, _ events: UInt32, _ data: UInt64) throws(SystemError) {
+        do {
+            try Syscall.epollControl(epoll, operation, fd, events: events, data: data)
+        } catch {
+            throw SystemError("epoll_ctl", error)
+        }
+    }
+
+    /// Takes SIGTERM, SIGINT, SIGHUP and SIGUSR1 through a signalfd; the first loop does this.
+    func handleSignals() throws(SystemError) {
+        do {
+            signals = try Syscall.signalFD(Engine.handledSignals)
+        } catch {
+            throw SystemError("signalfd", error)
+        }
+        try control(EPOLL_CTL_ADD, signals, EPOLLIN.rawValue, EventTag.make(EventTag.control, index: EventTag.signals))
+    }
+
+    /// Adds this loop's duplicate of a listening socket.
+    func addListener(_ socket: ListeningSocket) throws(SystemError) {
+        let fd: CInt
+        do {
+            fd = try Syscall.duplicate(socket.fd)
+        } catch {
+            throw SystemError("dup of the listener", socket.address.description, error)
+        }
+        listeners.append(LoopListener(fd: fd, address: socket.address, service: socket.service))
+        try register(listenerAt: listeners.count - 1)
+    }
+
+    private func register(listenerAt index: Int) throws(SystemError) {
+        guard !listeners[index].registered else { return }
+        let data = EventTag.make(EventTag.listener, index: index)
+        do {
+            try Syscall.epollControl(
+                epoll, EPOLL_CTL_ADD, listeners[index].fd, events: EPOLLIN.rawValue | EPOLLEXCLUSIVE.rawValue, data: data)
+        } catch where error == .invalidArgument {
+            // A kernel without EPOLLEXCLUSIVE (before 4.5): every loop wakes, and all but one find nothing.
+            try control(EPOLL_CTL_ADD, listeners[index].fd, EPOLLIN.rawValue, data)
+        } catch {
+            throw SystemError("epoll_ctl", listeners[index].address.description, error)
+        }
+        listeners[index].registered = true
+    }
+
+    private func unregisterListeners() {
+        for index in listeners.indices where listeners[index].registered {
+            _ = try? Syscall.epollControl(epoll, EPOLL_CTL_DEL, listeners[index].fd, events: 0, data: 0)
+            listeners[index].registered = false
+        }
+    }
+
+    private func registerListeners() {
+        for index in listeners.indices {
+            do {
+                try register(listenerAt: index)
+            } catch {
+                Log.error("\(error)")
+            }
+        }
+    }
+
+    /// Adopts a connection accepted before the relay started (inetd, systemd `Accept=yes`).
+    func adopt(_ accepted: AcceptedConnection) {
+        let peer = (try? Syscall.peerAddress(accepted.fd)) ?? .unspecified
+        let local = (try? Syscall.localAddress(accepted.fd)) ?? .unspecified
+        do {
+            try Syscall.setNonBlocking(accepted.fd)
+        } catch {
+            Log.error("cannot make the connection from \(peer) non-blocking: \(error)")
+            Syscall.close(accepted.fd)
+            return
+        }
+        if engine.reserveConnection() {
+            admit(accepted.fd, peer: peer, local: local, service: accepted.service)
+        } else {
+            Syscall.close(accepted.fd)
+        }
+    }
+
+    // MARK: the loop
+
+    /// Runs until the listeners are closed (SIGTERM) and the last connection has ended.
+    func run() {
+        if index == 0 { periodicDue = engine.periodicTasks.map { now + $0.interval } }
+        while !listeners.isEmpty || liveConnections > 0 {
+            let timeout = moreWork.isEmpty ? waitTimeout() : 0
+            let count: Int
+            do {
+                count = try Syscall.epollWait(epoll, events, timeout: timeout)
+            } catch {
+                Log.error("epoll_wait failed: \(error)")
+                break
+            }
+            now = Syscall.monotonicMilliseconds()
+            for position in 0..<count {
+                dispatch(events[position])
+            }
+            if count == events.count && events.count < 4096 {
+                let larger = UnsafeMutableBufferPointer<epoll_event>.allocate(capacity: events.count * 2)
+                events.deallocate()
+                events = larger
+            }
+            runMoreWork()
+            runTimers()
+        }
+    }
+
+    private func waitTimeout() -> CInt {
+        var earliest = timers.earliest
+        func consider(_ time: Int64?) {
+            guard let time else { return }
+            earliest = earliest.map { min($0, time) } ?? time
+        }
+        consider(acceptResumeAt)
+        consider(stopDeadline)
+        for due in periodicDue { consider(due) }
+        guard let earliest else { return -1 }
+        return CInt(clamping: max(0, min(earliest - now, 60_000)))
+    }
+
+    @inline(__always)
+    private func dispatch(_ event: epoll_event) {
+        let data = event.data.u64
+        let kind = data & 3
+        let index = Int(UInt32(truncatingIfNeeded: data) >> 2)
+        switch kind {
+        case EventTag.listener:
+            acceptConnections(from: index)
+        case EventTag.control:
+            if index == EventTag.wake {
+                Syscall.drainEvent(wake)
+                engineChanged()
+            } else {
+                receiveSignals()
+            }
+        default:
+            guard index < connections.count, let connection = connections[index],
+                connection.generation == UInt32(truncatingIfNeeded: data >> 32)
+            else { return }
+            connectionEvent(connection, side: kind == EventTag.client ? .client : .server, events: event.events)
+        }
+    }
+
+    private func connectionEvent(_ connection: Connection, side: Side, events: UInt32) {
+        let error = events & EPOLLERR.rawValue != 0
+        if events & (EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLHUP.rawValue) != 0 || error {
+            connection.relay.readiness.setReadable(side, true)
+        }
+        if events & (EPOLLOUT.rawValue | EPOLLHUP.rawValue) != 0 || error {
+            connection.relay.readiness.setWritable(side, true)
+        }
+        if connection.phase == .connecting {
+            if side == .server {
+                connectProgressed(connection)
+            } else if error, let failure = Syscall.pendingError(connection.client) {
+                finish(connection, .failed(.client, failure))
+            }
+            return
+        }
+        service(connection)
+        // An error that no call has reported yet (nothing was left to read or write on that socket).
+        if error, connections[Int(connection.slot)] === connection {
+            let fd = side == .client ? connection.client : connection.server
+            if let failure = Syscall.pendingError(fd) {
+                finish(connection, .failed(side, failure))
+            }
+        }
+    }
+
+    /// Moves a connection's bytes for one turn and acts on the result.
+    private func service(_ connection: Connection) {
+        var io = SocketIO(client: connection.client, server: connection.server, resources: resources)
+        let step = connection.relay.advance(&io, budget: engine.options.budget)
+        let (up, down) = connection.relay.bytes
+        if up != connection.accountedUp || down != connection.accountedDown {
+            engine.statistics.bytesUp.add(up - connection.accountedUp, ordering: .relaxed)
+            engine.statistics.bytesDown.add(down - connection.accountedDown, ordering: .relaxed)
+            connection.accountedUp = up
+            connection.accountedDown = down
+            connection.lastActivity = now
+        }
+        switch step {
+        case .waiting:
+            break
+        case .moreWork:
+            if !connection.queued {
+                connection.queued = true
+                moreWork.append(connection)
+            }
+        case .finished:
+            finish(connection, .completed(first: connection.relay.firstToEnd))
+        case .failed(let side, let errno):
+            finish(connection, .failed(side, errno))
+        }
+    }
+
+    private func runMoreWork() {
+        guard !moreWork.isEmpty else { return }
+        swap(&moreWork, &moreWorkSpare)
+        for connection in moreWorkSpare {
+            connection.queued = false
+            if connections[Int(connection.slot)] === connection {
+                service(connection)
+            }
+        }
+        moreWorkSpare.removeAll(keepingCapacity: true)
+    }
+
+    // MARK: accepting
+
+    private func acceptConnections(from index: Int) {
+        let listener = listeners[index]
+        for _ in 0..<64 {
+            guard engine.reserveConnection() else {
+                pauseForLimit()
+                return
+            }
+            let result: IOResult<Syscall.AcceptedSocket>
+            do {
+                result = try Syscall.accept(listener.fd)
+            } catch {
+                engine.cancelReservation()
+                if error.isResourceExhaustion {
+                    outOfResources("accept on \(listener.address)", error)
+                    return
+                }
+                if error.isAcceptAgain { continue }
+                Log.error("accept on \(listener.address) failed: \(error)")
+                pauseAccepting(for: 1000)
+                return
+            }
+            guard case .processed(let accepted) = result else {
+                engine.cancelReservation()
+                return
+            }
+            if exhaustionEpisode {
+                exhaustionEpisode = false
+                Log.notice("accepting again on \(listener.address)")
+            }
+            var local = listener.address
+            if local.isUnspecified || local.port == 0 {
+                local = (try? Syscall.localAddress(accepted.fd)) ?? local
+            }
+            admit(accepted.fd, peer: accepted.peer, local: local, service: listener.service)
+        }
+    }
+
+    /// Starts relaying an accepted connection: registers the client socket and connects to the remote. The
+    /// caller has reserved the connection in `engine`.
+    private func admit(_ fd: CInt, peer: SocketAddress, local: SocketAddress, service: Int) {
+        engine.statistics.accepted.add(1, ordering: .relaxed)
+        _ = try? Syscall.setOption(fd, CInt(IPPROTO_TCP), TCP_NODELAY, 1)
+        let slot: Int32
+        if let free = freeSlots.popLast() {
+            slot = free
+        } else {
+            slot = Int32(connections.count)
+            connections.append(nil)
+        }
+        let connection = Connection(
+            slot: slot, generation: nextGeneration, service: service, client: fd,
+            clientAddress: peer, localAddress: local, now: now)
+        nextGeneration &+= 1
+        if nextGeneration == 0 { nextGeneration = 1 }
+        connections[Int(slot)] = connection
+        liveConnections += 1
+        do {
+            try control(EPOLL_CTL_ADD, fd, Self.connectionEvents, EventTag.make(EventTag.client, index: Int(slot),
+                generation: connection.generation))
+        } catch {
+            Log.error("cannot watch the connection from \(peer): \(error)")
+            finish(connection, .failed(.client, error.errno))
+            return
+        }
+        if Log.enabled(.debug) { Log.debug("accepted \(peer) on \(local)") }
+        connect(connection)
+    }
+
+    private static let connectionEvents =
+        EPOLLIN.rawValue | EPOLLOUT.rawValue | EPOLLRDHUP.rawValue | EPOLLET.rawValue
+
+    // MARK: connecting
+
+    /// Connects to the service's addresses in order, starting at `connection.attempt`.
+    private func connect(_ connection: Connection) {
+        let addresses = engine.services[connection.service].addresses
+        while connection.attempt < addresses.count {
+            let address = addresses[connection.attempt]
+            do throws(Errno) {
+                let fd = try Syscall.streamSocket(family: address.addressFamily)
+                connection.server = fd
+                connection.remoteAddress = address
+                _ = try? Syscall.setOption(fd, CInt(IPPROTO_TCP), TCP_NODELAY, 1)
+                try Syscall.epollControl(
+                    epoll, EPOLL_CTL_ADD, fd, events: Self.connectionEvents,
+                    data: EventTag.make(EventTag.server, index: Int(connection.slot), generation: connection.generation))
+                if try Syscall.connect(fd, to: address) {
+                    connected(connection)
+                } else {
+                    connection.connectDeadline = now + engine.options.connectTimeout
+                    armTimer(connection)
+                }
+                return
+            } catch {
+                connection.connectError = "connect to \(address) failed: \(error)"
+                if Log.enabled(.debug) { Log.debug(connection.connectError) }
+                closeServer(connection)
+                if error.isResourceExhaustion {
+                    outOfResources("socket", error)
+                    break
+                }
+                connection.attempt += 1
+            }
+        }
+        finish(connection, .connectFailed(connection.connectError))
+    }
+
+    private func connectProgressed(_ connection: Connection) {
+        if let error = Syscall.pendingError(connection.server) {
+            connectFailed(connection, "connect to \(connection.remoteAddress!) failed: \(error)")
+        } else if connection.relay.readiness.serverWritable {
+            connected(connection)
+        }
+    }
+
+    private func connectFailed(_ connection: Connection, _ reason: String) {
+        connection.connectError = reason
+        if Log.enabled(.debug) { Log.debug(reason) }
+        closeServer(connection)
+        connection.relay.readiness.serverReadable = false
+        connection.relay.readiness.serverWritable = false
+        connection.attempt += 1
+        connect(connection)
+    }
+
+    private func connected(_ connection: Connection) {
+        connection.phase = .relaying
+        connection.relay.readiness.serverWritable = true
+        connection.lastActivity = now
+        if Log.enabled(.debug) {
+            Log.debug("relaying \(connection.clientAddress) to \(connection.remoteAddress!)")
+        }
+        armTimer(connection)
+        service(connection)
+    }
+
+    private func closeServer(_ connection: Connection) {
+        if connection.server >= 0 {
+            Syscall.close(connection.server)
+            connection.server = -1
+        }
+    }
+
+    // MARK: ending
+
+    /// Ends a connection: gives back its pipes and buffers, closes both sockets (with a reset unless both sides
+    /// ended cleanly), and logs its line.
+    private func finish(_ connection: Connection, _ ending: Connection.Ending) {
+        var io = SocketIO(client: connection.client, server: connection.server, resources: resources)
+        if connection.relay.holdsResources { connection.relay.releaseResources(&io) }
+        let clean: Bool
+        if case .completed = ending { clean = true } else { clean = false }
+        if !clean {
+            // A failure on one side is passed on as a reset, never as a clean end of stream that could make a
+            // truncated transfer look complete.
+            Syscall.setResetOnClose(connection.client)
+            if connection.server >= 0 { Syscall.setResetOnClose(connection.server) }
+        }
+        Syscall.close(connection.client)
+        closeServer(connection)
+        connections[Int(connection.slot)] = nil
+        freeSlots.append(connection.slot)
+        liveConnections -= 1
+        if case .connectFailed = ending {
+            engine.statistics.failedConnects.add(1, ordering: .relaxed)
+        }
+        engine.connectionEnded()
+        Log.info(connection.summary(ending, now: now))
+    }
+
+    // MARK: timers
+
+    private func armTimer(_ connection: Connection) {
+        guard !connection.timerArmed, let due = deadline(of: connection) else { return }
+        connection.timerArmed = true
+        timers.push(.init(deadline: due, slot: connection.slot, generation: connection.generation))
+    }
+
+    private func deadline(of connection: Connection) -> Int64? {
+        switch connection.phase {
+        case .connecting: return connection.connectDeadline
+        case .relaying: return engine.options.idleTimeout.map { connection.lastActivity + $0 }
+        }
+    }
+
+    private func runTimers() {
+        while let entry = timers.popDue(now: now) {
+            guard Int(entry.slot) < connections.count, let connection = connections[Int(entry.slot)],
+                connection.generation == entry.generation
+            else { continue }
+            connection.timerArmed = false
+            guard let due = deadline(of: connection) else { continue }
+            if due > now {
+                armTimer(connection)
+                continue
+            }
+            switch connection.phase {
+            case .connecting:
+                let seconds = Double(engine.options.connectTimeout) / 1000
+                connectFailed(connection, "connect to \(connection.remoteAddress!) timed out after \(seconds) s")
+            case .relaying:
+                finish(connection, .idleTimeout)
+            }
+        }
+        if let resume = acceptResumeAt, resume <= now {
+            acceptResumeAt = nil
+            if !stopping && !pausedForLimit { registerListeners() }
+        }
+        if let deadline = stopDeadline, deadline <= now {
+            stopDeadline = nil
+            closeAllConnections()
+        }
+        for (position, due) in periodicDue.enumerated() where due <= now {
+            let task = engine.periodicTasks[position]
+            periodicDue[position] = now + task.interval
+            task.run()
+        }
+    }
+
+    // MARK: pausing and stopping
+
+    private func pauseForLimit() {
+        guard !pausedForLimit else { return }
+        pausedForLimit = true
+        unregisterListeners()
+        engine.pausedForLimit.add(1, ordering: .sequentiallyConsistent)
+        if Log.enabled(.debug) { Log.debug("connection limit reached; accepting pauses") }
+        // A connection may have ended between the failed reservation and the count above, with no loop to wake.
+        if engine.hasCapacity { resumeAfterLimit() }
+    }
+
+    private func resumeAfterLimit() {
+        guard pausedForLimit else { return }
+        pausedForLimit = false
+        engine.pausedForLimit.subtract(1, ordering: .sequentiallyConsistent)
+        if !stopping && acceptResumeAt == nil { registerListeners() }
+    }
+
+    private func pauseAccepting(for milliseconds: Int64) {
+        unregisterListeners()
+        acceptResumeAt = now + milliseconds
+    }
+
+    /// Descriptors (or memory) ran out: close the pooled pipes, pause accepting for a moment, log once per episode.
+    private func outOfResources(_ operation: String, _ error: Errno) {
+        resources.trimPipes()
+        if !exhaustionEpisode {
+            exhaustionEpisode = true
+            Log.warning("\(operation) failed: \(error); accepting pauses until descriptors are free")
+        }
+        pauseAccepting(for: 100)
+    }
+
+    /// Makes the loop look at the engine's stop level and connection limit; callable from any thread.
+    func wakeUp() {
+        Syscall.signalEvent(wake)
+    }
+
+    /// A wake-up from another loop: the engine is stopping, or a connection slot has become free.
+    private func engineChanged() {
+        let level = engine.stopLevel.load(ordering: .sequentiallyConsistent)
+        if level > 0 && !stopping {
+            stopping = true
+            unregisterListeners()
+            for listener in listeners { Syscall.close(listener.fd) }
+            listeners.removeAll()
+            stopDeadline = now + engine.options.shutdownTimeout
+        }
+        if level > 1 {
+            closeAllConnections()
+        }
+        if pausedForLimit && engine.hasCapacity { resumeAfterLimit() }
+    }
+
+    private func closeAllConnections() {
+        for connection in connections {
+            if let connection { finish(connection, .shutdown) }
+        }
+    }
+
+    private func receiveSignals() {
+        while let signal = Syscall.readSignal(signals) {
+            switch signal {
+            case SIGTERM, SIGINT:
+                let level = engine.requestStop()
+                Log.notice(
+                    level == 1
+                        ? "stopping: no new connections, \(engine.statistics.active.load(ordering: .relaxed)) still active"
+                        : "stopping now")
+            case SIGUSR1:
+                Log.notice("statistics: \(engine.statistics.snapshot())")
+            default:
+                Log.info("signal \(signal) ignored")
+            }
+        }
+    }
+}

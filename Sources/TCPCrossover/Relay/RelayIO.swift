@@ -1,0 +1,56 @@
+/// One of the two sockets of a relayed connection.
+public enum Side: Sendable, Equatable, CustomStringConvertible {
+    /// The socket accepted from the client.
+    case client
+    /// The socket connected to the remote server.
+    case server
+
+    public var other: Side { self == .client ? .server : .client }
+
+    public var description: String { self == .client ? "client" : "server" }
+}
+
+/// A kernel pipe used to splice(2) one direction's bytes without copying them through user space.
+public struct PipeHandle: Equatable, Sendable {
+    public let readEnd: CInt
+    public let writeEnd: CInt
+    /// The pipe's capacity in bytes, from F_GETPIPE_SZ.
+    public let capacity: Int
+
+    public init(readEnd: CInt, writeEnd: CInt, capacity: Int) {
+        self.readEnd = readEnd
+        self.writeEnd = writeEnd
+        self.capacity = capacity
+    }
+}
+
+/// What the relay's state machine asks of the operating system. `SocketIO` implements it over a connection's two
+/// sockets and its event loop's pools; the tests implement it with a simulated kernel, so that the relay's logic
+/// runs without sockets.
+///
+/// Every call is non-blocking: `.wouldBlock` says that the socket (or pipe) has nothing to give or no room now.
+public protocol RelayIO {
+    /// recv(2) from `side`.
+    mutating func receive(from side: Side, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> IOResult<Int>
+    /// send(2) to `side`.
+    mutating func send(to side: Side, _ bytes: UnsafeRawBufferPointer) throws(Errno) -> IOResult<Int>
+    /// splice(2) from `side` into `pipe`.
+    mutating func splice(from side: Side, into pipe: PipeHandle, count: Int) throws(Errno) -> IOResult<Int>
+    /// splice(2) from `pipe` to `side`.
+    mutating func splice(from pipe: PipeHandle, to side: Side, count: Int) throws(Errno) -> IOResult<Int>
+    /// shutdown(2) SHUT_WR on `side`: passes an end of stream on.
+    mutating func shutdownWrite(_ side: Side) throws(Errno)
+
+    /// An empty pipe for a direction that starts splicing, or nil when none can be had (out of descriptors).
+    mutating func acquirePipe() -> PipeHandle?
+    /// Gives back an empty pipe.
+    mutating func releasePipe(_ pipe: PipeHandle)
+    /// Closes a pipe that still holds bytes of an aborted connection.
+    mutating func discardPipe(_ pipe: PipeHandle)
+    /// A buffer of `copyChunk` bytes for bytes that the destination could not take at once.
+    mutating func acquireBuffer() -> UnsafeMutableRawBufferPointer
+    /// Gives back a buffer from `acquireBuffer`.
+    mutating func releaseBuffer(_ buffer: UnsafeMutableRawBufferPointer)
+    /// A buffer shared by every connection of the event loop, for one receive-then-send.
+    var scratch: UnsafeMutableRawBufferPointer { get }
+}

@@ -1,0 +1,58 @@
+/// How the relay engine behaves: sizes, timeouts and limits. The command line fills it in.
+public struct RelayOptions: Sendable {
+    /// The pipe size asked for each splicing direction (`--bs`).
+    public var pipeSize = 1 << 20
+    /// The size of a copy-mode receive. A receive that fills it switches the direction to splice.
+    public var copyChunk = 16 << 10
+    /// How long one connect to a remote address may take, in milliseconds (`--connect-timeout`).
+    public var connectTimeout: Int64 = 10_000
+    /// Event loops (threads); 0 means one per CPU.
+    public var threads = 0
+    /// Connections relayed at once; accepting pauses at the limit (`--max-connections`).
+    public var maximumConnections = Int.max
+    /// A connection with no bytes either way for this long is closed, in milliseconds (`--idle-timeout`).
+    public var idleTimeout: Int64?
+    /// On SIGTERM, how long live connections may go on before they are closed, in milliseconds.
+    public var shutdownTimeout: Int64 = 10_000
+    /// Rounds a direction may move bytes in one turn before other connections get theirs.
+    public var budget = 16
+
+    public init() {}
+}
+
+/// Where the connections of one listener go.
+public struct Service: Sendable {
+    /// The remote as the user wrote it, for messages.
+    public var remote: Endpoint
+    /// Its addresses, tried in order.
+    public var addresses: [SocketAddress]
+
+    public init(remote: Endpoint, addresses: [SocketAddress]) {
+        self.remote = remote
+        self.addresses = addresses
+    }
+}
+
+/// A listening socket and the service its connections go to.
+public struct ListeningSocket: Sendable {
+    public let fd: CInt
+    public let address: SocketAddress
+    public let service: Int
+
+    public init(fd: CInt, address: SocketAddress, service: Int) {
+        self.fd = fd
+        self.address = address
+        self.service = service
+    }
+}
+
+/// A connection accepted before the relay started: inetd's standard input, or systemd's `Accept=yes` socket.
+public struct AcceptedConnection: Sendable {
+    public let fd: CInt
+    public let service: Int
+
+    public init(fd: CInt, service: Int) {
+        self.fd = fd
+        self.service = service
+    }
+}

@@ -1,0 +1,62 @@
+import Synchronization
+
+/// The process's figures, shared by the event loops. Counters are relaxed atomics: each is updated once per
+/// connection (or per turn, for bytes), never per byte.
+public final class Statistics: Sendable {
+    /// Connections being relayed (or connecting) now.
+    public let active = Atomic<Int>(0)
+    /// Connections accepted since start.
+    public let accepted = Atomic<Int>(0)
+    /// Connections closed at once by a limit or an access rule.
+    public let refused = Atomic<Int>(0)
+    /// Connections whose remote could not be reached.
+    public let failedConnects = Atomic<Int>(0)
+    /// Bytes delivered from clients to servers.
+    public let bytesUp = Atomic<UInt64>(0)
+    /// Bytes delivered from servers to clients.
+    public let bytesDown = Atomic<UInt64>(0)
+
+    public init() {}
+
+    public struct Snapshot: Equatable, Sendable {
+        public var active: Int
+        public var accepted: Int
+        public var refused: Int
+        public var failedConnects: Int
+        public var bytesUp: UInt64
+        public var bytesDown: UInt64
+    }
+
+    public func snapshot() -> Snapshot {
+        Snapshot(
+            active: active.load(ordering: .relaxed),
+            accepted: accepted.load(ordering: .relaxed),
+            refused: refused.load(ordering: .relaxed),
+            failedConnects: failedConnects.load(ordering: .relaxed),
+            bytesUp: bytesUp.load(ordering: .relaxed),
+            bytesDown: bytesDown.load(ordering: .relaxed)
+        )
+    }
+}
+
+extension Statistics.Snapshot: CustomStringConvertible {
+    /// `3 active, 120 accepted, 0 refused, 1 failed connects, 1.2 MB up, 80.5 MB down`.
+    public var description: String {
+        "\(active) active, \(accepted) accepted, \(refused) refused, \(failedConnects) failed connects, "
+            + "\(formatBytes(bytesUp)) up, \(formatBytes(bytesDown)) down"
+    }
+}
+
+/// `532 B`, `12.3 kB`, `4.5 MB`, `1.2 GB`: decimal units, one decimal.
+public func formatBytes(_ bytes: UInt64) -> String {
+    if bytes < 1000 { return "\(bytes) B" }
+    let units = ["kB", "MB", "GB", "TB", "PB"]
+    var value = Double(bytes) / 1000
+    var unit = 0
+    while value >= 999.95 && unit < units.count - 1 {
+        value /= 1000
+        unit += 1
+    }
+    let tenths = Int((value * 10).rounded())
+    return "\(tenths / 10).\(tenths % 10) \(units[unit])"
+}

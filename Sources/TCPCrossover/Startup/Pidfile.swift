@@ -1,0 +1,61 @@
+import Glibc
+
+/// The pidfile: holds the daemon's pid, locked with flock(2) for the life of the process, so that a second
+/// instance fails at once and a stale file (left by a crash, unlocked) is taken over.
+public struct Pidfile: ~Copyable {
+    public let path: String
+    private let fd: CInt
+
+    /// Opens and locks `path`, creating it if needed.
+    public init(path: String) throws(StartupError) {
+        let fd: CInt
+        do {
+            fd = try Syscall.open(path, O_RDWR | O_CREAT, mode: 0o644)
+        } catch {
+            throw StartupError(ExitStatus.cannotCreate, "cannot open the pidfile \(path): \(error)")
+        }
+        do {
+            if try !Syscall.tryLock(fd) {
+                let content = (try? Syscall.readStart(fd, count: 32)) ?? []
+                let pid = String(decoding: content, as: UTF8.self).split(whereSeparator: { $0 == "\n" }).first
+                Syscall.close(fd)
+                throw StartupError(
+                    ExitStatus.alreadyRunning,
+                    "already running (pid \(pid.map(String.init) ?? "unknown")): \(path) is locked")
+            }
+        } catch let error as StartupError {
+            throw error
+        } catch {
+            Syscall.close(fd)
+            throw StartupError(ExitStatus.cannotCreate, "cannot lock the pidfile \(path): \(error)")
+        }
+        self.path = path
+        self.fd = fd
+    }
+
+    /// Writes `pid` (this process's, after any fork) into the file.
+    public func record(_ pid: CInt) throws(StartupError) {
+        do {
+            try Syscall.truncate(fd, to: 0)
+            try Syscall.writeStart(fd, Array("\(pid)\n".utf8))
+        } catch {
+            throw StartupError(ExitStatus.cannotCreate, "cannot write the pidfile \(path): \(error)")
+        }
+    }
+
+    /// Removes the file, then releases the lock.
+    public consuming func remove() {
+        do {
+            try Syscall.unlink(path)
+        } catch {
+            // Without the right to remove it (privileges dropped, directory not writable), an empty unlocked
+            // file is left: the next start takes it over.
+            _ = try? Syscall.truncate(fd, to: 0)
+            Log.warning("cannot remove the pidfile \(path): \(error); it was emptied instead")
+        }
+    }
+
+    deinit {
+        Syscall.close(fd)
+    }
+}

@@ -1,0 +1,145 @@
+import Glibc
+
+/// An IPv4 or IPv6 socket address: what `sockaddr_in` and `sockaddr_in6` hold, as a small value.
+public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
+    public enum Family: Sendable {
+        case ipv4, ipv6
+    }
+
+    public var family: Family
+    /// The port, in host byte order.
+    public var port: UInt16
+    /// The address bytes in network order; an IPv4 address uses the first four.
+    public var bytes: (UInt64, UInt64)
+    /// The IPv6 scope (interface index) of a link-local address; 0 otherwise.
+    public var scopeID: UInt32
+
+    public init(family: Family, bytes: (UInt64, UInt64), port: UInt16, scopeID: UInt32 = 0) {
+        self.family = family
+        self.bytes = bytes
+        self.port = port
+        self.scopeID = scopeID
+    }
+
+    public init(_ address: in_addr, port: UInt16) {
+        var bytes: (UInt64, UInt64) = (0, 0)
+        withUnsafeMutableBytes(of: &bytes) { raw in
+            withUnsafeBytes(of: address) { raw.copyMemory(from: $0) }
+        }
+        self.init(family: .ipv4, bytes: bytes, port: port)
+    }
+
+    public init(_ address: in6_addr, port: UInt16, scopeID: UInt32 = 0) {
+        var bytes: (UInt64, UInt64) = (0, 0)
+        withUnsafeMutableBytes(of: &bytes) { raw in
+            withUnsafeBytes(of: address) { raw.copyMemory(from: $0) }
+        }
+        self.init(family: .ipv6, bytes: bytes, port: port, scopeID: scopeID)
+    }
+
+    /// The address in a `sockaddr`, or nil for a family other than AF_INET and AF_INET6.
+    init?(_ pointer: UnsafePointer<sockaddr>) {
+        switch CInt(pointer.pointee.sa_family) {
+        case AF_INET:
+            let address = UnsafeRawPointer(pointer).loadUnaligned(as: sockaddr_in.self)
+            self.init(address.sin_addr, port: UInt16(bigEndian: address.sin_port))
+        case AF_INET6:
+            let address = UnsafeRawPointer(pointer).loadUnaligned(as: sockaddr_in6.self)
+            self.init(address.sin6_addr, port: UInt16(bigEndian: address.sin6_port), scopeID: address.sin6_scope_id)
+        default:
+            return nil
+        }
+    }
+
+    init?(_ storage: sockaddr_storage) {
+        var storage = storage
+        let address = withUnsafePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { SocketAddress($0) }
+        }
+        guard let address else { return nil }
+        self = address
+    }
+
+    /// A placeholder for an address the kernel did not report.
+    static let unspecified = SocketAddress(family: .ipv4, bytes: (0, 0), port: 0)
+
+    public var addressFamily: CInt { family == .ipv4 ? AF_INET : AF_INET6 }
+
+    /// Calls `body` with this address as a `sockaddr` pointer and its length.
+    func withSockAddr<Result, Failure: Error>(
+        _ body: (UnsafePointer<sockaddr>, socklen_t) throws(Failure) -> Result
+    ) throws(Failure) -> Result {
+        switch family {
+        case .ipv4:
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = port.bigEndian
+            withUnsafeMutableBytes(of: &address.sin_addr) { raw in
+                withUnsafeBytes(of: bytes) { raw.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[0..<4])) }
+            }
+            return try withUnsafePointer(to: &address) { (pointer) throws(Failure) in
+                try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { (raw) throws(Failure) in
+                    try body(raw, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+        case .ipv6:
+            var address = sockaddr_in6()
+            address.sin6_family = sa_family_t(AF_INET6)
+            address.sin6_port = port.bigEndian
+            address.sin6_scope_id = scopeID
+            withUnsafeMutableBytes(of: &address.sin6_addr) { raw in
+                withUnsafeBytes(of: bytes) { raw.copyMemory(from: $0) }
+            }
+            return try withUnsafePointer(to: &address) { (pointer) throws(Failure) in
+                try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { (raw) throws(Failure) in
+                    try body(raw, socklen_t(MemoryLayout<sockaddr_in6>.size))
+                }
+            }
+        }
+    }
+
+    /// The address bytes: 4 for IPv4, 16 for IPv6.
+    public var addressBytes: [UInt8] {
+        withUnsafeBytes(of: bytes) { Array($0.prefix(family == .ipv4 ? 4 : 16)) }
+    }
+
+    /// The address alone, without port: `192.0.2.1`, `2001:db8::1`, `fe80::1%eth0`.
+    public var host: String {
+        var text = withUnsafeBytes(of: bytes) { Syscall.format(addressFamily, $0.baseAddress!) }
+        if scopeID != 0 {
+            text += "%" + (Syscall.interfaceName(scopeID) ?? String(scopeID))
+        }
+        return text
+    }
+
+    /// `192.0.2.1:80` or `[2001:db8::1]:80`, the form the command line takes.
+    public var description: String {
+        family == .ipv4 ? "\(host):\(port)" : "[\(host)]:\(port)"
+    }
+
+    /// True for `::` and `0.0.0.0`.
+    public var isUnspecified: Bool { bytes == (0, 0) }
+
+    /// An IPv4 address carried in an IPv6 one (`::ffff:192.0.2.1`), as a dual-stack listener reports IPv4
+    /// clients; nil otherwise.
+    public var unmappedIPv4: SocketAddress? {
+        guard family == .ipv6 else { return nil }
+        let raw = addressBytes
+        guard raw[0..<10].allSatisfy({ $0 == 0 }) && raw[10] == 0xff && raw[11] == 0xff else { return nil }
+        var bytes: (UInt64, UInt64) = (0, 0)
+        withUnsafeMutableBytes(of: &bytes) { $0.copyBytes(from: raw[12..<16]) }
+        return SocketAddress(family: .ipv4, bytes: bytes, port: port)
+    }
+
+    public static func == (lhs: SocketAddress, rhs: SocketAddress) -> Bool {
+        lhs.family == rhs.family && lhs.port == rhs.port && lhs.bytes == rhs.bytes && lhs.scopeID == rhs.scopeID
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(family)
+        hasher.combine(port)
+        hasher.combine(bytes.0)
+        hasher.combine(bytes.1)
+        hasher.combine(scopeID)
+    }
+}

@@ -1,0 +1,256 @@
+import Testing
+import TCPCrossover
+
+/// The relay's state machine against the simulated kernel: bytes, order, half-closes, resets, back-pressure and
+/// the hand-back of pipes and buffers, over many random schedules.
+@Suite struct RelayStateTests {
+    struct Scenario {
+        var seed: UInt64
+        var clientBytes = 0
+        var serverBytes = 0
+        var clientEndsFirst = true
+        var pipeCapacity = 64 * 1024
+        var spliceUnsupported = false
+        var pipesUnavailable = false
+        var window = 64 * 1024
+    }
+
+    struct Outcome {
+        var step: RelayState.Step
+        var kernel: SimulatedKernel
+        var sentByClient: [UInt8]
+        var sentByServer: [UInt8]
+        var relay: RelayState
+    }
+
+    /// Runs a whole connection: both peers send their bytes in random chunks and end, in the scenario's order,
+    /// while reading at random; the relay is advanced in between with random budgets. Returns when the relay says
+    /// finished or failed, or after a bound on steps (a stall).
+    func run(_ scenario: Scenario) -> Outcome {
+        let kernel = SimulatedKernel(seed: scenario.seed, pipeCapacity: scenario.pipeCapacity)
+        kernel.spliceUnsupported = scenario.spliceUnsupported
+        kernel.pipesUnavailable = scenario.pipesUnavailable
+        kernel.client.window = scenario.window
+        kernel.server.window = scenario.window
+        var random = SeededRandom(seed: scenario.seed &* 31 &+ 7)
+        let sentByClient = randomBytes(scenario.clientBytes, &random)
+        let sentByServer = randomBytes(scenario.serverBytes, &random)
+        var clientOffset = 0
+        var serverOffset = 0
+        var clientEnded = false
+        var serverEnded = false
+        var relay = RelayState()
+        relay.readiness.clientWritable = true
+        relay.readiness.serverWritable = true
+        var io = SimulatedKernel.IO(kernel: kernel)
+
+        for _ in 0..<200_000 {
+            switch Int.random(in: 0..<6, using: &random) {
+            case 0 where clientOffset < sentByClient.count:
+                let count = min(sentByClient.count - clientOffset, Int.random(in: 1...70_000, using: &random))
+                kernel.peerSends(.client, Array(sentByClient[clientOffset..<(clientOffset + count)]),
+                    readiness: &relay.readiness)
+                clientOffset += count
+            case 1 where serverOffset < sentByServer.count:
+                let count = min(sentByServer.count - serverOffset, Int.random(in: 1...70_000, using: &random))
+                kernel.peerSends(.server, Array(sentByServer[serverOffset..<(serverOffset + count)]),
+                    readiness: &relay.readiness)
+                serverOffset += count
+            case 2:
+                kernel.peerReads(.client, upTo: Int.random(in: 1...100_000, using: &random), readiness: &relay.readiness)
+            case 3:
+                kernel.peerReads(.server, upTo: Int.random(in: 1...100_000, using: &random), readiness: &relay.readiness)
+            case 4:
+                // Ends come once all bytes are sent, in the scenario's order.
+                let clientDone = clientOffset == sentByClient.count
+                let serverDone = serverOffset == sentByServer.count
+                if scenario.clientEndsFirst || serverEnded {
+                    if clientDone && !clientEnded {
+                        kernel.peerEnds(.client, readiness: &relay.readiness)
+                        clientEnded = true
+                    } else if clientEnded && serverDone && !serverEnded {
+                        kernel.peerEnds(.server, readiness: &relay.readiness)
+                        serverEnded = true
+                    }
+                } else if serverDone && !serverEnded {
+                    kernel.peerEnds(.server, readiness: &relay.readiness)
+                    serverEnded = true
+                }
+            default:
+                let step = relay.advance(&io, budget: Int.random(in: 1...16, using: &random))
+                switch step {
+                case .finished, .failed:
+                    return Outcome(
+                        step: step, kernel: kernel, sentByClient: sentByClient, sentByServer: sentByServer,
+                        relay: relay)
+                case .waiting, .moreWork:
+                    break
+                }
+            }
+        }
+        return Outcome(
+            step: .waiting, kernel: kernel, sentByClient: sentByClient, sentByServer: sentByServer, relay: relay)
+    }
+
+    /// Every byte arrives, in order, each side gets exactly one FIN after its last byte, and the relay gives back
+    /// every pipe and buffer.
+    func expectComplete(_ outcome: Outcome, _ scenario: Scenario) {
+        #expect(outcome.step == .finished, "seed \(scenario.seed)")
+        let kernel = outcome.kernel
+        // Compared as booleans: a failing comparison of the arrays would print megabytes.
+        let upstreamIntact = kernel.server.received == outcome.sentByClient
+        let downstreamIntact = kernel.client.received == outcome.sentByServer
+        #expect(upstreamIntact, "seed \(scenario.seed): client to server bytes differ")
+        #expect(downstreamIntact, "seed \(scenario.seed): server to client bytes differ")
+        #expect(kernel.server.shutdownCount == 1 && kernel.client.shutdownCount == 1, "seed \(scenario.seed)")
+        #expect(outcome.relay.bytes.up == UInt64(outcome.sentByClient.count))
+        #expect(outcome.relay.bytes.down == UInt64(outcome.sentByServer.count))
+        var relay = outcome.relay
+        var io = SimulatedKernel.IO(kernel: kernel)
+        relay.releaseResources(&io)
+        #expect(kernel.pipesInUse == 0 && kernel.buffersInUse == 0, "seed \(scenario.seed)")
+    }
+
+    @Test func relay_whenBothSidesSendAndClose_everyByteArrivesInOrder() {
+        for seed in UInt64(1)...150 {
+            var random = SeededRandom(seed: seed)
+            let scenario = Scenario(
+                seed: seed,
+                clientBytes: Int.random(in: 0...300_000, using: &random),
+                serverBytes: Int.random(in: 0...300_000, using: &random),
+                clientEndsFirst: Bool.random(using: &random),
+                pipeCapacity: [8192, 65536, 1 << 20].randomElement(using: &random)!,
+                window: Int.random(in: 1...200_000, using: &random))
+            expectComplete(run(scenario), scenario)
+        }
+    }
+
+    @Test func relay_whenClientHalfClosesFirst_serverReplyStillArrives() {
+        let scenario = Scenario(seed: 7, clientBytes: 1000, serverBytes: 500_000, clientEndsFirst: true)
+        let outcome = run(scenario)
+        expectComplete(outcome, scenario)
+        #expect(outcome.relay.firstToEnd == .client)
+    }
+
+    @Test func relay_whenServerHalfClosesFirst_clientBytesStillArrive() {
+        let scenario = Scenario(seed: 11, clientBytes: 500_000, serverBytes: 1000, clientEndsFirst: false)
+        let outcome = run(scenario)
+        expectComplete(outcome, scenario)
+        #expect(outcome.relay.firstToEnd == .server)
+    }
+
+    @Test func relay_whenNothingIsSent_endsAreStillPassedOn() {
+        for clientEndsFirst in [true, false] {
+            let scenario = Scenario(seed: 3, clientEndsFirst: clientEndsFirst)
+            expectComplete(run(scenario), scenario)
+        }
+    }
+
+    @Test func relay_whenSpliceIsUnsupported_copiesEverything() {
+        for seed in UInt64(1)...20 {
+            let scenario = Scenario(seed: seed, clientBytes: 200_000, serverBytes: 100_000, spliceUnsupported: true)
+            expectComplete(run(scenario), scenario)
+        }
+    }
+
+    @Test func relay_whenNoPipeCanBeHad_copiesEverything() {
+        for seed in UInt64(1)...20 {
+            let scenario = Scenario(seed: seed, clientBytes: 200_000, serverBytes: 100_000, pipesUnavailable: true)
+            expectComplete(run(scenario), scenario)
+        }
+    }
+
+    @Test func relay_whenServerResets_failsOnTheServerSide() {
+        let kernel = SimulatedKernel(seed: 5)
+        var relay = RelayState()
+        relay.readiness.clientWritable = true
+        relay.readiness.serverWritable = true
+        var io = SimulatedKernel.IO(kernel: kernel)
+        kernel.peerSends(.client, Array(repeating: 1, count: 5000), readiness: &relay.readiness)
+        #expect(relay.advance(&io, budget: 16) == .waiting)
+        kernel.peerResets(.server, readiness: &relay.readiness)
+        #expect(relay.advance(&io, budget: 16) == .failed(.server, .connectionReset))
+    }
+
+    @Test func relay_whenClientResetsDuringDownload_failsOnTheClientSide() {
+        let kernel = SimulatedKernel(seed: 9)
+        var relay = RelayState()
+        relay.readiness.clientWritable = true
+        relay.readiness.serverWritable = true
+        var io = SimulatedKernel.IO(kernel: kernel)
+        kernel.peerSends(.server, Array(repeating: 2, count: 400_000), readiness: &relay.readiness)
+        _ = relay.advance(&io, budget: 16)
+        kernel.peerResets(.client, readiness: &relay.readiness)
+        var step = RelayState.Step.waiting
+        for _ in 0..<10 where step == .waiting || step == .moreWork {
+            kernel.peerSends(.server, [3], readiness: &relay.readiness)
+            step = relay.advance(&io, budget: 16)
+        }
+        #expect(step == .failed(.client, .connectionReset))
+    }
+
+    /// A server that reads nothing makes the relay stop reading from the client: it holds no more than one pipe
+    /// and one buffer of bytes beyond what the server's socket takes.
+    @Test func relay_whenServerDoesNotRead_clientIsSlowedDown() {
+        let scenarioWindow = 100_000
+        let kernel = SimulatedKernel(seed: 13, pipeCapacity: 65536)
+        kernel.server.window = scenarioWindow
+        var relay = RelayState()
+        relay.readiness.clientWritable = true
+        relay.readiness.serverWritable = true
+        var io = SimulatedKernel.IO(kernel: kernel)
+        for _ in 0..<200 {
+            kernel.peerSends(.client, Array(repeating: 4, count: 50_000), readiness: &relay.readiness)
+            _ = relay.advance(&io, budget: 16)
+        }
+        #expect(kernel.server.unread == scenarioWindow)
+        #expect(kernel.client.incomingOffset <= scenarioWindow + 65536 + 16 * 1024)
+        #expect(kernel.client.available > 9_000_000)
+    }
+
+    /// A request/response exchange is copied through the shared buffer: no pipe and no buffer is held between
+    /// exchanges.
+    @Test func relay_whenExchangesAreSmall_holdsNothingBetweenThem() {
+        let kernel = SimulatedKernel(seed: 17)
+        var relay = RelayState()
+        relay.readiness.clientWritable = true
+        relay.readiness.serverWritable = true
+        var io = SimulatedKernel.IO(kernel: kernel)
+        for round in 0..<100 {
+            kernel.peerSends(.client, Array(repeating: UInt8(round), count: 200), readiness: &relay.readiness)
+            _ = relay.advance(&io, budget: 16)
+            kernel.peerReads(.server, upTo: 1000, readiness: &relay.readiness)
+            kernel.peerSends(.server, Array(repeating: UInt8(round), count: 900), readiness: &relay.readiness)
+            _ = relay.advance(&io, budget: 16)
+            kernel.peerReads(.client, upTo: 1000, readiness: &relay.readiness)
+            #expect(!relay.holdsResources)
+        }
+        #expect(kernel.server.delivered.count == 20_000 && kernel.client.delivered.count == 90_000)
+    }
+
+    /// Bulk data switches a direction to splice, and the pipe goes back once the source is quiet.
+    @Test func relay_whenBulkDataEnds_pipeIsGivenBack() {
+        let kernel = SimulatedKernel(seed: 19, pipeCapacity: 1 << 20)
+        kernel.client.window = 10_000_000
+        var relay = RelayState()
+        relay.readiness.clientWritable = true
+        relay.readiness.serverWritable = true
+        var io = SimulatedKernel.IO(kernel: kernel)
+        kernel.peerSends(.server, Array(repeating: 5, count: 3_000_000), readiness: &relay.readiness)
+        var sawPipe = false
+        for _ in 0..<1000 {
+            _ = relay.advance(&io, budget: 16)
+            if kernel.pipesInUse > 0 { sawPipe = true }
+            kernel.peerReads(.client, upTo: 1_000_000, readiness: &relay.readiness)
+            if kernel.client.delivered.count == 3_000_000 { break }
+        }
+        #expect(sawPipe)
+        #expect(kernel.client.delivered.count == 3_000_000)
+        // A small message after the bulk: the pipe is released once the source is found empty and quiet.
+        kernel.peerSends(.server, [1, 2, 3], readiness: &relay.readiness)
+        _ = relay.advance(&io, budget: 16)
+        kernel.peerSends(.server, [4], readiness: &relay.readiness)
+        _ = relay.advance(&io, budget: 16)
+        #expect(kernel.pipesInUse == 0)
+    }
+}

@@ -1,0 +1,294 @@
+import TCPCrossover
+
+/// A deterministic pseudo-random generator (SplitMix64), so that a failing seed can be replayed.
+struct SeededRandom: RandomNumberGenerator {
+    private var state: UInt64
+
+    init(seed: UInt64) { state = seed }
+
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// `count` pseudo-random bytes, eight from each draw.
+func randomBytes(_ count: Int, _ random: inout SeededRandom) -> [UInt8] {
+    var bytes = [UInt8](repeating: 0, count: count)
+    var index = 0
+    while index < count {
+        var word = random.next()
+        for _ in 0..<min(8, count - index) {
+            bytes[index] = UInt8(truncatingIfNeeded: word)
+            word >>= 8
+            index += 1
+        }
+    }
+    return bytes
+}
+
+/// A simulated kernel for the relay's state machine: two sockets with finite buffers, pipes whose slots can fill
+/// before their byte capacity does (as with splice from TCP), calls that move random amounts, and injected resets.
+/// It implements `RelayIO`, so `RelayState` runs against it exactly as against real sockets.
+final class SimulatedKernel {
+    /// One socket as the relay sees it.
+    struct Socket {
+        /// Bytes the peer sent that the relay has not received.
+        var incoming: [UInt8] = []
+        var incomingOffset = 0
+        /// The peer sent FIN after `incoming`.
+        var peerEnded = false
+        /// Bytes the relay sent that the peer has not read yet, up to `window`.
+        var outgoing: [UInt8] = []
+        var outgoingOffset = 0
+        var window = 64 * 1024
+        /// Everything the peer has read.
+        var delivered: [UInt8] = []
+        /// The relay shut down its write side (FIN to the peer).
+        var shutdownCount = 0
+        var reset: Errno?
+
+        var available: Int { incoming.count - incomingOffset }
+        var unread: Int { outgoing.count - outgoingOffset }
+        /// Everything the relay sent to this peer, read or not.
+        var received: [UInt8] { delivered + outgoing[outgoingOffset...] }
+    }
+
+    struct Pipe {
+        var bytes: [UInt8] = []
+        var offset = 0
+        var count: Int { bytes.count - offset }
+        var slotsUsed = 0
+        let slots: Int
+        let capacity: Int
+    }
+
+    var random: SeededRandom
+    var client = Socket()
+    var server = Socket()
+    var pipes: [CInt: Pipe] = [:]
+    var nextPipe: CInt = 100
+    var pipesInUse = 0
+    var buffersInUse = 0
+    var pipeCapacity: Int
+    /// Splice from a socket fails with EINVAL (a socket type without splice support).
+    var spliceUnsupported = false
+    /// acquirePipe returns nil (out of descriptors).
+    var pipesUnavailable = false
+    let scratchBuffer: UnsafeMutableRawBufferPointer
+    var calls = 0
+
+    init(seed: UInt64, pipeCapacity: Int = 64 * 1024, copyChunk: Int = 16 * 1024) {
+        random = SeededRandom(seed: seed)
+        self.pipeCapacity = pipeCapacity
+        scratchBuffer = .allocate(byteCount: copyChunk, alignment: 16)
+    }
+
+    deinit { scratchBuffer.deallocate() }
+
+    func socket(_ side: Side) -> Socket { side == .client ? client : server }
+
+    func modify(_ side: Side, _ body: (inout Socket) -> Void) {
+        if side == .client { body(&client) } else { body(&server) }
+    }
+
+    /// A random amount from 1 to `limit`, often the whole.
+    func portion(_ limit: Int) -> Int {
+        guard limit > 1 else { return limit }
+        return Bool.random(using: &random) ? limit : Int.random(in: 1...limit, using: &random)
+    }
+
+    // MARK: what the peers do
+
+    func peerSends(_ side: Side, _ bytes: [UInt8], readiness: inout Readiness) {
+        modify(side) { $0.incoming += bytes }
+        readiness.setReadable(side, true)
+    }
+
+    func peerEnds(_ side: Side, readiness: inout Readiness) {
+        modify(side) { $0.peerEnded = true }
+        readiness.setReadable(side, true)
+    }
+
+    func peerResets(_ side: Side, readiness: inout Readiness) {
+        modify(side) { $0.reset = .connectionReset }
+        readiness.setReadable(side, true)
+        readiness.setWritable(side, true)
+    }
+
+    /// The peer reads up to `count` bytes of what the relay sent.
+    func peerReads(_ side: Side, upTo count: Int, readiness: inout Readiness) {
+        modify(side) { socket in
+            let taken = min(count, socket.unread)
+            guard taken > 0 else { return }
+            socket.delivered += socket.outgoing[socket.outgoingOffset..<(socket.outgoingOffset + taken)]
+            socket.outgoingOffset += taken
+            if socket.outgoingOffset == socket.outgoing.count {
+                socket.outgoing.removeAll(keepingCapacity: true)
+                socket.outgoingOffset = 0
+            }
+        }
+        readiness.setWritable(side, true)
+    }
+}
+
+extension SimulatedKernel {
+    /// `RelayIO` for one turn; a struct, as the real one is, forwarding to the kernel.
+    struct IO: RelayIO {
+        let kernel: SimulatedKernel
+
+        func receive(from side: Side, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> IOResult<Int> {
+            kernel.calls += 1
+            var result = IOResult<Int>.wouldBlock
+            var failure: Errno?
+            kernel.modify(side) { socket in
+                if let reset = socket.reset {
+                    failure = reset
+                    return
+                }
+                if socket.available == 0 {
+                    if socket.peerEnded { result = .processed(0) }
+                    return
+                }
+                let count = kernel.portion(min(buffer.count, socket.available))
+                for index in 0..<count { buffer[index] = socket.incoming[socket.incomingOffset + index] }
+                socket.incomingOffset += count
+                result = .processed(count)
+            }
+            if let failure { throw failure }
+            return result
+        }
+
+        func send(to side: Side, _ bytes: UnsafeRawBufferPointer) throws(Errno) -> IOResult<Int> {
+            kernel.calls += 1
+            var result = IOResult<Int>.wouldBlock
+            var failure: Errno?
+            kernel.modify(side) { socket in
+                if let reset = socket.reset {
+                    failure = reset
+                    return
+                }
+                precondition(socket.shutdownCount == 0, "send after shutdown")
+                // As TCP does, send takes all that fits: a short count means the socket is full.
+                let room = socket.window - socket.unread
+                guard room > 0 else { return }
+                let count = min(room, bytes.count)
+                socket.outgoing += bytes[0..<count]
+                result = .processed(count)
+            }
+            if let failure { throw failure }
+            return result
+        }
+
+        func splice(from side: Side, into pipe: PipeHandle, count: Int) throws(Errno) -> IOResult<Int> {
+            kernel.calls += 1
+            if kernel.spliceUnsupported { throw Errno.invalidArgument }
+            var simulated = kernel.pipes[pipe.readEnd]!
+            let freeSlots = simulated.slots - simulated.slotsUsed
+            var result = IOResult<Int>.wouldBlock
+            var failure: Errno?
+            kernel.modify(side) { socket in
+                if let reset = socket.reset {
+                    failure = reset
+                    return
+                }
+                if socket.available == 0 {
+                    if socket.peerEnded { result = .processed(0) }
+                    return
+                }
+                // A pipe with every slot taken takes nothing, even below its byte capacity.
+                guard freeSlots > 0 else { return }
+                let limit = min(count, socket.available, simulated.capacity - simulated.count)
+                guard limit > 0 else { return }
+                let moved = kernel.portion(limit)
+                // Each segment spliced may take a slot of its own, however small.
+                let slots = min(freeSlots, Int.random(in: ((moved + 4095) / 4096)...max(1, (moved + 511) / 512),
+                    using: &kernel.random))
+                let fitting = min(moved, slots * 4096)
+                simulated.bytes += socket.incoming[socket.incomingOffset..<(socket.incomingOffset + fitting)]
+                simulated.slotsUsed += slots
+                socket.incomingOffset += fitting
+                result = .processed(fitting)
+            }
+            if let failure { throw failure }
+            kernel.pipes[pipe.readEnd] = simulated
+            return result
+        }
+
+        func splice(from pipe: PipeHandle, to side: Side, count: Int) throws(Errno) -> IOResult<Int> {
+            kernel.calls += 1
+            var simulated = kernel.pipes[pipe.readEnd]!
+            precondition(count <= simulated.count, "splice of more than the pipe holds")
+            var result = IOResult<Int>.wouldBlock
+            var failure: Errno?
+            kernel.modify(side) { socket in
+                if let reset = socket.reset {
+                    failure = reset
+                    return
+                }
+                precondition(socket.shutdownCount == 0, "splice after shutdown")
+                let room = socket.window - socket.unread
+                guard room > 0, simulated.count > 0 else { return }
+                let moved = kernel.portion(min(room, count))
+                socket.outgoing += simulated.bytes[simulated.offset..<(simulated.offset + moved)]
+                simulated.offset += moved
+                if simulated.count == 0 {
+                    simulated.bytes.removeAll(keepingCapacity: true)
+                    simulated.offset = 0
+                    simulated.slotsUsed = 0
+                } else {
+                    simulated.slotsUsed = min(simulated.slotsUsed, (simulated.count + 511) / 512)
+                }
+                result = .processed(moved)
+            }
+            if let failure { throw failure }
+            kernel.pipes[pipe.readEnd] = simulated
+            return result
+        }
+
+        func shutdownWrite(_ side: Side) throws(Errno) {
+            kernel.calls += 1
+            var failure: Errno?
+            kernel.modify(side) { socket in
+                if let reset = socket.reset { failure = reset } else { socket.shutdownCount += 1 }
+            }
+            if let failure { throw failure }
+        }
+
+        func acquirePipe() -> PipeHandle? {
+            guard !kernel.pipesUnavailable else { return nil }
+            let fd = kernel.nextPipe
+            kernel.nextPipe += 2
+            let capacity = kernel.pipeCapacity
+            kernel.pipes[fd] = Pipe(slots: max(2, capacity / 4096), capacity: capacity)
+            kernel.pipesInUse += 1
+            return PipeHandle(readEnd: fd, writeEnd: fd + 1, capacity: capacity)
+        }
+
+        func releasePipe(_ pipe: PipeHandle) {
+            precondition(kernel.pipes[pipe.readEnd]!.count == 0, "a pipe with bytes went back to the pool")
+            kernel.pipes[pipe.readEnd] = nil
+            kernel.pipesInUse -= 1
+        }
+
+        func discardPipe(_ pipe: PipeHandle) {
+            kernel.pipes[pipe.readEnd] = nil
+            kernel.pipesInUse -= 1
+        }
+
+        func acquireBuffer() -> UnsafeMutableRawBufferPointer {
+            kernel.buffersInUse += 1
+            return .allocate(byteCount: kernel.scratchBuffer.count, alignment: 16)
+        }
+
+        func releaseBuffer(_ buffer: UnsafeMutableRawBufferPointer) {
+            kernel.buffersInUse -= 1
+            buffer.deallocate()
+        }
+
+        var scratch: UnsafeMutableRawBufferPointer { kernel.scratchBuffer }
+    }
+}
