@@ -56,7 +56,9 @@ public struct Endpoint: Equatable, Sendable, CustomStringConvertible {
             hostBytes = bytes[..<colon]
             portBytes = bytes[(colon + 1)...]
             if hostBytes.contains(UInt8(ascii: ":")) {
-                throw fail("an IPv6 address with a port needs brackets: write [\(String(decoding: hostBytes, as: UTF8.self))]:\(String(decoding: bytes[(colon + 1)...], as: UTF8.self))")
+                throw fail(
+                    "an IPv6 address with a port needs brackets: write [\(String(decoding: hostBytes, as: UTF8.self))]:\(String(decoding: bytes[(colon + 1)...], as: UTF8.self))"
+                )
             }
             if hostBytes.contains(UInt8(ascii: "]")) { throw fail("']' without an opening '['") }
         }
@@ -66,7 +68,8 @@ public struct Endpoint: Equatable, Sendable, CustomStringConvertible {
             throw fail("the host is missing (use [::]:\(port) or 0.0.0.0:\(port) for every address)")
         }
         self.port = port
-        self.host = bracketed
+        self.host =
+            bracketed
             ? try Self.parseIPv6(hostBytes, port: port, fail: fail)
             : try Self.parseIPv4OrName(hostBytes, port: port, fail: fail)
     }

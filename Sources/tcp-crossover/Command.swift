@@ -138,7 +138,8 @@ private func size(_ text: String, option: String, range: ClosedRange<Int>) throw
         range.contains(value * multiplier)
     else {
         throw ValidationError(
-            "\(option) '\(text)' is not a size from \(range.lowerBound) to \(range.upperBound) bytes (such as 65536, 64k or 1m)")
+            "\(option) '\(text)' is not a size from \(range.lowerBound) to \(range.upperBound) bytes (such as 65536, 64k or 1m)"
+        )
     }
     return value * multiplier
 }

@@ -1,5 +1,5 @@
-import Testing
 import TCPCrossover
+import Testing
 
 @Suite struct EndpointTests {
     @Test(arguments: [

@@ -1,5 +1,5 @@
-import Testing
 import TCPCrossover
+import Testing
 
 /// The relay's state machine against the simulated kernel: bytes, order, half-closes, resets, back-pressure and
 /// the hand-back of pipes and buffers, over many random schedules.
@@ -48,18 +48,22 @@ import TCPCrossover
             switch Int.random(in: 0..<6, using: &random) {
             case 0 where clientOffset < sentByClient.count:
                 let count = min(sentByClient.count - clientOffset, Int.random(in: 1...70_000, using: &random))
-                kernel.peerSends(.client, Array(sentByClient[clientOffset..<(clientOffset + count)]),
+                kernel.peerSends(
+                    .client, Array(sentByClient[clientOffset..<(clientOffset + count)]),
                     readiness: &relay.readiness)
                 clientOffset += count
             case 1 where serverOffset < sentByServer.count:
                 let count = min(sentByServer.count - serverOffset, Int.random(in: 1...70_000, using: &random))
-                kernel.peerSends(.server, Array(sentByServer[serverOffset..<(serverOffset + count)]),
+                kernel.peerSends(
+                    .server, Array(sentByServer[serverOffset..<(serverOffset + count)]),
                     readiness: &relay.readiness)
                 serverOffset += count
             case 2:
-                kernel.peerReads(.client, upTo: Int.random(in: 1...100_000, using: &random), readiness: &relay.readiness)
+                kernel.peerReads(
+                    .client, upTo: Int.random(in: 1...100_000, using: &random), readiness: &relay.readiness)
             case 3:
-                kernel.peerReads(.server, upTo: Int.random(in: 1...100_000, using: &random), readiness: &relay.readiness)
+                kernel.peerReads(
+                    .server, upTo: Int.random(in: 1...100_000, using: &random), readiness: &relay.readiness)
             case 4:
                 // Ends come once all bytes are sent, in the scenario's order.
                 let clientDone = clientOffset == sentByClient.count

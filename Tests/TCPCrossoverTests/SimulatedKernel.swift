@@ -205,8 +205,11 @@ extension SimulatedKernel {
                 guard limit > 0 else { return }
                 let moved = kernel.portion(limit)
                 // Each segment spliced may take a slot of its own, however small.
-                let slots = min(freeSlots, Int.random(in: ((moved + 4095) / 4096)...max(1, (moved + 511) / 512),
-                    using: &kernel.random))
+                let slots = min(
+                    freeSlots,
+                    Int.random(
+                        in: ((moved + 4095) / 4096)...max(1, (moved + 511) / 512),
+                        using: &kernel.random))
                 let fitting = min(moved, slots * 4096)
                 simulated.bytes += socket.incoming[socket.incomingOffset..<(socket.incomingOffset + fitting)]
                 simulated.slotsUsed += slots

@@ -1,4 +1,5 @@
 import Testing
+
 @testable import TCPCrossover
 
 @Suite struct SupportTests {

@@ -69,7 +69,8 @@ final class Connection {
         let remote = remoteAddress.map { $0.description } ?? "-"
         let (up, down) = relay.bytes
         let milliseconds = max(0, now - startedAt)
-        let seconds = "\(milliseconds / 1000).\(String(repeating: "0", count: 3 - String(milliseconds % 1000).count))\(milliseconds % 1000)"
+        let seconds =
+            "\(milliseconds / 1000).\(String(repeating: "0", count: 3 - String(milliseconds % 1000).count))\(milliseconds % 1000)"
         let how: String
         switch ending {
         case .completed(let first): how = first.map { "\($0) closed first" } ?? "closed"

@@ -193,7 +193,7 @@ public struct Direction {
         let result: IOResult<Int>
         do {
             result = try io.splice(from: source, into: pipe, count: room)
-        } catch where error == .invalidArgument && pipeBytes == 0 {
+        } catch  where error == .invalidArgument && pipeBytes == 0 {
             // This source cannot be spliced from: copy instead, for the rest of the connection.
             spliceUnsupported = true
             stopSplicing(&io)

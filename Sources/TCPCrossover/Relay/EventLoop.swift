@@ -121,8 +121,9 @@ final class EventLoop: @unchecked Sendable {
         let data = EventTag.make(EventTag.listener, index: index)
         do {
             try Syscall.epollControl(
-                epoll, EPOLL_CTL_ADD, listeners[index].fd, events: EPOLLIN.rawValue | EPOLLEXCLUSIVE.rawValue, data: data)
-        } catch where error == .invalidArgument {
+                epoll, EPOLL_CTL_ADD, listeners[index].fd, events: EPOLLIN.rawValue | EPOLLEXCLUSIVE.rawValue,
+                data: data)
+        } catch  where error == .invalidArgument {
             // A kernel without EPOLLEXCLUSIVE (before 4.5): every loop wakes, and all but one find nothing.
             try control(EPOLL_CTL_ADD, listeners[index].fd, EPOLLIN.rawValue, data)
         } catch {
@@ -354,8 +355,11 @@ final class EventLoop: @unchecked Sendable {
         connections[Int(slot)] = connection
         liveConnections += 1
         do {
-            try control(EPOLL_CTL_ADD, fd, Self.connectionEvents, EventTag.make(EventTag.client, index: Int(slot),
-                generation: connection.generation))
+            try control(
+                EPOLL_CTL_ADD, fd, Self.connectionEvents,
+                EventTag.make(
+                    EventTag.client, index: Int(slot),
+                    generation: connection.generation))
         } catch {
             Log.error("cannot watch the connection from \(peer): \(error)")
             finish(connection, .failed(.client, error.errno))
@@ -382,7 +386,8 @@ final class EventLoop: @unchecked Sendable {
                 _ = try? Syscall.setOption(fd, CInt(IPPROTO_TCP), TCP_NODELAY, 1)
                 try Syscall.epollControl(
                     epoll, EPOLL_CTL_ADD, fd, events: Self.connectionEvents,
-                    data: EventTag.make(EventTag.server, index: Int(connection.slot), generation: connection.generation))
+                    data: EventTag.make(EventTag.server, index: Int(connection.slot), generation: connection.generation)
+                )
                 if try Syscall.connect(fd, to: address) {
                     connected(connection)
                 } else {
@@ -460,6 +465,8 @@ final class EventLoop: @unchecked Sendable {
         connections[Int(connection.slot)] = nil
         freeSlots.append(connection.slot)
         liveConnections -= 1
+        // Pooled pipes serve bursts of connections; an idle loop holds no descriptors beyond its own.
+        if liveConnections == 0 { resources.trimPipes() }
         if case .connectFailed = ending {
             engine.statistics.failedConnects.add(1, ordering: .relaxed)
         }

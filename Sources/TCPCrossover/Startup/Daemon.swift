@@ -62,7 +62,8 @@ public enum Daemon {
         var report: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 512)
         while true {
-            let result = buffer.withUnsafeMutableBytes { raw in Result { () throws(Errno) in try Syscall.read(fd, raw) } }
+            let result = buffer.withUnsafeMutableBytes { raw in Result { () throws(Errno) in try Syscall.read(fd, raw) }
+            }
             guard case .success(.processed(let count)) = result, count > 0 else { break }
             report += buffer[0..<count]
         }

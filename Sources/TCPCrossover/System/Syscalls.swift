@@ -114,7 +114,7 @@ public enum Syscall {
         do {
             _ = try valueOrErrno { tcx_lock(fd) }
             return true
-        } catch where error == .wouldBlock {
+        } catch  where error == .wouldBlock {
             return false
         }
     }

@@ -1,0 +1,56 @@
+# tcp-crossover: build, test, install.
+#
+#   make run LOCAL='[::1]:8080' REMOTE=127.0.0.1:8000   build and run the relay in the foreground
+#   make check                                          run every test (unit and end-to-end)
+#   make install [PREFIX=/usr] [DESTDIR=...]            install a release build with the units and xinetd entry
+#
+# `run` and `check` first install the system packages they need (with apt-get, as root) when they are missing.
+
+PREFIX ?= /usr
+BINDIR ?= $(PREFIX)/bin
+SWIFT ?= swift
+LOCAL ?= [::1]:8080
+REMOTE ?= 127.0.0.1:8000
+RELEASE_FLAGS = -c release --static-swift-stdlib
+RELEASE_BINARY = .build/release/tcp-crossover
+
+# Debian packages the build needs, and those the tests start.
+BUILD_PACKAGES = libsystemd-dev pkg-config
+TEST_PACKAGES = systemd xinetd
+
+.PHONY: all build release run check test deps test-deps install uninstall lint clean
+
+all: build
+
+deps:
+	@./.ci/install-packages $(BUILD_PACKAGES)
+
+test-deps:
+	@./.ci/install-packages $(BUILD_PACKAGES) $(TEST_PACKAGES)
+
+build: deps
+	$(SWIFT) build
+
+release: deps
+	$(SWIFT) build $(RELEASE_FLAGS)
+
+run: release
+	$(RELEASE_BINARY) --local '$(LOCAL)' --remote '$(REMOTE)' --foreground
+
+check: test-deps lint
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build
+
+test: check
+
+install: release
+	install -D -m 0755 $(RELEASE_BINARY) $(DESTDIR)$(BINDIR)/tcp-crossover
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/tcp-crossover
+
+lint:
+	$(SWIFT) format lint --strict --recursive Package.swift Sources Tests
+
+clean:
+	rm -rf .build

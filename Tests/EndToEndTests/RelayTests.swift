@@ -1,0 +1,237 @@
+import Foundation
+import Glibc
+import Testing
+
+/// The built binary, relaying real bytes over loopback.
+@Suite struct RelayTests {
+    /// A server that echoes everything it receives, then ends its side when the client ends.
+    static func echoServer(host: String = TestAddress.loopback4) throws -> TestServer {
+        try TestServer(host: host) { connection in
+            while true {
+                let chunk = try connection.receive(upTo: 1 << 20)
+                if chunk.isEmpty { break }
+                try connection.send(chunk)
+            }
+            try connection.shutdownWrite()
+        }
+    }
+
+    @Test(arguments: [(AF_INET, AF_INET), (AF_INET, AF_INET6), (AF_INET6, AF_INET), (AF_INET6, AF_INET6)])
+    func relay_inEveryFamilyCombination_echoesOneMebibyteByteForByte(client: Int32, server: Int32) throws {
+        let backend = try Self.echoServer(host: server == AF_INET ? TestAddress.loopback4 : TestAddress.loopback6)
+        let relay = try Relay(family: client, remote: backend.address)
+        let connection = try TestSocket.connect(to: relay.address)
+        let data = testBytes(1 << 20, seed: UInt64(client * 100 + server))
+        let sender = Thread {
+            try? connection.send(data); try? connection.shutdownWrite()
+        }
+        sender.start()
+        let echoed = try connection.receiveAll()
+        #expect(echoed.count == data.count)
+        #expect(echoed == data, "the echoed bytes differ")
+        #expect(eventually { relay.connectionLines.count == 1 })
+        let line = relay.connectionLines.first ?? ""
+        #expect(line.contains("1048576 bytes up, 1048576 bytes down"), "\(line)")
+        #expect(line.contains("-> \(backend.address)"), "\(line)")
+        #expect(line.contains("client closed first"), "\(line)")
+        #expect(relay.stop() == 0)
+    }
+
+    @Test func relay_withTwentyConcurrentConnections_keepsEachStreamApart() throws {
+        let backend = try Self.echoServer()
+        let relay = try Relay(remote: backend.address)
+        let results = Results()
+        let group = DispatchGroup()
+        for index in 0..<20 {
+            group.enter()
+            Thread.detachNewThread {
+                defer { group.leave() }
+                do {
+                    let connection = try TestSocket.connect(to: relay.address)
+                    let data = testBytes(100_000 + index * 1000, seed: UInt64(index))
+                    for start in stride(from: 0, to: data.count, by: 7000) {
+                        try connection.send(Array(data[start..<min(start + 7000, data.count)]))
+                    }
+                    try connection.shutdownWrite()
+                    results.record(try connection.receiveAll() == data)
+                } catch {
+                    results.record(false)
+                }
+            }
+        }
+        #expect(group.wait(timeout: .now() + 60) == .success)
+        #expect(results.successes == 20)
+        #expect(backend.mostActive > 1)
+    }
+
+    @Test func relay_whenClientHalfCloses_serverReplyStillArrives() throws {
+        // The server reads the whole request, then answers after the client's end of stream.
+        let backend = try TestServer { connection in
+            let request = try connection.receiveAll()
+            Thread.sleep(forTimeInterval: 0.2)
+            try connection.send(Array("got \(request.count) bytes".utf8) + testBytes(300_000, seed: 3))
+            try connection.shutdownWrite()
+        }
+        let relay = try Relay(remote: backend.address)
+        let connection = try TestSocket.connect(to: relay.address)
+        try connection.send(testBytes(50_000, seed: 2))
+        try connection.shutdownWrite()
+        let reply = try connection.receiveAll()
+        #expect(reply.starts(with: Array("got 50000 bytes".utf8)))
+        #expect(reply.count == "got 50000 bytes".utf8.count + 300_000)
+        #expect(eventually { relay.connectionLines.first?.contains("client closed first") == true })
+    }
+
+    @Test func relay_whenServerHalfCloses_clientBytesStillArrive() throws {
+        // The server says hello, ends its side at once, and goes on reading until the client ends.
+        let received = Results()
+        let backend = try TestServer { connection in
+            try connection.send("hello\n")
+            try connection.shutdownWrite()
+            let bytes = try connection.receiveAll()
+            received.record(bytes == testBytes(200_000, seed: 4))
+        }
+        let relay = try Relay(remote: backend.address)
+        let connection = try TestSocket.connect(to: relay.address)
+        #expect(try connection.receiveAll() == Array("hello\n".utf8))
+        // After the server's FIN has arrived, the client goes on sending.
+        try connection.send(testBytes(200_000, seed: 4))
+        try connection.shutdownWrite()
+        #expect(connection.waitForEnding() == .endOfStream)
+        #expect(eventually { received.successes == 1 })
+        #expect(eventually { relay.connectionLines.first?.contains("server closed first") == true })
+    }
+
+    @Test func relay_whenRemoteRefuses_closesClientAndLogsTheReason() throws {
+        // A port with nothing listening: bind one, read its number, close it.
+        let unused = try TestServer(accepting: false) { _ in }
+        let address = unused.address
+        unused.stop()
+        let relay = try Relay(remote: address)
+        let connection = try TestSocket.connect(to: relay.address)
+        let ending = connection.waitForEnding()
+        #expect(ending == .reset)
+        #expect(eventually { relay.connectionLines.count == 1 })
+        #expect(relay.connectionLines.first?.contains("connect to \(address) failed: Connection refused") == true)
+    }
+
+    @Test func relay_whenRemoteDoesNotAnswer_givesUpAfterTheConnectTimeout() throws {
+        // A listener whose backlog is full drops further handshakes: a black hole on loopback.
+        let blackHole = try TestServer(backlog: 0, accepting: false) { _ in }
+        var fillers: [TestSocket] = []
+        for _ in 0..<8 {
+            if let socket = try? TestSocket.connect(to: blackHole.address, timeout: 0.3) { fillers.append(socket) }
+        }
+        let relay = try Relay(remote: blackHole.address, ["--connect-timeout", "0.5"])
+        let started = Date()
+        let connection = try TestSocket.connect(to: relay.address)
+        #expect(connection.waitForEnding() == .reset)
+        let elapsed = Date().timeIntervalSince(started)
+        #expect(elapsed >= 0.4 && elapsed < 5, "gave up after \(elapsed) s")
+        #expect(eventually { relay.connectionLines.first?.contains("timed out after 0.5 s") == true })
+        _ = fillers
+    }
+
+    @Test func relay_whenRemoteResets_resetsTheClient() throws {
+        let backend = try TestServer { connection in
+            _ = try connection.receive()
+            try connection.send("partial")
+            Thread.sleep(forTimeInterval: 0.1)
+            connection.reset()
+        }
+        let relay = try Relay(remote: backend.address)
+        let connection = try TestSocket.connect(to: relay.address)
+        try connection.send("request")
+        var received: [UInt8] = []
+        var ending = TestSocket.Ending.timedOut
+        while true {
+            do {
+                let chunk = try connection.receive()
+                if chunk.isEmpty {
+                    ending = .endOfStream
+                    break
+                }
+                received += chunk
+            } catch {
+                ending = errno == ECONNRESET ? .reset : .other(errno)
+                break
+            }
+        }
+        #expect(ending == .reset)
+        #expect(received == Array("partial".utf8))
+        #expect(eventually { relay.connectionLines.first?.contains("aborted, server error: Connection reset") == true })
+    }
+
+    @Test func relay_whenClientResetsDuringLargeDownload_livesOnForOthers() throws {
+        let backend = try TestServer { connection in
+            let request = try connection.receive()
+            if request == Array("big".utf8) {
+                // Sends until the relay passes the client's reset on.
+                let block = testBytes(1 << 20, seed: 5)
+                while true { try connection.send(block) }
+            }
+            try connection.send("small")
+            try connection.shutdownWrite()
+        }
+        let relay = try Relay(remote: backend.address)
+        let downloader = try TestSocket.connect(to: relay.address)
+        try downloader.send("big")
+        _ = try downloader.receive(exactly: 3 << 20)
+        downloader.reset()
+        #expect(eventually { relay.connectionLines.first?.contains("aborted, client error") == true })
+        #expect(eventually { backend.failures.count == 1 }, "the server was not reset")
+        let next = try TestSocket.connect(to: relay.address)
+        try next.send("hello")
+        #expect(try next.receiveAll() == Array("small".utf8))
+        #expect(relay.process.exitStatus() == nil)
+    }
+
+    @Test func relay_afterThreeHundredConnections_holdsNoMoreDescriptorsThanAtStart() throws {
+        let backend = try Self.echoServer()
+        let relay = try Relay(remote: backend.address, ["--threads", "2"])
+        // One connection first, so that lazily made resources (pipes in the pool) are counted in the baseline.
+        for size in [10, 200_000] {
+            let connection = try TestSocket.connect(to: relay.address)
+            try connection.send(testBytes(size))
+            try connection.shutdownWrite()
+            _ = try connection.receiveAll()
+        }
+        #expect(eventually { relay.connectionLines.count == 2 })
+        let baseline = relay.process.openDescriptors
+        for index in 0..<300 {
+            let connection = try TestSocket.connect(to: relay.address)
+            switch index % 3 {
+            case 0:
+                try connection.send(testBytes(300_000, seed: UInt64(index)))
+                try connection.shutdownWrite()
+                _ = try connection.receiveAll()
+            case 1:
+                try connection.send("x")
+                _ = try connection.receive()
+                connection.reset()
+            default:
+                try connection.shutdownWrite()
+                _ = try connection.receiveAll()
+            }
+        }
+        #expect(eventually { relay.connectionLines.count == 302 })
+        let settled = eventually { relay.process.openDescriptors <= baseline }
+        #expect(settled, "\(relay.process.openDescriptors) descriptors open, \(baseline) at the start")
+    }
+}
+
+/// Counts outcomes reported from several threads.
+final class Results: @unchecked Sendable {
+    private let lock = NSLock()
+    private var _successes = 0
+    private var _failures = 0
+
+    func record(_ success: Bool) {
+        lock.withLock {
+            if success { _successes += 1 } else { _failures += 1 }
+        }
+    }
+
+    var successes: Int { lock.withLock { _successes } }
+    var failures: Int { lock.withLock { _failures } }
+}
