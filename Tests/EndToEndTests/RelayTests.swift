@@ -217,7 +217,60 @@ import Testing
         #expect(eventually { relay.connectionLines.count == 302 })
         let settled = eventually { relay.process.openDescriptors <= baseline }
         #expect(settled, "\(relay.process.openDescriptors) descriptors open, \(baseline) at the start")
+        // Every descriptor the relay opened itself is close-on-exec.
+        let inherited = relay.process.descriptorsWithoutCloseOnExec.filter { $0 > 2 }
+        #expect(inherited.isEmpty, "descriptors without O_CLOEXEC: \(inherited)")
     }
+
+    /// A client that reads nothing makes the relay stop reading from the server: the server's writes block once
+    /// the socket buffers and one pipe are full, and nothing is lost once the client reads again.
+    @Test func relay_whenClientDoesNotRead_serverIsSlowedDown() throws {
+        let sent = Counter()
+        let backend = try TestServer { connection in
+            _ = try connection.receive(exactly: 2)
+            let block = testBytes(1 << 16, seed: 8)
+            connection.setTimeout(3)
+            for _ in 0..<1024 {  // 64 MiB at most
+                do {
+                    try connection.send(block)
+                } catch {
+                    break  // the send timed out: the relay stopped taking bytes
+                }
+                sent.add(block.count)
+            }
+            try? connection.shutdownWrite()
+        }
+        let relay = try Relay(remote: backend.address)
+        let connection = try TestSocket.connect(to: relay.address)
+        try connection.send("go")
+        Thread.sleep(forTimeInterval: 1.5)
+        let stalled = sent.value
+        // Socket buffers on loopback take a few MiB each way; the relay itself holds one 1 MiB pipe.
+        #expect(stalled < 40 << 20, "the server sent \(stalled) bytes to a client that read nothing")
+        let rss = Int(relay.process.status("VmRSS")?.split(separator: " ").first ?? "0") ?? 0
+        #expect(rss < 64 * 1024, "relay RSS \(rss) kB")
+        // Now the client reads everything the server managed to send, intact.
+        let block = testBytes(1 << 16, seed: 8)
+        var received = 0
+        var intact = true
+        while true {
+            let chunk = try connection.receive(exactly: 1 << 16, orLess: true)
+            if chunk.isEmpty { break }
+            intact = intact && chunk == block
+            received += chunk.count
+        }
+        #expect(intact)
+        #expect(received == sent.value)
+    }
+}
+
+/// A total added to from several threads.
+final class Counter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var total = 0
+
+    func add(_ count: Int) { lock.withLock { total += count } }
+    var value: Int { lock.withLock { total } }
 }
 
 /// Counts outcomes reported from several threads.

@@ -73,7 +73,8 @@ final class EventLoop: @unchecked Sendable {
             throw SystemError("eventfd", error)
         }
         events = .allocate(capacity: 64)
-        resources = LoopResources(copyChunk: engine.options.copyChunk, pipeSize: engine.options.pipeSize)
+        resources = LoopResources(
+            copyChunk: min(engine.options.copyChunk, engine.options.pipeSize), pipeSize: engine.options.pipeSize)
         now = Syscall.monotonicMilliseconds()
         try control(EPOLL_CTL_ADD, wake, EPOLLIN.rawValue, EventTag.make(EventTag.control, index: EventTag.wake))
     }

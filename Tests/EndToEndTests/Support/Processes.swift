@@ -29,6 +29,7 @@ final class ChildProcess: @unchecked Sendable {
         standardInput: Int32? = nil,
         extraDescriptors: [Int32] = []
     ) throws {
+        Self.closeTestDescriptorsOnExec()
         var outputPipe: [Int32] = [0, 0]
         var errorPipe: [Int32] = [0, 0]
         guard pipe(&outputPipe) == 0, pipe(&errorPipe) == 0 else { throw TestFailure("pipe") }
@@ -79,6 +80,17 @@ final class ChildProcess: @unchecked Sendable {
         self.pid = pid
         collect(outputPipe[0]) { [self] bytes in lock.withLock { _output += bytes } }
         collect(errorPipe[0]) { [self] bytes in lock.withLock { _error += bytes } }
+    }
+
+    /// Marks every descriptor of the test process close-on-exec, so that a child inherits only what it is given
+    /// (the test runner leaves some open without the flag).
+    private static func closeTestDescriptorsOnExec() {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+        for entry in entries {
+            guard let fd = Int32(entry), fd > 2 else { continue }
+            let flags = fcntl(fd, F_GETFD)
+            if flags >= 0 && flags & FD_CLOEXEC == 0 { _ = fcntl(fd, F_SETFD, flags | FD_CLOEXEC) }
+        }
     }
 
     deinit {
@@ -151,6 +163,19 @@ final class ChildProcess: @unchecked Sendable {
     /// Descriptors open in the process now (from /proc).
     var openDescriptors: Int {
         (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? -1
+    }
+
+    /// Descriptors of the process whose flags (in /proc/PID/fdinfo) lack O_CLOEXEC.
+    var descriptorsWithoutCloseOnExec: [Int] {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fdinfo")) ?? []
+        return entries.compactMap { entry -> Int? in
+            guard let fd = Int(entry),
+                let info = try? String(contentsOfFile: "/proc/\(pid)/fdinfo/\(entry)", encoding: .utf8),
+                let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags:") }),
+                let flags = Int(line.dropFirst(6).trimmingCharacters(in: .whitespaces), radix: 8)
+            else { return nil }
+            return flags & Int(O_CLOEXEC) == 0 ? fd : nil
+        }.sorted()
     }
 
     /// A field of /proc/PID/status, such as `Uid` or `VmRSS`.

@@ -158,6 +158,20 @@ final class TestSocket: @unchecked Sendable {
         return result
     }
 
+    /// Reads exactly `count` bytes, or fewer at the end of stream when `orLess`.
+    func receive(exactly count: Int, orLess: Bool) throws -> [UInt8] {
+        var result: [UInt8] = []
+        while result.count < count {
+            let chunk = try receive(upTo: count - result.count)
+            if chunk.isEmpty {
+                if orLess { return result }
+                throw TestFailure(message: "end of stream after \(result.count) of \(count) bytes")
+            }
+            result += chunk
+        }
+        return result
+    }
+
     /// Reads until the end of stream.
     func receiveAll() throws -> [UInt8] {
         var result: [UInt8] = []
