@@ -8,6 +8,11 @@
 
 PREFIX ?= /usr
 BINDIR ?= $(PREFIX)/bin
+# systemd's system unit directory, from its pkg-config file where there is one.
+UNITDIR ?= $(shell pkg-config --variable=systemdsystemunitdir systemd 2>/dev/null || echo /lib/systemd/system)
+XINETDDIR ?= /etc/xinetd.d
+UNITS = units/tcp-crossover-smtp.socket units/tcp-crossover-smtp.service \
+	units/tcp-crossover-http.socket units/tcp-crossover-http@.service
 SWIFT ?= swift
 LOCAL ?= [::1]:8080
 REMOTE ?= 127.0.0.1:8000
@@ -43,11 +48,21 @@ check: test-deps lint
 
 test: check
 
+# The units name /usr/bin/tcp-crossover; with another PREFIX, their ExecStart= follows BINDIR.
 install: release
 	install -D -m 0755 $(RELEASE_BINARY) $(DESTDIR)$(BINDIR)/tcp-crossover
+	install -d $(DESTDIR)$(UNITDIR)
+	for unit in $(UNITS); do \
+		sed 's|/usr/bin/tcp-crossover|$(BINDIR)/tcp-crossover|' $$unit > $(DESTDIR)$(UNITDIR)/$$(basename $$unit); \
+		chmod 0644 $(DESTDIR)$(UNITDIR)/$$(basename $$unit); \
+	done
+	install -d $(DESTDIR)$(XINETDDIR)
+	sed 's|/usr/bin/tcp-crossover|$(BINDIR)/tcp-crossover|' xinetd/tcp-crossover-smtp > $(DESTDIR)$(XINETDDIR)/tcp-crossover-smtp
+	chmod 0644 $(DESTDIR)$(XINETDDIR)/tcp-crossover-smtp
 
 uninstall:
-	rm -f $(DESTDIR)$(BINDIR)/tcp-crossover
+	rm -f $(DESTDIR)$(BINDIR)/tcp-crossover $(DESTDIR)$(XINETDDIR)/tcp-crossover-smtp
+	for unit in $(UNITS); do rm -f $(DESTDIR)$(UNITDIR)/$$(basename $$unit); done
 
 lint:
 	$(SWIFT) format lint --strict --recursive Package.swift Sources Tests

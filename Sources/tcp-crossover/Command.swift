@@ -58,6 +58,13 @@ struct TCPCrossoverCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Event loop threads; 0 means one per CPU.", valueName: "count"))
     var threads: Int = 0
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Exit after this long without a connection (socket activation starts it again).",
+            valueName: "seconds"))
+    var exitIdleTime: String?
+
     func validate() throws {
         _ = try makeConfiguration()
     }
@@ -85,9 +92,7 @@ struct TCPCrossoverCommand: ParsableCommand {
             throw ValidationError("--threads \(threads) is out of range; expected 0 (one per CPU) to 1024")
         }
         configuration.relay.threads = threads
-        if configuration.locals.isEmpty {
-            throw ValidationError("--local is missing: give at least one address to listen on, such as --local [::]:80")
-        }
+        configuration.exitIdleTime = try exitIdleTime.map { try milliseconds($0, option: "--exit-idle-time") }
         return configuration
     }
 

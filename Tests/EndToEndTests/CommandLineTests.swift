@@ -4,18 +4,6 @@ import Testing
 
 /// The command line as the old tool's users type it, and what it says when they get it wrong.
 @Suite struct CommandLineTests {
-    /// A fresh directory for pidfiles, removed afterwards.
-    final class TemporaryDirectory {
-        let path: String
-
-        init() {
-            var template = Array("/tmp/tcp-crossover-test-XXXXXX".utf8CString)
-            path = String(cString: mkdtemp(&template)!)
-        }
-
-        deinit { try? FileManager.default.removeItem(atPath: path) }
-    }
-
     static func run(_ arguments: [String]) throws -> (status: Int32?, output: String, error: String) {
         let process = try ChildProcess(relayBinary, arguments)
         let status = process.waitForExit(timeout: 20)

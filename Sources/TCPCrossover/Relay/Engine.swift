@@ -25,6 +25,8 @@ public final class Engine: @unchecked Sendable {
     let pausedForLimit = Atomic<Int>(0)
     /// Set before any loop runs; read-only afterwards.
     var periodicTasks: [PeriodicTask] = []
+    /// Called once, on the first stop request (SIGTERM, SIGINT, the idle exit); set before `run`.
+    var onStop: (@Sendable () -> Void)?
     private var loops: [EventLoop] = []
 
     /// The signals the engine takes through a signalfd; they are blocked in every thread.
@@ -87,12 +89,13 @@ public final class Engine: @unchecked Sendable {
     /// the new level.
     @discardableResult
     func requestStop(immediately: Bool = false) -> Int {
-        var level = 0
+        let level: Int
         if immediately {
-            stopLevel.store(2, ordering: .sequentiallyConsistent)
             level = 2
+            if stopLevel.exchange(2, ordering: .sequentiallyConsistent) == 0 { onStop?() }
         } else {
             level = stopLevel.add(1, ordering: .sequentiallyConsistent).newValue
+            if level == 1 { onStop?() }
         }
         wakeAll()
         return level

@@ -12,6 +12,8 @@ public struct Configuration: Sendable {
     /// IPv6 listeners also accept IPv4 clients (IPV6_V6ONLY off).
     public var dualStack = false
     public var relay = RelayOptions()
+    /// Exit after this long without a connection, in milliseconds, when serving listeners (`--exit-idle-time`).
+    public var exitIdleTime: Int64?
 
     public init(remote: Endpoint) {
         self.remote = remote

@@ -1,14 +1,32 @@
 import Glibc
 
-/// Starts tcp-crossover from a configuration: resolves, binds, detaches, runs the engine, cleans up.
+/// Starts tcp-crossover from a configuration: finds how it was started, resolves, binds or adopts the inherited
+/// sockets, detaches when standalone, runs the engine, cleans up.
 public enum Launcher {
-    /// Runs until the relay stops; returns the exit status. Failures at start are reported in one line.
+    /// Runs until the relay stops; returns the exit status. Failures at start are reported in one line: on
+    /// standard error when that is safe, to syslog when standard error may be the client's connection (inetd).
     public static func run(_ configuration: Configuration) -> CInt {
         Engine.prepareProcess()
         let level: LogLevel = configuration.debug ? .debug : .info
-        Log.configure(target: .standardError, level: level)
-        do {
-            try runStandalone(configuration, level: level)
+        let standardInput = Syscall.describe(STDIN_FILENO)
+        let journal = Self.standardErrorIsJournal()
+        Log.configure(target: initialLogTarget(standardInput: standardInput, journal: journal), level: level)
+        do throws(StartupError) {
+            let mode = try detectMode(configuration, standardInput: standardInput)
+            switch mode {
+            case .standalone:
+                try runStandalone(configuration, level: level, journal: journal)
+            case .systemdListeners(let descriptors):
+                try runActivated(configuration, listeners: descriptors.map(\.fd), connection: nil)
+            case .systemdConnection(let descriptor):
+                try runActivated(configuration, listeners: [], connection: descriptor.fd)
+            case .inetdListener:
+                try detachStandardOutput(keepError: journal)
+                try runActivated(configuration, listeners: [STDIN_FILENO], connection: nil)
+            case .inetdConnection:
+                try detachStandardOutput(keepError: journal)
+                try runActivated(configuration, listeners: [], connection: STDIN_FILENO)
+            }
             return ExitStatus.success
         } catch {
             if Log.currentTarget == .standardError {
@@ -20,13 +38,104 @@ public enum Launcher {
         }
     }
 
-    private static func runStandalone(_ configuration: Configuration, level: LogLevel) throws(StartupError) {
+    /// Where messages go before the mode is known: never standard error when standard input is a TCP socket
+    /// (inetd passes the connection as standard input, output and error).
+    private static func initialLogTarget(standardInput: DescriptorKind, journal: Bool) -> LogTarget {
+        if journal { return .journal }
+        if case .socket(let family, _, _) = standardInput, family == .ipv4 || family == .ipv6 { return .syslog }
+        return .standardError
+    }
+
+    /// Whether standard error is connected to the journal: $JOURNAL_STREAM holds its device and inode.
+    static func standardErrorIsJournal() -> Bool {
+        guard let value = Syscall.environment("JOURNAL_STREAM"), let identity = Syscall.identity(STDERR_FILENO)
+        else { return false }
+        return value == "\(identity.device):\(identity.inode)"
+    }
+
+    private static func detectMode(_ configuration: Configuration, standardInput: DescriptorKind)
+        throws(StartupError) -> StartMode
+    {
+        let passed: [(fd: CInt, name: String?)]
+        switch Systemd.listenDescriptors() {
+        case .success(let descriptors): passed = descriptors
+        case .failure(let error): throw StartupError(ExitStatus.usage, "LISTEN_FDS is not valid: \(error)")
+        }
+        let inherited = passed.map { InheritedDescriptor(fd: $0.fd, name: $0.name, kind: Syscall.describe($0.fd)) }
+        for descriptor in inherited where descriptor.fd >= 0 { try? Syscall.setCloseOnExec(descriptor.fd) }
+        switch StartMode.decide(
+            systemd: inherited, standardInput: inherited.isEmpty ? standardInput : .notSocket,
+            hasLocal: !configuration.locals.isEmpty)
+        {
+        case .success(let mode): return mode
+        case .failure(let error): throw error
+        }
+    }
+
+    /// Under inetd, standard output and error are the client's connection: point them at /dev/null, so that
+    /// nothing but relayed bytes can ever reach the client, and the connection has one descriptor, which the relay
+    /// closes.
+    private static func detachStandardOutput(keepError: Bool) throws(StartupError) {
+        do {
+            let null = try Syscall.open("/dev/null", O_WRONLY)
+            try Syscall.duplicate(null, onto: STDOUT_FILENO)
+            if !keepError { try Syscall.duplicate(null, onto: STDERR_FILENO) }
+            if null > STDERR_FILENO { Syscall.close(null) }
+        } catch {
+            throw StartupError(ExitStatus.systemError, "cannot open /dev/null: \(error)")
+        }
+    }
+
+    // MARK: socket activation and inetd
+
+    private static func runActivated(_ configuration: Configuration, listeners fds: [CInt], connection: CInt?)
+        throws(StartupError)
+    {
+        let service = try resolve(configuration.remote)
+        var listeners: [ListeningSocket] = []
+        for fd in fds {
+            do {
+                try Syscall.setNonBlocking(fd)
+                listeners.append(ListeningSocket(fd: fd, address: try Syscall.localAddress(fd), service: 0))
+            } catch {
+                throw StartupError(
+                    ExitStatus.systemError, "the socket passed as descriptor \(fd) is unusable: \(error)")
+            }
+        }
+        let engine = Engine(services: [service], options: configuration.relay)
+        let notifier = ServiceNotifier(
+            engine: engine, exitIdleTime: listeners.isEmpty ? nil : configuration.exitIdleTime)
+        let accepted = connection.map { [AcceptedConnection(fd: $0, service: 0)] } ?? []
+        let startLine =
+            listeners.isEmpty
+            ? nil
+            : "tcp-crossover \(tcpCrossoverVersion) serving "
+                + listeners.map(\.address.description).joined(separator: ", ")
+                + ", relaying to \(describe(service))"
+        do {
+            try engine.run(listeners: listeners, connections: accepted) {
+                if let startLine { Log.notice(startLine) }
+                notifier.ready()
+            }
+        } catch {
+            throw StartupError(ExitStatus.systemError, error.description)
+        }
+        if !listeners.isEmpty {
+            for listener in listeners { Syscall.close(listener.fd) }
+            Log.notice("stopped: \(engine.statistics.snapshot())")
+        }
+    }
+
+    // MARK: standalone
+
+    private static func runStandalone(_ configuration: Configuration, level: LogLevel, journal: Bool)
+        throws(StartupError)
+    {
         let service = try resolve(configuration.remote)
         var pidfile: Pidfile? = nil
         if let path = configuration.pidfile { pidfile = try Pidfile(path: path) }
         var listeners: [ListeningSocket] = []
-        var closeListeners = true
-        defer { if closeListeners { for listener in listeners { Syscall.close(listener.fd) } } }
+        defer { for listener in listeners { Syscall.close(listener.fd) } }
         for local in configuration.locals {
             let addresses: [SocketAddress]
             switch local.resolve() {
@@ -44,10 +153,13 @@ public enum Launcher {
         if background {
             readiness = try Daemon.detach()
             Log.configure(target: .syslog, level: level)
+        } else if journal {
+            Log.configure(target: .journal, level: level)
         }
         do throws(StartupError) {
             try pidfile?.record(Syscall.processID)
             let engine = Engine(services: [service], options: configuration.relay)
+            let notifier = ServiceNotifier(engine: engine, exitIdleTime: configuration.exitIdleTime)
             let threads = configuration.relay.threads > 0 ? configuration.relay.threads : Syscall.onlineProcessors
             let startLine =
                 "tcp-crossover \(tcpCrossoverVersion) listening on "
@@ -57,19 +169,18 @@ public enum Launcher {
                 try engine.run(listeners: listeners, connections: []) {
                     Log.notice(startLine)
                     if let ready = readiness.take() { ready.ready() }
+                    notifier.ready()
                 }
             } catch {
                 throw StartupError(ExitStatus.systemError, error.description)
             }
+            Log.notice("stopped: \(engine.statistics.snapshot())")
         } catch {
             if let readiness = readiness.take() { readiness.failed(error) }
             if let pidfile = pidfile.take() { pidfile.remove() }
             throw error
         }
-        closeListeners = false
-        for listener in listeners { Syscall.close(listener.fd) }
         if let pidfile = pidfile.take() { pidfile.remove() }
-        Log.notice("stopped: \(describeTotals())")
     }
 
     static func resolve(_ remote: Endpoint) throws(StartupError) -> Service {
@@ -84,6 +195,4 @@ public enum Launcher {
         if case .name = service.remote.host { return "\(service.remote) (\(addresses))" }
         return addresses
     }
-
-    private static func describeTotals() -> String { "" }
 }

@@ -100,6 +100,26 @@ public enum Syscall {
 
     enum FileKind { case closed, socket, other }
 
+    /// fstat(2) and getsockopt(2) SO_DOMAIN, SO_TYPE, SO_ACCEPTCONN: what an inherited descriptor is.
+    static func describe(_ fd: CInt) -> DescriptorKind {
+        switch fileKind(fd) {
+        case .closed: return .closed
+        case .other: return .notSocket
+        case .socket: break
+        }
+        let domain = (try? option(fd, SOL_SOCKET, SO_DOMAIN)) ?? -1
+        let type = (try? option(fd, SOL_SOCKET, SO_TYPE)) ?? -1
+        let listening = ((try? option(fd, SOL_SOCKET, SO_ACCEPTCONN)) ?? 0) != 0
+        let family: DescriptorKind.Family =
+            switch domain {
+            case AF_INET: .ipv4
+            case AF_INET6: .ipv6
+            case AF_UNIX: .unix
+            default: .other
+            }
+        return .socket(family: family, stream: type == CInt(SOCK_STREAM.rawValue), listening: listening)
+    }
+
     /// fstat(2): device and inode, to compare two descriptors or one with $JOURNAL_STREAM.
     static func identity(_ fd: CInt) -> (device: UInt64, inode: UInt64)? {
         var status = stat()
