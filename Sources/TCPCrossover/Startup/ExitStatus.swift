@@ -18,7 +18,7 @@ public enum ExitStatus {
 }
 
 /// A failure before the relay runs: one line for the user, and the exit status.
-public struct StartupError: Error, CustomStringConvertible, Sendable {
+public struct StartupError: Error, CustomStringConvertible, Sendable, Equatable {
     public let status: CInt
     public let message: String
 
