@@ -65,6 +65,43 @@ struct TCPCrossoverCommand: ParsableCommand {
             valueName: "seconds"))
     var exitIdleTime: String?
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Connections relayed at once; more wait in the listen backlog. Default: from the descriptor limit.",
+            valueName: "count"))
+    var maxConnections: Int?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Close a connection after this long with no bytes either way (default: never).",
+            valueName: "seconds"))
+    var idleTimeout: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "TCP keepalive on both sockets: idle seconds before probes, seconds between them, probes before the "
+                + "connection is dropped; or 'off'.",
+            valueName: "idle[,interval,count]"))
+    var keepalive: String = "120,30,4"
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("On SIGTERM, time open connections get to finish.", valueName: "seconds"))
+    var shutdownTimeout: String = "10"
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Run as this user once the sockets are bound (its groups too).", valueName: "name"))
+    var user: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Run with this group once the sockets are bound (default: the user's).", valueName: "name"))
+    var group: String?
+
     func validate() throws {
         _ = try makeConfiguration()
     }
@@ -93,6 +130,23 @@ struct TCPCrossoverCommand: ParsableCommand {
         }
         configuration.relay.threads = threads
         configuration.exitIdleTime = try exitIdleTime.map { try milliseconds($0, option: "--exit-idle-time") }
+        if let maxConnections {
+            guard (1...10_000_000).contains(maxConnections) else {
+                throw ValidationError("--max-connections \(maxConnections) is out of range; expected 1 to 10000000")
+            }
+            configuration.maximumConnections = maxConnections
+        }
+        configuration.relay.idleTimeout = try idleTimeout.map { try milliseconds($0, option: "--idle-timeout") }
+        configuration.relay.keepalive = try parseKeepalive(keepalive)
+        configuration.relay.shutdownTimeout = try milliseconds(
+            shutdownTimeout, option: "--shutdown-timeout", zero: true)
+        for (option, name) in [("--user", user), ("--group", group)] {
+            if let name, name.isEmpty || name.utf8.contains(where: { $0 < 0x21 || $0 == 0x3a }) {
+                throw ValidationError("\(option) '\(name)' is not a user or group name")
+            }
+        }
+        configuration.user = user
+        configuration.group = group
         return configuration
     }
 
@@ -150,9 +204,26 @@ private func size(_ text: String, option: String, range: ClosedRange<Int>) throw
 }
 
 /// Seconds, possibly with a fraction, as milliseconds: `10`, `2.5`.
-private func milliseconds(_ text: String, option: String) throws -> Int64 {
-    guard let seconds = Double(text), seconds.isFinite, seconds > 0, seconds <= 86_400 else {
-        throw ValidationError("\(option) '\(text)' is not a number of seconds from 0.001 to 86400")
+private func milliseconds(_ text: String, option: String, zero: Bool = false) throws -> Int64 {
+    let lowest = zero ? "0" : "0.001"
+    guard let seconds = Double(text), seconds.isFinite, zero ? seconds >= 0 : seconds > 0, seconds <= 86_400 else {
+        throw ValidationError("\(option) '\(text)' is not a number of seconds from \(lowest) to 86400")
     }
-    return max(1, Int64((seconds * 1000).rounded()))
+    return zero && seconds == 0 ? 0 : max(1, Int64((seconds * 1000).rounded()))
+}
+
+/// `off`, `IDLE`, or `IDLE,INTERVAL,COUNT` (whole seconds; the interval defaults to a quarter of the idle time).
+private func parseKeepalive(_ text: String) throws -> Keepalive? {
+    if text == "off" { return nil }
+    let fields = text.split(separator: ",", omittingEmptySubsequences: false).map { Int($0) }
+    let bad = ValidationError(
+        "--keepalive '\(text)' is not valid; expected 'off', IDLE or IDLE,INTERVAL,COUNT in whole seconds (such as 120,30,4)"
+    )
+    guard fields.count == 1 || fields.count == 3, fields.allSatisfy({ $0 != nil }) else { throw bad }
+    let idle = fields[0]!
+    let interval = fields.count == 3 ? fields[1]! : max(1, idle / 4)
+    let count = fields.count == 3 ? fields[2]! : 4
+    // The kernel's bounds: TCP_KEEPIDLE and TCP_KEEPINTVL 1 to 32767, TCP_KEEPCNT 1 to 127.
+    guard (1...32767).contains(idle), (1...32767).contains(interval), (1...127).contains(count) else { throw bad }
+    return Keepalive(idle: idle, interval: interval, count: count)
 }

@@ -35,12 +35,16 @@ final class Connection {
     var remoteAddress: SocketAddress?
     let startedAt: Int64
     var connectDeadline: Int64 = 0
+    /// Out of descriptors: when the wait for one began, and when the socket is tried again.
+    var waitingSince: Int64?
+    var retryAt: Int64?
     var lastActivity: Int64
     /// Bytes each way already added to the process's figures; a change means activity.
     var accountedUp: UInt64 = 0
     var accountedDown: UInt64 = 0
-    /// An entry for this connection is in the loop's timer heap.
-    var timerArmed = false
+    /// The deadline of this connection's entry in the loop's timer heap; nil when it has none. Other entries for
+    /// it (pushed before its deadline moved earlier) are stale and skipped.
+    var armedDeadline: Int64?
     /// The connection is on the loop's list of connections to come back to.
     var queued = false
 

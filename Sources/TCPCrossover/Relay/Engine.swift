@@ -23,6 +23,8 @@ public final class Engine: @unchecked Sendable {
     let stopLevel = Atomic<Int>(0)
     /// Loops that paused accepting at the connection limit and wait to be woken.
     let pausedForLimit = Atomic<Int>(0)
+    /// The process ran out of descriptors and has not had a whole connection since: one log line per episode.
+    let exhausted = Atomic<Bool>(false)
     /// Set before any loop runs; read-only afterwards.
     var periodicTasks: [PeriodicTask] = []
     /// Called once, on the first stop request (SIGTERM, SIGINT, the idle exit); set before `run`.
@@ -51,18 +53,24 @@ public final class Engine: @unchecked Sendable {
     }
 
     /// Relays the connections of `listeners` until SIGTERM or SIGINT, and `connections` (accepted before start)
-    /// until they end. `listeners`' descriptors stay the caller's.
+    /// until they end. The engine takes the listening descriptors: each loop works on a duplicate of its own and
+    /// the originals are closed at once, so that when the loops close their copies on stop, the socket stops
+    /// taking connections (a socket systemd holds stays open in systemd).
     public func run(
         listeners: [ListeningSocket],
         connections: [AcceptedConnection],
         onReady: () -> Void = {}
     ) throws(SystemError) {
+        var originalsOpen = true
+        defer { if originalsOpen { for listener in listeners { Syscall.close(listener.fd) } } }
         let loopCount = listeners.isEmpty ? 1 : (options.threads > 0 ? options.threads : Syscall.onlineProcessors)
         for index in 0..<loopCount {
             let loop = try EventLoop(index: index, engine: self)
             for listener in listeners { try loop.addListener(listener) }
             loops.append(loop)
         }
+        for listener in listeners { Syscall.close(listener.fd) }
+        originalsOpen = false
         try loops[0].handleSignals()
         for connection in connections { loops[0].adopt(connection) }
 

@@ -51,7 +51,6 @@ final class EventLoop: @unchecked Sendable {
     /// Accepting is paused: at the connection limit, or out of descriptors until `acceptResumeAt`.
     private var pausedForLimit = false
     private var acceptResumeAt: Int64?
-    private var exhaustionEpisode = false
     /// SIGTERM seen: the listeners are closed and live connections get until `stopDeadline`.
     private var stopping = false
     private var stopDeadline: Int64?
@@ -156,6 +155,7 @@ final class EventLoop: @unchecked Sendable {
         let local = (try? Syscall.localAddress(accepted.fd)) ?? .unspecified
         do {
             try Syscall.setNonBlocking(accepted.fd)
+            try Syscall.setConnectionOptions(accepted.fd, keepalive: engine.options.keepalive)
         } catch {
             Log.error("cannot make the connection from \(peer) non-blocking: \(error)")
             Syscall.close(accepted.fd)
@@ -324,10 +324,6 @@ final class EventLoop: @unchecked Sendable {
                 engine.cancelReservation()
                 return
             }
-            if exhaustionEpisode {
-                exhaustionEpisode = false
-                Log.notice("accepting again on \(listener.address)")
-            }
             var local = listener.address
             if local.isUnspecified || local.port == 0 {
                 local = (try? Syscall.localAddress(accepted.fd)) ?? local
@@ -337,10 +333,10 @@ final class EventLoop: @unchecked Sendable {
     }
 
     /// Starts relaying an accepted connection: registers the client socket and connects to the remote. The
-    /// caller has reserved the connection in `engine`.
+    /// caller has reserved the connection in `engine`. The socket inherited TCP_NODELAY and keepalive from its
+    /// listener.
     private func admit(_ fd: CInt, peer: SocketAddress, local: SocketAddress, service: Int) {
         engine.statistics.accepted.add(1, ordering: .relaxed)
-        _ = try? Syscall.setOption(fd, CInt(IPPROTO_TCP), TCP_NODELAY, 1)
         let slot: Int32
         if let free = freeSlots.popLast() {
             slot = free
@@ -375,7 +371,9 @@ final class EventLoop: @unchecked Sendable {
 
     // MARK: connecting
 
-    /// Connects to the service's addresses in order, starting at `connection.attempt`.
+    /// Connects to the service's addresses in order, starting at `connection.attempt`. Out of descriptors, the
+    /// client is not dropped: it waits, as it would in the listen backlog, and the socket is tried again shortly,
+    /// for as long as the connect timeout allows.
     private func connect(_ connection: Connection) {
         let addresses = engine.services[connection.service].addresses
         while connection.attempt < addresses.count {
@@ -384,7 +382,9 @@ final class EventLoop: @unchecked Sendable {
                 let fd = try Syscall.streamSocket(family: address.addressFamily)
                 connection.server = fd
                 connection.remoteAddress = address
-                _ = try? Syscall.setOption(fd, CInt(IPPROTO_TCP), TCP_NODELAY, 1)
+                connection.waitingSince = nil
+                if engine.exhausted.load(ordering: .relaxed) { descriptorsAvailable() }
+                try Syscall.setConnectionOptions(fd, keepalive: engine.options.keepalive)
                 try Syscall.epollControl(
                     epoll, EPOLL_CTL_ADD, fd, events: Self.connectionEvents,
                     data: EventTag.make(EventTag.server, index: Int(connection.slot), generation: connection.generation)
@@ -402,6 +402,14 @@ final class EventLoop: @unchecked Sendable {
                 closeServer(connection)
                 if error.isResourceExhaustion {
                     outOfResources("socket", error)
+                    let since = connection.waitingSince ?? now
+                    if now - since < engine.options.connectTimeout {
+                        connection.waitingSince = since
+                        connection.retryAt = now + 100
+                        armTimer(connection)
+                        return
+                    }
+                    connection.connectError = "no descriptor to connect to \(address) within the connect timeout"
                     break
                 }
                 connection.attempt += 1
@@ -477,15 +485,18 @@ final class EventLoop: @unchecked Sendable {
 
     // MARK: timers
 
+    /// Makes sure the heap holds an entry for the connection's deadline or an earlier one. A deadline that moved
+    /// later (activity) needs nothing now: the entry is checked when it falls due.
     private func armTimer(_ connection: Connection) {
-        guard !connection.timerArmed, let due = deadline(of: connection) else { return }
-        connection.timerArmed = true
+        guard let due = deadline(of: connection) else { return }
+        if let armed = connection.armedDeadline, armed <= due { return }
+        connection.armedDeadline = due
         timers.push(.init(deadline: due, slot: connection.slot, generation: connection.generation))
     }
 
     private func deadline(of connection: Connection) -> Int64? {
         switch connection.phase {
-        case .connecting: return connection.connectDeadline
+        case .connecting: return connection.retryAt ?? connection.connectDeadline
         case .relaying: return engine.options.idleTimeout.map { connection.lastActivity + $0 }
         }
     }
@@ -493,15 +504,18 @@ final class EventLoop: @unchecked Sendable {
     private func runTimers() {
         while let entry = timers.popDue(now: now) {
             guard Int(entry.slot) < connections.count, let connection = connections[Int(entry.slot)],
-                connection.generation == entry.generation
+                connection.generation == entry.generation, connection.armedDeadline == entry.deadline
             else { continue }
-            connection.timerArmed = false
+            connection.armedDeadline = nil
             guard let due = deadline(of: connection) else { continue }
             if due > now {
                 armTimer(connection)
                 continue
             }
             switch connection.phase {
+            case .connecting where connection.retryAt != nil:
+                connection.retryAt = nil
+                connect(connection)
             case .connecting:
                 let seconds = Double(engine.options.connectTimeout) / 1000
                 connectFailed(connection, "connect to \(connection.remoteAddress!) timed out after \(seconds) s")
@@ -548,14 +562,21 @@ final class EventLoop: @unchecked Sendable {
         acceptResumeAt = now + milliseconds
     }
 
-    /// Descriptors (or memory) ran out: close the pooled pipes, pause accepting for a moment, log once per episode.
+    /// Descriptors (or memory) ran out: close the pooled pipes and pause accepting for a moment. One log line per
+    /// episode, for the whole process.
     private func outOfResources(_ operation: String, _ error: Errno) {
         resources.trimPipes()
-        if !exhaustionEpisode {
-            exhaustionEpisode = true
+        if !engine.exhausted.exchange(true, ordering: .relaxed) {
             Log.warning("\(operation) failed: \(error); accepting pauses until descriptors are free")
         }
         pauseAccepting(for: 100)
+    }
+
+    /// A whole connection, both sockets, could be had again: the episode is over.
+    private func descriptorsAvailable() {
+        if engine.exhausted.exchange(false, ordering: .relaxed) {
+            Log.notice("descriptors are available again: accepting on every listener")
+        }
     }
 
     /// Makes the loop look at the engine's stop level and connection limit; callable from any thread.

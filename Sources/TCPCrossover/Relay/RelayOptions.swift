@@ -16,8 +16,28 @@ public struct RelayOptions: Sendable {
     public var shutdownTimeout: Int64 = 10_000
     /// Rounds a direction may move bytes in one turn before other connections get theirs.
     public var budget = 16
+    /// TCP keepalive on both sockets of every connection, so that a vanished peer does not hold a connection
+    /// forever; nil turns it off (`--keepalive`).
+    public var keepalive: Keepalive? = .standard
 
     public init() {}
+}
+
+/// TCP keepalive timings, in seconds: probes start after `idle` seconds of silence, every `interval` seconds, and
+/// the connection is dropped after `count` unanswered ones.
+public struct Keepalive: Equatable, Sendable {
+    public var idle: Int
+    public var interval: Int
+    public var count: Int
+
+    public init(idle: Int, interval: Int, count: Int) {
+        self.idle = idle
+        self.interval = interval
+        self.count = count
+    }
+
+    /// A dead peer is noticed after about 4 minutes (120 s + 4 × 30 s).
+    public static let standard = Keepalive(idle: 120, interval: 30, count: 4)
 }
 
 /// Where the connections of one listener go.

@@ -14,6 +14,11 @@ public struct Configuration: Sendable {
     public var relay = RelayOptions()
     /// Exit after this long without a connection, in milliseconds, when serving listeners (`--exit-idle-time`).
     public var exitIdleTime: Int64?
+    /// Connections relayed at once; nil derives it from the descriptor limit (`--max-connections`).
+    public var maximumConnections: Int?
+    /// The user and group to run as once the sockets are bound (`--user`, `--group`).
+    public var user: String?
+    public var group: String?
 
     public init(remote: Endpoint) {
         self.remote = remote

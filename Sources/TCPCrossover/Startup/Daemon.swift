@@ -5,7 +5,7 @@ import Glibc
 public enum Daemon {
     /// The child's end of the readiness pipe.
     public struct Readiness: ~Copyable {
-        fileprivate let fd: CInt
+        let fd: CInt
 
         /// Tells the waiting parent that the daemon is serving; it exits 0.
         public consuming func ready() {
@@ -55,6 +55,31 @@ public enum Daemon {
             Syscall.exitImmediately(ExitStatus.systemError)
         }
         return Readiness(fd: pipe.write)
+    }
+
+    /// With `--user` and `--pidfile`, the relay cannot remove a pidfile in a directory only root may write to
+    /// (such as /var/run). So the process forks before it drops its privileges: the child becomes the relay (its
+    /// pid goes into the pidfile); the parent keeps root only to remove the pidfile once the relay has exited. It
+    /// holds no socket, reads no input, passes on the signals other processes send it, and exits with the relay's
+    /// status. Returns in the child, whose pid is in the pidfile; the parent closes `descriptors` (the listening
+    /// sockets, the readiness pipe) and never returns.
+    public static func keepPidfile(_ pidfile: consuming Pidfile, closing descriptors: [CInt]) throws(StartupError) {
+        let pid: CInt
+        do {
+            pid = try Syscall.fork()
+        } catch {
+            throw StartupError(ExitStatus.systemError, "fork failed: \(error)")
+        }
+        if pid == 0 {
+            // The child keeps the pidfile's descriptor open, and so shares the lock, until it exits.
+            try pidfile.record(Syscall.processID)
+            pidfile.forget()
+            return
+        }
+        for fd in descriptors { Syscall.close(fd) }
+        let status = Syscall.superviseChild(pid, forwarding: Engine.handledSignals)
+        pidfile.remove()
+        Syscall.exitImmediately(status)
     }
 
     /// The parent's side: blocks until the child reports, then exits.

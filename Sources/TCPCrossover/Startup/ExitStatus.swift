@@ -5,6 +5,8 @@ public enum ExitStatus {
     public static let failure: CInt = 1
     /// EX_USAGE: bad command line or a start-up mode that does not fit the options.
     public static let usage: CInt = 64
+    /// EX_NOUSER: the `--user` or `--group` does not exist.
+    public static let noUser: CInt = 67
     /// EX_NOHOST: a host name that does not resolve.
     public static let noHost: CInt = 68
     /// EX_UNAVAILABLE: a listening address that cannot be bound (in use, not permitted, not on this host).

@@ -13,19 +13,22 @@ public enum Launcher {
         Log.configure(target: initialLogTarget(standardInput: standardInput, journal: journal), level: level)
         do throws(StartupError) {
             let mode = try detectMode(configuration, standardInput: standardInput)
+            let identity = try Identity.lookUp(user: configuration.user, group: configuration.group)
+            var configuration = configuration
+            configuration.relay = limits(configuration, mode: mode)
             switch mode {
             case .standalone:
-                try runStandalone(configuration, level: level, journal: journal)
+                try runStandalone(configuration, identity: identity, level: level, journal: journal)
             case .systemdListeners(let descriptors):
-                try runActivated(configuration, listeners: descriptors.map(\.fd), connection: nil)
+                try runActivated(configuration, identity, listeners: descriptors.map(\.fd), connection: nil)
             case .systemdConnection(let descriptor):
-                try runActivated(configuration, listeners: [], connection: descriptor.fd)
+                try runActivated(configuration, identity, listeners: [], connection: descriptor.fd)
             case .inetdListener:
                 try detachStandardOutput(keepError: journal)
-                try runActivated(configuration, listeners: [STDIN_FILENO], connection: nil)
+                try runActivated(configuration, identity, listeners: [STDIN_FILENO], connection: nil)
             case .inetdConnection:
                 try detachStandardOutput(keepError: journal)
-                try runActivated(configuration, listeners: [], connection: STDIN_FILENO)
+                try runActivated(configuration, identity, listeners: [], connection: STDIN_FILENO)
             }
             return ExitStatus.success
         } catch {
@@ -36,6 +39,23 @@ public enum Launcher {
             }
             return error.status
         }
+    }
+
+    /// The thread count and connection limit in force: the descriptor limit is raised to its hard limit, and the
+    /// connection limit, unless given, follows from it.
+    private static func limits(_ configuration: Configuration, mode: StartMode) -> RelayOptions {
+        var relay = configuration.relay
+        switch mode {
+        case .systemdConnection, .inetdConnection:
+            relay.threads = 1
+        case .standalone, .systemdListeners, .inetdListener:
+            if relay.threads == 0 { relay.threads = Syscall.onlineProcessors }
+        }
+        let descriptors = DescriptorBudget.raiseLimit()
+        relay.maximumConnections =
+            configuration.maximumConnections
+            ?? DescriptorBudget.maximumConnections(descriptorLimit: descriptors, threads: relay.threads)
+        return relay
     }
 
     /// Where messages go before the mode is known: never standard error when standard input is a TCP socket
@@ -88,20 +108,25 @@ public enum Launcher {
 
     // MARK: socket activation and inetd
 
-    private static func runActivated(_ configuration: Configuration, listeners fds: [CInt], connection: CInt?)
-        throws(StartupError)
-    {
+    private static func runActivated(
+        _ configuration: Configuration,
+        _ identity: Identity?,
+        listeners fds: [CInt],
+        connection: CInt?
+    ) throws(StartupError) {
         let service = try resolve(configuration.remote)
         var listeners: [ListeningSocket] = []
         for fd in fds {
             do {
                 try Syscall.setNonBlocking(fd)
+                try Syscall.setConnectionOptions(fd, keepalive: configuration.relay.keepalive)
                 listeners.append(ListeningSocket(fd: fd, address: try Syscall.localAddress(fd), service: 0))
             } catch {
                 throw StartupError(
                     ExitStatus.systemError, "the socket passed as descriptor \(fd) is unusable: \(error)")
             }
         }
+        try identity?.assume()
         let engine = Engine(services: [service], options: configuration.relay)
         let notifier = ServiceNotifier(
             engine: engine, exitIdleTime: listeners.isEmpty ? nil : configuration.exitIdleTime)
@@ -120,22 +145,24 @@ public enum Launcher {
         } catch {
             throw StartupError(ExitStatus.systemError, error.description)
         }
-        if !listeners.isEmpty {
-            for listener in listeners { Syscall.close(listener.fd) }
-            Log.notice("stopped: \(engine.statistics.snapshot())")
-        }
+        if !listeners.isEmpty { Log.notice("stopped: \(engine.statistics.snapshot())") }
     }
 
     // MARK: standalone
 
-    private static func runStandalone(_ configuration: Configuration, level: LogLevel, journal: Bool)
-        throws(StartupError)
-    {
+    private static func runStandalone(
+        _ configuration: Configuration,
+        identity: Identity?,
+        level: LogLevel,
+        journal: Bool
+    ) throws(StartupError) {
         let service = try resolve(configuration.remote)
         var pidfile: Pidfile? = nil
         if let path = configuration.pidfile { pidfile = try Pidfile(path: path) }
         var listeners: [ListeningSocket] = []
-        defer { for listener in listeners { Syscall.close(listener.fd) } }
+        // Until the engine takes them.
+        var ownsListeners = true
+        defer { if ownsListeners { for listener in listeners { Syscall.close(listener.fd) } } }
         for local in configuration.locals {
             let addresses: [SocketAddress]
             switch local.resolve() {
@@ -143,7 +170,8 @@ public enum Launcher {
             case .failure(let error): throw StartupError(ExitStatus.noHost, "\(error) (in --local \(local))")
             }
             for address in addresses {
-                let (fd, bound) = try Listener.open(address, dualStack: configuration.dualStack)
+                let (fd, bound) = try Listener.open(
+                    address, dualStack: configuration.dualStack, keepalive: configuration.relay.keepalive)
                 listeners.append(ListeningSocket(fd: fd, address: bound, service: 0))
             }
         }
@@ -157,14 +185,22 @@ public enum Launcher {
             Log.configure(target: .journal, level: level)
         }
         do throws(StartupError) {
+            if let identity {
+                if let kept = pidfile.take() {
+                    let closing = listeners.map(\.fd) + [readiness?.fd].compactMap { $0 }
+                    try Daemon.keepPidfile(kept, closing: closing)
+                }
+                try identity.assume()
+            }
             try pidfile?.record(Syscall.processID)
             let engine = Engine(services: [service], options: configuration.relay)
             let notifier = ServiceNotifier(engine: engine, exitIdleTime: configuration.exitIdleTime)
-            let threads = configuration.relay.threads > 0 ? configuration.relay.threads : Syscall.onlineProcessors
+            let threads = configuration.relay.threads
             let startLine =
                 "tcp-crossover \(tcpCrossoverVersion) listening on "
                 + listeners.map(\.address.description).joined(separator: ", ")
                 + ", relaying to \(describe(service)) (pid \(Syscall.processID), \(threads) threads)"
+            ownsListeners = false
             do {
                 try engine.run(listeners: listeners, connections: []) {
                     Log.notice(startLine)

@@ -3,9 +3,11 @@ import Glibc
 /// Opening the listening sockets of standalone mode.
 public enum Listener {
     /// A socket listening on `address`: SO_REUSEADDR, IPV6_V6ONLY for an IPv6 address unless `dualStack`, a
-    /// backlog of SOMAXCONN. Returns the descriptor and the address it is bound to (with the port the kernel picked
-    /// for port 0).
-    public static func open(_ address: SocketAddress, dualStack: Bool) throws(StartupError) -> (CInt, SocketAddress) {
+    /// backlog of SOMAXCONN, and the options every accepted connection inherits (TCP_NODELAY, keepalive). Returns
+    /// the descriptor and the address it is bound to (with the port the kernel picked for port 0).
+    public static func open(_ address: SocketAddress, dualStack: Bool, keepalive: Keepalive?)
+        throws(StartupError) -> (CInt, SocketAddress)
+    {
         let fd: CInt
         do {
             fd = try Syscall.streamSocket(family: address.addressFamily)
@@ -18,6 +20,11 @@ public enum Listener {
                 // IPv6-only unless asked: `[::]:25` must bind while an IPv4-only daemon holds 0.0.0.0:25, which is
                 // what this relay is for. Set explicitly, whatever /proc/sys/net/ipv6/bindv6only says.
                 try option(fd, CInt(IPPROTO_IPV6), IPV6_V6ONLY, dualStack ? 0 : 1, address)
+            }
+            do {
+                try Syscall.setConnectionOptions(fd, keepalive: keepalive)
+            } catch {
+                throw SystemError("setsockopt on", address.description, error)
             }
             do {
                 try Syscall.bind(fd, to: address)

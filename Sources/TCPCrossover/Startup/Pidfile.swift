@@ -4,7 +4,7 @@ import Glibc
 /// instance fails at once and a stale file (left by a crash, unlocked) is taken over.
 public struct Pidfile: ~Copyable {
     public let path: String
-    private let fd: CInt
+    private var fd: CInt
 
     /// Opens and locks `path`, creating it if needed.
     public init(path: String) throws(StartupError) {
@@ -55,7 +55,13 @@ public struct Pidfile: ~Copyable {
         }
     }
 
+    /// Drops this process's hold on the file without removing it: another process (the parent that keeps it)
+    /// removes it. The descriptor stays open, so the lock is held as long as this process lives.
+    public consuming func forget() {
+        fd = -1
+    }
+
     deinit {
-        Syscall.close(fd)
+        if fd >= 0 { Syscall.close(fd) }
     }
 }

@@ -222,6 +222,17 @@ public enum Syscall {
         return value
     }
 
+    /// setsockopt(2) TCP_NODELAY and, with `keepalive`, SO_KEEPALIVE with TCP_KEEPIDLE, TCP_KEEPINTVL and
+    /// TCP_KEEPCNT. Set on a listening socket, they are inherited by every socket it accepts.
+    static func setConnectionOptions(_ fd: CInt, keepalive: Keepalive?) throws(Errno) {
+        try setOption(fd, CInt(IPPROTO_TCP), TCP_NODELAY, 1)
+        guard let keepalive else { return }
+        try setOption(fd, SOL_SOCKET, SO_KEEPALIVE, 1)
+        try setOption(fd, CInt(IPPROTO_TCP), TCP_KEEPIDLE, CInt(keepalive.idle))
+        try setOption(fd, CInt(IPPROTO_TCP), TCP_KEEPINTVL, CInt(keepalive.interval))
+        try setOption(fd, CInt(IPPROTO_TCP), TCP_KEEPCNT, CInt(keepalive.count))
+    }
+
     /// setsockopt(2) SO_LINGER {on, 0 s}: close(2) then sends a reset instead of a FIN.
     static func setResetOnClose(_ fd: CInt) {
         var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
@@ -564,6 +575,77 @@ public enum Syscall {
         getrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit)
         limit.rlim_cur = rlim_t(soft)
         _ = try valueOrErrno { setrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit) }
+    }
+
+    // MARK: users and privileges
+
+    /// getpwnam_r(3): the uid, primary gid and name of a user, by name or number.
+    static func user(_ name: String) -> (uid: uid_t, gid: gid_t, name: String)? {
+        var entry = passwd()
+        var result: UnsafeMutablePointer<passwd>?
+        var buffer = [CChar](repeating: 0, count: 16384)
+        if getpwnam_r(name, &entry, &buffer, buffer.count, &result) == 0, result != nil {
+            return (entry.pw_uid, entry.pw_gid, String(cString: entry.pw_name))
+        }
+        if let number = UInt32(name), getpwuid_r(number, &entry, &buffer, buffer.count, &result) == 0, result != nil {
+            return (entry.pw_uid, entry.pw_gid, String(cString: entry.pw_name))
+        }
+        return nil
+    }
+
+    /// getgrnam_r(3): the gid of a group, by name or number.
+    static func group(_ name: String) -> gid_t? {
+        var entry = Glibc.group()
+        var result: UnsafeMutablePointer<Glibc.group>?
+        var buffer = [CChar](repeating: 0, count: 16384)
+        if getgrnam_r(name, &entry, &buffer, buffer.count, &result) == 0, result != nil { return entry.gr_gid }
+        if let number = UInt32(name), getgrgid_r(number, &entry, &buffer, buffer.count, &result) == 0, result != nil {
+            return entry.gr_gid
+        }
+        return nil
+    }
+
+    /// initgroups(3): the supplementary groups of `user`, plus `gid`.
+    static func initializeGroups(user: String, gid: gid_t) throws(Errno) {
+        _ = try valueOrErrno { initgroups(user, gid) }
+    }
+
+    /// setgroups(2) to exactly `groups`.
+    static func setGroups(_ groups: [gid_t]) throws(Errno) {
+        _ = try valueOrErrno { setgroups(groups.count, groups) }
+    }
+
+    /// setgid(2).
+    static func setGroupID(_ gid: gid_t) throws(Errno) {
+        _ = try valueOrErrno { setgid(gid) }
+    }
+
+    /// setuid(2).
+    static func setUserID(_ uid: uid_t) throws(Errno) {
+        _ = try valueOrErrno { setuid(uid) }
+    }
+
+    /// getuid(2), geteuid(2), getgid(2), getegid(2).
+    static var identities: (uid: uid_t, euid: uid_t, gid: gid_t, egid: gid_t) {
+        (getuid(), geteuid(), getgid(), getegid())
+    }
+
+    /// Waits for a child process and for `signals` (which must be blocked), forwarding those to the child,
+    /// until the child exits; returns its exit status (128 + signal when killed).
+    static func superviseChild(_ child: pid_t, forwarding signals: [CInt]) -> CInt {
+        var set = signalSet(signals + [SIGCHLD])
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+        while true {
+            var raw: CInt = 0
+            if waitpid(child, &raw, WNOHANG) == child {
+                return raw & 0x7f == 0 ? (raw >> 8) & 0xff : 128 + (raw & 0x7f)
+            }
+            var info = siginfo_t()
+            let signal = sigwaitinfo(&set, &info)
+            // Only signals another process sent (si_code <= 0, as kill(2) gives) are passed on: a terminal's
+            // Ctrl-C reaches the whole process group, the child included, already.
+            if signal > 0 && signal != SIGCHLD && info.si_code <= 0 { kill(child, signal) }
+        }
     }
 
     // MARK: logging

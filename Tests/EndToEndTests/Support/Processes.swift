@@ -170,7 +170,7 @@ final class ChildProcess: @unchecked Sendable {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fdinfo")) ?? []
         return entries.compactMap { entry -> Int? in
             guard let fd = Int(entry),
-                let info = try? String(contentsOfFile: "/proc/\(pid)/fdinfo/\(entry)", encoding: .utf8),
+                let info = readWholeFile("/proc/\(pid)/fdinfo/\(entry)"),
                 let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags:") }),
                 let flags = Int(line.dropFirst(6).trimmingCharacters(in: .whitespaces), radix: 8)
             else { return nil }
@@ -180,7 +180,7 @@ final class ChildProcess: @unchecked Sendable {
 
     /// A field of /proc/PID/status, such as `Uid` or `VmRSS`.
     func status(_ field: String) -> String? {
-        guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
+        guard let text = readWholeFile("/proc/\(pid)/status") else { return nil }
         for line in text.split(separator: "\n") where line.hasPrefix(field + ":") {
             return line.dropFirst(field.count + 1).trimmingCharacters(in: .whitespaces)
         }
@@ -236,4 +236,20 @@ final class Relay: @unchecked Sendable {
     var connectionLines: [String] {
         process.standardError.split(separator: "\n").map(String.init).filter { $0.contains(" bytes up, ") }
     }
+}
+
+/// The whole content of a file, read to its end (files in /proc report no size, and may be longer than a page).
+func readWholeFile(_ path: String) -> String? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var content: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if count < 0 && errno == EINTR { continue }
+        if count <= 0 { break }
+        content += buffer[0..<count]
+    }
+    return String(decoding: content, as: UTF8.self)
 }
