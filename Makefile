@@ -29,9 +29,10 @@ all: build
 
 deps:
 	@./.ci/install-packages $(BUILD_PACKAGES)
+	@pkg-config --exists libsystemd || { echo "pkg-config does not find libsystemd (libsystemd-dev)" >&2; exit 1; }
 
-test-deps:
-	@./.ci/install-packages $(BUILD_PACKAGES) $(TEST_PACKAGES)
+test-deps: deps
+	@./.ci/install-packages $(TEST_PACKAGES)
 
 build: deps
 	$(SWIFT) build

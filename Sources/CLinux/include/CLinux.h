@@ -35,6 +35,15 @@ int tcx_lock(int fd);
 /// syslog(3) with a fixed "%s" format, so a message is never read as a format.
 void tcx_syslog(int priority, const char *message);
 
+/// Loads libsystemd.so.0 (once); NULL on success, otherwise why it could not be loaded.
+const char *tcx_systemd_load(void);
+
+/// sd_listen_fds_with_names(3), sd_notify(3), sd_watchdog_enabled(3) from the loaded libsystemd; -ENOSYS when it
+/// cannot be loaded.
+int tcx_sd_listen_fds_with_names(int unset_environment, char ***names);
+int tcx_sd_notify(int unset_environment, const char *state);
+int tcx_sd_watchdog_enabled(int unset_environment, uint64_t *usec);
+
 /// SPLICE_F_MOVE | SPLICE_F_NONBLOCK.
 extern const unsigned int tcx_splice_flags;
 

@@ -9,7 +9,7 @@ final class ServiceNotifier: @unchecked Sendable {
 
     init(engine: Engine, exitIdleTime: Int64?) {
         self.engine = engine
-        enabled = Syscall.environment("NOTIFY_SOCKET") != nil
+        enabled = Systemd.notificationsExpected
         if enabled {
             engine.addPeriodicTask(PeriodicTask(interval: 1000) { [self] in refreshStatus() })
             if let microseconds = Systemd.watchdogInterval() {

@@ -79,7 +79,7 @@ public enum Launcher {
         let passed: [(fd: CInt, name: String?)]
         switch Systemd.listenDescriptors() {
         case .success(let descriptors): passed = descriptors
-        case .failure(let error): throw StartupError(ExitStatus.usage, "LISTEN_FDS is not valid: \(error)")
+        case .failure(let error): throw error
         }
         let inherited = passed.map { InheritedDescriptor(fd: $0.fd, name: $0.name, kind: Syscall.describe($0.fd)) }
         for descriptor in inherited where descriptor.fd >= 0 { try? Syscall.setCloseOnExec(descriptor.fd) }
