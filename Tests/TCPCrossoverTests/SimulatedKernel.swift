@@ -108,15 +108,19 @@ final class SimulatedKernel {
         readiness.setReadable(side, true)
     }
 
+    /// The peer sends FIN: epoll reports EPOLLIN and EPOLLRDHUP.
     func peerEnds(_ side: Side, readiness: inout Readiness) {
         modify(side) { $0.peerEnded = true }
         readiness.setReadable(side, true)
+        readiness.setHungUp(side)
     }
 
+    /// The peer resets: epoll reports EPOLLERR and EPOLLHUP.
     func peerResets(_ side: Side, readiness: inout Readiness) {
         modify(side) { $0.reset = .connectionReset }
         readiness.setReadable(side, true)
         readiness.setWritable(side, true)
+        readiness.setHungUp(side)
     }
 
     /// The peer reads up to `count` bytes of what the relay sent.
@@ -153,7 +157,8 @@ extension SimulatedKernel {
                     if socket.peerEnded { result = .processed(0) }
                     return
                 }
-                let count = kernel.portion(min(buffer.count, socket.available))
+                // As TCP does, recv takes all that is queued, up to the buffer's length.
+                let count = min(buffer.count, socket.available)
                 for index in 0..<count { buffer[index] = socket.incoming[socket.incomingOffset + index] }
                 socket.incomingOffset += count
                 result = .processed(count)

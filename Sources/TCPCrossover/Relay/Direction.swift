@@ -7,6 +7,9 @@ public struct Readiness: Equatable, Sendable {
     public var clientWritable = false
     public var serverReadable = false
     public var serverWritable = false
+    /// epoll reported the peer's end of stream (EPOLLRDHUP) or an error: reading must go on until recv says so.
+    public var clientHungUp = false
+    public var serverHungUp = false
 
     public init() {}
 
@@ -15,6 +18,14 @@ public struct Readiness: Equatable, Sendable {
 
     @inline(__always)
     public func writable(_ side: Side) -> Bool { side == .client ? clientWritable : serverWritable }
+
+    @inline(__always)
+    public func hungUp(_ side: Side) -> Bool { side == .client ? clientHungUp : serverHungUp }
+
+    @inline(__always)
+    public mutating func setHungUp(_ side: Side) {
+        if side == .client { clientHungUp = true } else { serverHungUp = true }
+    }
 
     @inline(__always)
     public mutating func setReadable(_ side: Side, _ value: Bool) {
@@ -243,6 +254,12 @@ public struct Direction {
             return true
         case .processed(let received):
             count = received
+            // A receive that did not fill the buffer emptied the socket (TCP's recv takes all that is queued, up to
+            // the length): no need for another call to learn EAGAIN. Bytes that arrive later bring a new edge; an
+            // end of stream already announced (EPOLLRDHUP) has none to come, so then reading goes on.
+            if received < scratch.count && !readiness.hungUp(source) {
+                readiness.setReadable(source, false)
+            }
         }
         if count == scratch.count && !spliceUnsupported {
             wantsSplice = true

@@ -236,6 +236,9 @@ final class EventLoop: @unchecked Sendable {
         let error = events & EPOLLERR.rawValue != 0
         if events & (EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLHUP.rawValue) != 0 || error {
             connection.relay.readiness.setReadable(side, true)
+            if events & (EPOLLRDHUP.rawValue | EPOLLHUP.rawValue) != 0 || error {
+                connection.relay.readiness.setHungUp(side)
+            }
         }
         if events & (EPOLLOUT.rawValue | EPOLLHUP.rawValue) != 0 || error {
             connection.relay.readiness.setWritable(side, true)
