@@ -119,7 +119,7 @@ import Testing
         (["--local", "[::1]:80", "--remote", "127.0.0.1:80", "--frobnicate"], "Unknown option '--frobnicate'"),
         (["--local", "[::1]:80", "--remote", "127.0.0.1:80", "--pidfile="], "Missing value for '--pidfile <file>'"),
         (["--local", "[fe80::1%nosuch0]:80", "--remote", "127.0.0.1:80"], "no network interface 'nosuch0'"),
-        (["--local", "[::1]:80", "--remote", "127.0.0.1:80", "--threads", "5000"], "--threads 5000 is out of range"),
+        (["--local", "[::1]:80", "--remote", "127.0.0.1:80", "--threads", "5000"], "--threads '5000' is out of range"),
     ])
     func badInput_getsOneLineAndStatus64(arguments: [String], message: String) throws {
         let result = try Self.run(arguments)

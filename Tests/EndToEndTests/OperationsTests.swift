@@ -243,7 +243,7 @@ import Testing
     @Test(arguments: [
         (["--keepalive", "0"], "--keepalive '0' is not valid"),
         (["--keepalive", "10,5"], "--keepalive '10,5' is not valid"),
-        (["--max-connections", "0"], "--max-connections 0 is out of range"),
+        (["--max-connections", "0"], "--max-connections '0' is out of range"),
         (["--idle-timeout", "never"], "--idle-timeout 'never'"),
         (["--shutdown-timeout=-2"], "--shutdown-timeout '-2'"),
         (["--user", ""], "--user '' is not a user or group name"),

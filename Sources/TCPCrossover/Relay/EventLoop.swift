@@ -173,7 +173,7 @@ final class EventLoop: @unchecked Sendable {
     /// Runs until the listeners are closed (SIGTERM) and the last connection has ended.
     func run() {
         if index == 0 { periodicDue = engine.periodicTasks.map { now + $0.interval } }
-        while !listeners.isEmpty || liveConnections > 0 {
+        while !listeners.isEmpty || liveConnections > 0 || waitsForOtherLoops {
             let timeout = moreWork.isEmpty ? waitTimeout() : 0
             let count: Int
             do {
@@ -196,8 +196,15 @@ final class EventLoop: @unchecked Sendable {
         }
     }
 
+    /// The first loop takes the signals (a second SIGTERM must still stop everything at once), so while stopping
+    /// it runs until every loop's connections have ended, looking every 100 ms.
+    private var waitsForOtherLoops: Bool {
+        index == 0 && stopping && engine.statistics.active.load(ordering: .relaxed) > 0
+    }
+
     private func waitTimeout() -> CInt {
         var earliest = timers.earliest
+        if waitsForOtherLoops { earliest = min(earliest ?? .max, now + 100) }
         func consider(_ time: Int64?) {
             guard let time else { return }
             earliest = earliest.map { min($0, time) } ?? time

@@ -1,5 +1,5 @@
 /// How the relay engine behaves: sizes, timeouts and limits. The command line fills it in.
-public struct RelayOptions: Sendable {
+public struct RelayOptions: Sendable, Equatable {
     /// The pipe size asked for each splicing direction (`--bs`).
     public var pipeSize = 1 << 20
     /// The size of a copy-mode receive. A receive that fills it switches the direction to splice.

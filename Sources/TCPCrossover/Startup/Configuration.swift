@@ -1,5 +1,5 @@
 /// Everything the command line decides, in the core's terms.
-public struct Configuration: Sendable {
+public struct Configuration: Sendable, Equatable {
     /// Addresses to listen on (standalone mode); empty when the service manager passes the sockets.
     public var locals: [Endpoint] = []
     /// Where connections are relayed to.

@@ -1,0 +1,126 @@
+import ArgumentParser
+import TCPCrossover
+
+/// The options as typed, before validation: what swift-argument-parser and `QuickCommandLine` both produce, and
+/// the one place where they become a `Configuration`.
+struct Options: Equatable {
+    var local: [String] = []
+    var remote: String?
+    var pidfile: String?
+    var bufferSize = "1m"
+    var debug = false
+    var foreground = false
+    var dualStack = false
+    var connectTimeout = "10"
+    var threads = "0"
+    var exitIdleTime: String?
+    var maxConnections: String?
+    var idleTimeout: String?
+    var keepalive = "120,30,4"
+    var shutdownTimeout = "10"
+    var user: String?
+    var group: String?
+
+    static let defaults = Options()
+
+    /// The options as a configuration; throws a `ValidationError` naming the bad value and what is accepted.
+    func configuration() throws -> Configuration {
+        guard let remote else { throw ValidationError("--remote is missing") }
+        var configuration = Configuration(remote: try endpoint(remote, option: "--remote", portZero: .refused))
+        configuration.locals = try local.map { try endpoint($0, option: "--local", portZero: .allowed) }
+        configuration.pidfile = try pidfile.map { path in
+            guard !path.isEmpty else { throw ValidationError("--pidfile needs a file name") }
+            return path
+        }
+        configuration.foreground = foreground
+        configuration.debug = debug
+        configuration.dualStack = dualStack
+        configuration.relay.pipeSize = try size(bufferSize, option: "--bs", range: 4096...(16 << 20))
+        configuration.relay.connectTimeout = try milliseconds(connectTimeout, option: "--connect-timeout")
+        configuration.relay.threads = try count(
+            threads, option: "--threads", range: 0...1024, meaning: "0 (one per CPU)")
+        configuration.exitIdleTime = try exitIdleTime.map { try milliseconds($0, option: "--exit-idle-time") }
+        configuration.maximumConnections = try maxConnections.map {
+            try count($0, option: "--max-connections", range: 1...10_000_000)
+        }
+        configuration.relay.idleTimeout = try idleTimeout.map { try milliseconds($0, option: "--idle-timeout") }
+        configuration.relay.keepalive = try parseKeepalive(keepalive)
+        configuration.relay.shutdownTimeout = try milliseconds(
+            shutdownTimeout, option: "--shutdown-timeout", zero: true)
+        for (option, name) in [("--user", user), ("--group", group)] {
+            if let name, name.isEmpty || name.utf8.contains(where: { $0 < 0x21 || $0 == 0x3a }) {
+                throw ValidationError("\(option) '\(name)' is not a user or group name")
+            }
+        }
+        configuration.user = user
+        configuration.group = group
+        return configuration
+    }
+}
+
+/// A whole number in `range`.
+private func count(_ text: String, option: String, range: ClosedRange<Int>, meaning: String? = nil) throws -> Int {
+    guard let value = Int(text), range.contains(value) else {
+        throw ValidationError(
+            "\(option) '\(text)' is out of range; expected \(meaning ?? String(range.lowerBound)) to \(range.upperBound)"
+        )
+    }
+    return value
+}
+
+private func endpoint(_ text: String, option: String, portZero: Endpoint.PortZero) throws -> Endpoint {
+    do {
+        return try Endpoint(parsing: text, portZero: portZero)
+    } catch {
+        throw ValidationError("\(option): \(error)")
+    }
+}
+
+/// A size in bytes: `65536`, `64k`, `1m`.
+private func size(_ text: String, option: String, range: ClosedRange<Int>) throws -> Int {
+    var digits = Substring(text)
+    var multiplier = 1
+    switch digits.last {
+    case "k", "K":
+        multiplier = 1 << 10
+        digits = digits.dropLast()
+    case "m", "M":
+        multiplier = 1 << 20
+        digits = digits.dropLast()
+    default:
+        break
+    }
+    guard let value = Int(digits), value > 0, value <= range.upperBound / multiplier,
+        range.contains(value * multiplier)
+    else {
+        throw ValidationError(
+            "\(option) '\(text)' is not a size from \(range.lowerBound) to \(range.upperBound) bytes (such as 65536, 64k or 1m)"
+        )
+    }
+    return value * multiplier
+}
+
+/// Seconds, possibly with a fraction, as milliseconds: `10`, `2.5`.
+private func milliseconds(_ text: String, option: String, zero: Bool = false) throws -> Int64 {
+    let lowest = zero ? "0" : "0.001"
+    guard let seconds = Double(text), seconds.isFinite, zero ? seconds >= 0 : seconds > 0, seconds <= 86_400 else {
+        throw ValidationError("\(option) '\(text)' is not a number of seconds from \(lowest) to 86400")
+    }
+    return zero && seconds == 0 ? 0 : max(1, Int64((seconds * 1000).rounded()))
+}
+
+/// `off`, `IDLE`, or `IDLE,INTERVAL,COUNT` (whole seconds; the interval defaults to a quarter of the idle time).
+private func parseKeepalive(_ text: String) throws -> Keepalive? {
+    if text == "off" { return nil }
+    let fields = text.split(separator: ",", omittingEmptySubsequences: false).map { Int($0) }
+    let bad = ValidationError(
+        "--keepalive '\(text)' is not valid; expected 'off', IDLE or IDLE,INTERVAL,COUNT in whole seconds (such as 120,30,4)"
+    )
+    guard fields.count == 1 || fields.count == 3, fields.allSatisfy({ $0 != nil }) else { throw bad }
+    let idle = fields[0]!
+    let interval = fields.count == 3 ? fields[1]! : max(1, idle / 4)
+    let count = fields.count == 3 ? fields[2]! : 4
+    // The kernel's bounds: TCP_KEEPIDLE and TCP_KEEPINTVL 1 to 32767, TCP_KEEPCNT 1 to 127.
+    guard (1...32767).contains(idle), (1...32767).contains(interval), (1...127).contains(count) else { throw bad }
+    return Keepalive(idle: idle, interval: interval, count: count)
+}

@@ -1,0 +1,74 @@
+/// The command line read without swift-argument-parser, for the common case of a valid line of long options with
+/// values (`--remote 127.0.0.1:25`, `--pidfile=/run/x.pid`) and flags. Returns nil for anything else — help,
+/// version, an unknown option, a missing value, a value that looks like an option — so that swift-argument-parser
+/// reads the line and gives its messages. The names here must be the command's: a test compares them with what
+/// swift-argument-parser reports.
+enum QuickCommandLine {
+    /// Long options that take a value (`--name VALUE` or `--name=VALUE`).
+    static let valueOptions = [
+        "local", "remote", "pidfile", "bs", "connect-timeout", "threads", "exit-idle-time", "max-connections",
+        "idle-timeout", "keepalive", "shutdown-timeout", "user", "group",
+    ]
+    /// Long flags; `-f` is `--foreground`.
+    static let flags = ["debug", "foreground", "dual-stack"]
+
+    static func parse(_ arguments: [String]) -> Options? {
+        var options = Options()
+        var index = 0
+        while index < arguments.count {
+            let argument = arguments[index]
+            index += 1
+            if argument == "-f" {
+                options.foreground = true
+                continue
+            }
+            guard argument.hasPrefix("--") else { return nil }
+            var name = Substring(argument.utf8.dropFirst(2))
+            var value: String?
+            if let equals = name.firstIndex(of: "=") {
+                value = String(name[name.index(after: equals)...])
+                name = name[..<equals]
+                if value!.isEmpty { return nil }
+            }
+            switch name {
+            case "debug", "foreground", "dual-stack":
+                guard value == nil else { return nil }
+                if name == "debug" { options.debug = true }
+                if name == "foreground" { options.foreground = true }
+                if name == "dual-stack" { options.dualStack = true }
+                continue
+            default:
+                break
+            }
+            if value == nil {
+                guard index < arguments.count, !arguments[index].hasPrefix("-") else { return nil }
+                value = arguments[index]
+                index += 1
+            }
+            guard set(name, value!, in: &options) else { return nil }
+        }
+        return options.remote == nil ? nil : options
+    }
+
+    /// Stores a value option; false for a name that is not one. A repeated option keeps the last value, as
+    /// swift-argument-parser does; `--local` collects them all.
+    private static func set(_ name: Substring, _ value: String, in options: inout Options) -> Bool {
+        switch name {
+        case "local": options.local.append(value)
+        case "remote": options.remote = value
+        case "pidfile": options.pidfile = value
+        case "bs": options.bufferSize = value
+        case "connect-timeout": options.connectTimeout = value
+        case "threads": options.threads = value
+        case "exit-idle-time": options.exitIdleTime = value
+        case "max-connections": options.maxConnections = value
+        case "idle-timeout": options.idleTimeout = value
+        case "keepalive": options.keepalive = value
+        case "shutdown-timeout": options.shutdownTimeout = value
+        case "user": options.user = value
+        case "group": options.group = value
+        default: return false
+        }
+        return true
+    }
+}

@@ -1,0 +1,63 @@
+import ArgumentParser
+import Foundation
+import TCPCrossover
+import Testing
+
+@testable import tcp_crossover
+
+/// The quick reader of the command line must agree with swift-argument-parser on every line it accepts, and leave
+/// everything else to it.
+@Suite struct QuickCommandLineTests {
+    static let validLines: [[String]] = [
+        ["--local", "[::]:80", "--remote", "127.0.0.1:80", "--pidfile=/var/run/tcp-cross-http.pid"],
+        ["--local", "[::]:25", "--remote", "[2804:aabb:beba:cafe::ccdd]:25", "--pidfile", "/run/smtp.pid"],
+        ["--remote", "127.0.0.1:25"],
+        ["--remote=localhost:25", "--debug"],
+        ["--local", "[::1]:0", "--local=127.0.0.1:0", "--remote", "127.0.0.1:8000", "-f", "--dual-stack"],
+        [
+            "--remote", "127.0.0.1:1", "--bs", "64k", "--connect-timeout", "2.5", "--threads", "3",
+            "--exit-idle-time", "30", "--max-connections", "100", "--idle-timeout", "600", "--keepalive", "off",
+            "--shutdown-timeout", "0", "--user", "nobody", "--group", "nogroup", "--foreground",
+        ],
+        ["--remote", "127.0.0.1:1", "--remote", "127.0.0.1:2", "--threads=1", "--threads", "2"],
+        ["--keepalive=60,10,5", "--remote", "[fe80::1%lo]:22", "--connect-timeout=0.25"],
+    ]
+
+    @Test(arguments: validLines)
+    func quickReading_agreesWithArgumentParser(arguments: [String]) throws {
+        let quick = try #require(QuickCommandLine.parse(arguments))
+        let full = try TCPCrossoverCommand.parse(arguments).options
+        #expect(quick == full)
+        #expect(try quick.configuration() == full.configuration())
+    }
+
+    @Test(arguments: [
+        ["--help"], ["-h"], ["--version"], ["--remote", "127.0.0.1:1", "--help"], ["--local", "[::]:80"],
+        ["--remote"], ["--remote", "--debug"], ["--remote", "-x"], ["--remote", "127.0.0.1:1", "--debug=yes"],
+        ["--remote", "127.0.0.1:1", "--frobnicate", "1"], ["--remote", "127.0.0.1:1", "extra"],
+        ["--pidfile=", "--remote", "127.0.0.1:1"], ["--remote", "127.0.0.1:1", "-fd"],
+        ["--generate-completion-script", "bash"], ["--experimental-dump-help"], [],
+    ])
+    func quickReading_leavesEverythingElseToArgumentParser(arguments: [String]) {
+        #expect(QuickCommandLine.parse(arguments) == nil)
+    }
+
+    /// The quick reader knows exactly the options and flags that swift-argument-parser reports for the command.
+    @Test func quickReading_knowsTheCommandsOptions() throws {
+        let process = try ChildProcess(relayBinary, ["--experimental-dump-help"])
+        #expect(process.waitForExit() == 0)
+        let json = try JSONSerialization.jsonObject(with: Data(process.standardOutput.utf8)) as? [String: Any]
+        let command = try #require(json?["command"] as? [String: Any])
+        let arguments = try #require(command["arguments"] as? [[String: Any]])
+        var options: Set<String> = []
+        var flags: Set<String> = []
+        for argument in arguments {
+            let names = (argument["names"] as? [[String: Any]] ?? []).filter { $0["kind"] as? String == "long" }
+            for name in names.compactMap({ $0["name"] as? String }) {
+                if argument["kind"] as? String == "option" { options.insert(name) } else { flags.insert(name) }
+            }
+        }
+        #expect(options == Set(QuickCommandLine.valueOptions))
+        #expect(flags.subtracting(["help", "version"]) == Set(QuickCommandLine.flags))
+    }
+}
