@@ -44,7 +44,8 @@ public enum Log {
     /// Writes `tcp-crossover: line` to standard error, whatever the log target: for the command's own messages
     /// (a bad option, a failure at start) before the relay runs.
     public static func console(_ line: String) {
-        _ = try? Syscall.writeAll(STDERR_FILENO, Array("\(identifier): \(printable(line))\n".utf8))
+        var text = "\(identifier): \(printable(line))\n"
+        try? Syscall.writeAll(STDERR_FILENO, &text)
     }
 
     public static func error(_ message: @autoclosure () -> String) { write(.error, message) }
@@ -55,12 +56,14 @@ public enum Log {
 
     private static func write(_ level: LogLevel, _ message: () -> String) {
         guard enabled(level) else { return }
-        let text = printable(message())
+        var text = printable(message())
         switch target {
         case .standardError:
-            _ = try? Syscall.writeAll(STDERR_FILENO, Array((text + "\n").utf8))
+            text.append("\n")
+            try? Syscall.writeAll(STDERR_FILENO, &text)
         case .journal:
-            _ = try? Syscall.writeAll(STDERR_FILENO, Array("<\(level.rawValue)>\(text)\n".utf8))
+            var line = "<\(level.rawValue)>\(text)\n"
+            try? Syscall.writeAll(STDERR_FILENO, &line)
         case .syslog:
             Syscall.systemLog(LOG_DAEMON | level.rawValue, text)
         }

@@ -51,6 +51,21 @@ public enum Syscall {
         try nonBlocking { Glibc.write(fd, buffer.baseAddress, buffer.count) }
     }
 
+    /// write(2) of all of `text`'s UTF-8 to a blocking descriptor.
+    static func writeAll(_ fd: CInt, _ text: inout String) throws(Errno) {
+        let result = text.withUTF8 { all in
+            Result { () throws(Errno) in
+                var offset = 0
+                while offset < all.count {
+                    let rest = UnsafeRawBufferPointer(start: all.baseAddress! + offset, count: all.count - offset)
+                    guard case .processed(let count) = try write(fd, rest) else { throw Errno.wouldBlock }
+                    offset += count
+                }
+            }
+        }
+        try result.get()
+    }
+
     /// write(2) of all of `bytes` to a blocking descriptor.
     static func writeAll(_ fd: CInt, _ bytes: [UInt8]) throws(Errno) {
         var offset = 0
@@ -348,9 +363,10 @@ public enum Syscall {
 
     /// inet_ntop(3).
     static func format(_ family: CInt, _ address: UnsafeRawPointer) -> String {
-        var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
-        guard inet_ntop(family, address, &text, socklen_t(text.count)) != nil else { return "?" }
-        return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        withUnsafeTemporaryAllocation(of: CChar.self, capacity: Int(INET6_ADDRSTRLEN)) { text in
+            guard inet_ntop(family, address, text.baseAddress!, socklen_t(text.count)) != nil else { return "?" }
+            return String(cString: text.baseAddress!)
+        }
     }
 
     /// if_nametoindex(3); nil for an unknown interface.
