@@ -2,10 +2,15 @@
 #include <fcntl.h>
 #include <unistd.h>
 #include <sys/file.h>
+#include <netinet/in.h>
 #include "CLinux.h"
 
 const unsigned int tcx_splice_flags = SPLICE_F_MOVE | SPLICE_F_NONBLOCK;
 const int tcx_sock_flags = SOCK_NONBLOCK | SOCK_CLOEXEC;
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24
+#endif
+const int tcx_ip_bind_address_no_port = IP_BIND_ADDRESS_NO_PORT;
 
 ssize_t tcx_splice(int fd_in, int fd_out, size_t length, unsigned int flags) {
     return splice(fd_in, NULL, fd_out, NULL, length, flags);

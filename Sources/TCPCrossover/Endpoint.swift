@@ -173,9 +173,17 @@ public struct Endpoint: Equatable, Sendable, CustomStringConvertible {
 public struct AddressError: Error, Equatable, Sendable, CustomStringConvertible {
     public let text: String
     public let reason: String
+    /// What would have been accepted.
+    public let accepted: String
+
+    public init(text: String, reason: String, accepted: String = Endpoint.accepted) {
+        self.text = text
+        self.reason = reason
+        self.accepted = accepted
+    }
 
     public var description: String {
-        "invalid address '\(printable(text))': \(printable(reason)); expected \(Endpoint.accepted)"
+        "invalid address '\(printable(text))': \(printable(reason)); expected \(accepted)"
     }
 }
 

@@ -26,12 +26,18 @@ struct TCPCrossoverCommand: ParsableCommand {
     @Option(
         name: .long,
         help: ArgumentHelp(
-            "Address to listen on; repeatable. IPv6 addresses accept IPv6 only unless --dual-stack.",
-            valueName: "address:port"))
+            "Address to listen on; repeatable. IPv6 addresses accept IPv6 only unless --dual-stack. A name "
+                + "before '=' ties it to the --remote of that name.",
+            valueName: "[name=]address:port"))
     var local: [String] = []
 
-    @Option(name: .long, help: ArgumentHelp("Address to relay every connection to.", valueName: "address:port"))
-    var remote: String
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Address to relay connections to; repeat for failover, in order. A name before '=' serves the "
+                + "--local (or systemd socket, FileDescriptorName=) of that name; an unnamed one serves the rest.",
+            valueName: "[name=]address:port"))
+    var remote: [String] = []
 
     @Option(name: .long, help: ArgumentHelp("Record the pid in this file, locked while running.", valueName: "file"))
     var pidfile: String?
@@ -102,13 +108,42 @@ struct TCPCrossoverCommand: ParsableCommand {
         help: ArgumentHelp("Run with this group once the sockets are bound (default: the user's).", valueName: "name"))
     var group: String?
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Send the remote a PROXY protocol header (v1 text, v2 binary) with the client's address first.",
+            valueName: "version"))
+    var proxyProtocol: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Connect to the remote from this address; one IPv4 and one IPv6 address at most.", valueName: "address"))
+    var source: [String] = []
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Serve only clients in this block; repeatable.", valueName: "address/prefix"))
+    var allow: [String] = []
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Refuse clients in this block; repeatable; wins over --allow.", valueName: "address/prefix"))
+    var deny: [String] = []
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Look remote host names up again this often; 0 never.", valueName: "seconds"))
+    var resolveInterval: String = Options.defaults.resolveInterval
+
     /// The parsed options, as the quick parser gives them too.
     var options: Options {
         Options(
             local: local, remote: remote, pidfile: pidfile, bufferSize: bufferSize, debug: debug,
             foreground: foreground, dualStack: dualStack, connectTimeout: connectTimeout, threads: threads,
             exitIdleTime: exitIdleTime, maxConnections: maxConnections, idleTimeout: idleTimeout,
-            keepalive: keepalive, shutdownTimeout: shutdownTimeout, user: user, group: group)
+            keepalive: keepalive, shutdownTimeout: shutdownTimeout, user: user, group: group,
+            proxyProtocol: proxyProtocol, source: source, allow: allow, deny: deny, resolveInterval: resolveInterval)
     }
 
     func validate() throws {

@@ -5,7 +5,7 @@ import TCPCrossover
 /// the one place where they become a `Configuration`.
 struct Options: Equatable {
     var local: [String] = []
-    var remote: String?
+    var remote: [String] = []
     var pidfile: String?
     var bufferSize = "1m"
     var debug = false
@@ -20,13 +20,21 @@ struct Options: Equatable {
     var shutdownTimeout = "10"
     var user: String?
     var group: String?
+    var proxyProtocol: String?
+    var source: [String] = []
+    var allow: [String] = []
+    var deny: [String] = []
+    var resolveInterval = "60"
 
     static let defaults = Options()
 
     /// The options as a configuration; throws a `ValidationError` naming the bad value and what is accepted.
     func configuration() throws -> Configuration {
-        guard let remote else { throw ValidationError("--remote is missing") }
-        var configuration = Configuration(remote: try endpoint(remote, option: "--remote", portZero: .refused))
+        guard !remote.isEmpty else {
+            throw ValidationError("--remote is missing: give the address to relay to, such as --remote 127.0.0.1:25")
+        }
+        var configuration = Configuration(
+            remotes: try remote.map { try endpoint($0, option: "--remote", portZero: .refused) })
         configuration.locals = try local.map { try endpoint($0, option: "--local", portZero: .allowed) }
         configuration.pidfile = try pidfile.map { path in
             guard !path.isEmpty else { throw ValidationError("--pidfile needs a file name") }
@@ -54,7 +62,37 @@ struct Options: Equatable {
         }
         configuration.user = user
         configuration.group = group
+        configuration.relay.proxyProtocol = try proxyProtocol.map { value in
+            guard let version = ProxyProtocol(rawValue: value) else {
+                throw ValidationError("--proxy-protocol '\(value)' is not a version; expected v1 or v2")
+            }
+            return version
+        }
+        configuration.relay.sources = try source.map(sourceAddress)
+        if Set(configuration.relay.sources.map(\.family)).count != configuration.relay.sources.count {
+            throw ValidationError("--source is given twice for one family; give at most one IPv4 and one IPv6 address")
+        }
+        configuration.relay.access = AccessRules(
+            allow: try allow.map { try range($0, option: "--allow") },
+            deny: try deny.map { try range($0, option: "--deny") })
+        configuration.relay.resolveInterval = try milliseconds(
+            resolveInterval, option: "--resolve-interval", zero: true)
         return configuration
+    }
+}
+
+/// `--source`: an IPv4 or IPv6 address, without a port.
+private func sourceAddress(_ text: String) throws -> SocketAddress {
+    if let address = SocketAddress(numericHost: text) { return address }
+    throw ValidationError("--source '\(text)' is not an IPv4 or IPv6 address (without a port), such as 192.0.2.10")
+}
+
+/// `--allow`, `--deny`: a CIDR block.
+private func range(_ text: String, option: String) throws -> AddressRange {
+    do {
+        return try AddressRange(parsing: text)
+    } catch {
+        throw ValidationError("\(option): \(error)")
     }
 }
 
@@ -68,9 +106,9 @@ private func count(_ text: String, option: String, range: ClosedRange<Int>, mean
     return value
 }
 
-private func endpoint(_ text: String, option: String, portZero: Endpoint.PortZero) throws -> Endpoint {
+private func endpoint(_ text: String, option: String, portZero: Endpoint.PortZero) throws -> NamedEndpoint {
     do {
-        return try Endpoint(parsing: text, portZero: portZero)
+        return try NamedEndpoint(parsing: text, portZero: portZero)
     } catch {
         throw ValidationError("\(option): \(error)")
     }

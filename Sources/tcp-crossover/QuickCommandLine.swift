@@ -7,7 +7,8 @@ enum QuickCommandLine {
     /// Long options that take a value (`--name VALUE` or `--name=VALUE`).
     static let valueOptions = [
         "local", "remote", "pidfile", "bs", "connect-timeout", "threads", "exit-idle-time", "max-connections",
-        "idle-timeout", "keepalive", "shutdown-timeout", "user", "group",
+        "idle-timeout", "keepalive", "shutdown-timeout", "user", "group", "proxy-protocol", "source", "allow", "deny",
+        "resolve-interval",
     ]
     /// Long flags; `-f` is `--foreground`.
     static let flags = ["debug", "foreground", "dual-stack"]
@@ -47,15 +48,15 @@ enum QuickCommandLine {
             }
             guard set(name, value!, in: &options) else { return nil }
         }
-        return options.remote == nil ? nil : options
+        return options.remote.isEmpty ? nil : options
     }
 
     /// Stores a value option; false for a name that is not one. A repeated option keeps the last value, as
-    /// swift-argument-parser does; `--local` collects them all.
+    /// swift-argument-parser does; the repeatable ones collect them all.
     private static func set(_ name: Substring, _ value: String, in options: inout Options) -> Bool {
         switch name {
         case "local": options.local.append(value)
-        case "remote": options.remote = value
+        case "remote": options.remote.append(value)
         case "pidfile": options.pidfile = value
         case "bs": options.bufferSize = value
         case "connect-timeout": options.connectTimeout = value
@@ -67,6 +68,11 @@ enum QuickCommandLine {
         case "shutdown-timeout": options.shutdownTimeout = value
         case "user": options.user = value
         case "group": options.group = value
+        case "proxy-protocol": options.proxyProtocol = value
+        case "source": options.source.append(value)
+        case "allow": options.allow.append(value)
+        case "deny": options.deny.append(value)
+        case "resolve-interval": options.resolveInterval = value
         default: return false
         }
         return true

@@ -64,7 +64,7 @@ import Testing
         #expect(try first.receiveAll() == Array("220 ready\r\nEHLO one\r\n".utf8))
         #expect(notify.waitFor("READY=1"), "no READY=1: \(notify.messages)")
         #expect(try Self.exchange(.ipv6("::1", port), Array("two".utf8)) == Array("220 ready\r\ntwo".utf8))
-        #expect(activator.waitForError(containing: "serving [::1]:\(port), relaying to \(backend.address)"))
+        #expect(activator.waitForError(containing: "serving [::1]:\(port) (smtp), relaying to \(backend.address)"))
         #expect(notify.waitFor("STATUS=0 active, 2 total"), "\(notify.messages)")
         activator.kill(signal: SIGTERM)
         #expect(activator.waitForExit() == 0)

@@ -107,7 +107,7 @@ import Testing
     }
 
     @Test(arguments: [
-        (["--local", "[::1]:80"], "Missing expected argument '--remote <address:port>'"),
+        (["--local", "[::1]:80"], "--remote is missing: give the address to relay to"),
         (["--remote", "127.0.0.1:80"], "nothing to listen on: give --local ADDRESS:PORT"),
         (["--local", "::1:80", "--remote", "127.0.0.1:80"], "needs brackets: write [::1]:80"),
         (["--local", "[::1]:80", "--remote", "127.0.0.1:0"], "the port 0 is out of range (1-65535)"),

@@ -47,6 +47,9 @@ int tcx_sd_watchdog_enabled(int unset_environment, uint64_t *usec);
 /// SPLICE_F_MOVE | SPLICE_F_NONBLOCK.
 extern const unsigned int tcx_splice_flags;
 
+/// IP_BIND_ADDRESS_NO_PORT (linux/in.h), for setsockopt(2) at level IPPROTO_IP.
+extern const int tcx_ip_bind_address_no_port;
+
 /// SOCK_NONBLOCK | SOCK_CLOEXEC, for socket(2).
 extern const int tcx_sock_flags;
 

@@ -15,6 +15,8 @@ final class Connection {
         case failed(Side, Errno)
         /// No remote address could be connected; the last error.
         case connectFailed(String)
+        /// `--allow`/`--deny` refused the client.
+        case refused(String)
         case idleTimeout
         case shutdown
     }
@@ -26,7 +28,8 @@ final class Connection {
     var server: CInt = -1
     var phase = Phase.connecting
     var relay = RelayState()
-    /// The remote address tried now, as an index into the service's addresses.
+    /// The remote addresses to try, in order (the service's, failed ones last), and the one tried now.
+    var candidates: [SocketAddress] = []
     var attempt = 0
     /// The last connect failure, for the log line when every address failed.
     var connectError = ""
@@ -80,6 +83,7 @@ final class Connection {
         case .completed(let first): how = first.map { "\($0) closed first" } ?? "closed"
         case .failed(let side, let errno): how = "aborted, \(side) error: \(errno)"
         case .connectFailed(let reason): how = "not relayed, \(reason)"
+        case .refused(let reason): how = "not relayed, \(reason)"
         case .idleTimeout: how = "closed after the idle timeout"
         case .shutdown: how = "closed at shutdown"
         }

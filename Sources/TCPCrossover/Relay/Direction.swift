@@ -87,6 +87,8 @@ public struct Direction {
     private(set) var spliceUnsupported = false
     /// Copy mode saw bulk traffic: splice once the held bytes are out.
     private var wantsSplice = false
+    /// Bytes of a header put before the source's (`hold`) still to be sent: they are not counted as relayed.
+    private var headerBytesLeft = 0
 
     public init(from source: Side, to destination: Side) {
         self.source = source
@@ -149,7 +151,9 @@ public struct Direction {
                 readiness.setWritable(destination, false)
                 return false
             case .processed(let count):
-                bytes += UInt64(count)
+                let header = min(headerBytesLeft, count)
+                headerBytesLeft -= header
+                bytes += UInt64(count - header)
                 held.start += count
                 if held.isEmpty {
                     io.releaseBuffer(held.buffer)
@@ -313,6 +317,15 @@ public struct Direction {
         guard let pipe, pipeBytes == 0 else { return }
         io.releasePipe(pipe)
         self.pipe = nil
+    }
+
+    /// Holds `bytes` to be delivered before anything read from the source. They do not count as relayed.
+    mutating func hold<IO: RelayIO>(_ bytes: [UInt8], _ io: inout IO) {
+        precondition(held == nil && pipe == nil && bytes.count <= io.scratch.count)
+        let buffer = io.acquireBuffer()
+        buffer.copyBytes(from: bytes)
+        held = HeldBytes(buffer: buffer, start: 0, end: bytes.count)
+        headerBytesLeft = bytes.count
     }
 
     /// Hands the pipe and buffer back when the connection ends; a pipe that still holds bytes (an aborted

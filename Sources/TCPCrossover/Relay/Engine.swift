@@ -75,6 +75,13 @@ public final class Engine: @unchecked Sendable {
         for connection in connections { loops[0].adopt(connection) }
 
         var threads: [pthread_t] = []
+        if !listeners.isEmpty && options.resolveInterval > 0 && services.contains(where: { $0.pool.hasNames }) {
+            do {
+                threads.append(try Syscall.startThread { [self] in lookUpRemotesAgain() })
+            } catch {
+                Log.warning("cannot start the thread that looks remote host names up again: \(error)")
+            }
+        }
         for loop in loops.dropFirst() {
             do {
                 threads.append(try Syscall.startThread { loop.run() })
@@ -91,6 +98,36 @@ public final class Engine: @unchecked Sendable {
         if stopLevel.load(ordering: .sequentiallyConsistent) == 0 { requestStop(immediately: true) }
         for thread in threads { Syscall.joinThread(thread) }
         loops.removeAll()
+    }
+
+    /// The resolver thread: every `resolveInterval`, looks the remotes' host names up again, off the event loops
+    /// (getaddrinfo blocks), and gives the pools the new answers. A failed lookup keeps the last answer.
+    private func lookUpRemotesAgain() {
+        var reported: [String] = []
+        while true {
+            var waited: Int64 = 0
+            while waited < options.resolveInterval {
+                if stopLevel.load(ordering: .relaxed) > 0 { return }
+                let step = min(100, options.resolveInterval - waited)
+                Syscall.sleep(milliseconds: step)
+                waited += step
+            }
+            var failing: [String] = []
+            for service in services where service.pool.hasNames {
+                let (addresses, failures) = service.pool.lookUp()
+                for failure in failures.map(\.description) {
+                    // Once per failure that persists, not at every pass.
+                    if !reported.contains(failure) { Log.warning("\(failure); the remote keeps its last addresses") }
+                    failing.append(failure)
+                }
+                guard !addresses.isEmpty, addresses != service.pool.addresses else { continue }
+                service.pool.replace(addresses)
+                Log.notice(
+                    "remote \(service.pool.endpoints.map(\.description).joined(separator: ", ")) now at "
+                        + addresses.map(\.description).joined(separator: ", "))
+            }
+            reported = failing
+        }
     }
 
     /// Asks every loop to stop: the first request lets connections finish, the second stops at once. Returns

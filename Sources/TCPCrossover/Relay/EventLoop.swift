@@ -373,6 +373,12 @@ final class EventLoop: @unchecked Sendable {
             return
         }
         if Log.enabled(.debug) { Log.debug("accepted \(peer) on \(local)") }
+        if !engine.options.access.isEmpty, let reason = engine.options.access.refusal(of: peer) {
+            engine.statistics.refused.add(1, ordering: .relaxed)
+            finish(connection, .refused(reason))
+            return
+        }
+        connection.candidates = engine.services[service].pool.candidates(now: now)
         connect(connection)
     }
 
@@ -385,9 +391,8 @@ final class EventLoop: @unchecked Sendable {
     /// client is not dropped: it waits, as it would in the listen backlog, and the socket is tried again shortly,
     /// for as long as the connect timeout allows.
     private func connect(_ connection: Connection) {
-        let addresses = engine.services[connection.service].addresses
-        while connection.attempt < addresses.count {
-            let address = addresses[connection.attempt]
+        while connection.attempt < connection.candidates.count {
+            let address = connection.candidates[connection.attempt]
             do throws(Errno) {
                 let fd = try Syscall.streamSocket(family: address.addressFamily)
                 connection.server = fd
@@ -395,6 +400,9 @@ final class EventLoop: @unchecked Sendable {
                 connection.waitingSince = nil
                 if engine.exhausted.load(ordering: .relaxed) { descriptorsAvailable() }
                 try Syscall.setConnectionOptions(fd, keepalive: engine.options.keepalive)
+                if let source = engine.options.sources.first(where: { $0.family == address.family }) {
+                    try Syscall.bindForConnect(fd, to: source)
+                }
                 try Syscall.epollControl(
                     epoll, EPOLL_CTL_ADD, fd, events: Self.connectionEvents,
                     data: EventTag.make(EventTag.server, index: Int(connection.slot), generation: connection.generation)
@@ -422,6 +430,7 @@ final class EventLoop: @unchecked Sendable {
                     connection.connectError = "no descriptor to connect to \(address) within the connect timeout"
                     break
                 }
+                engine.services[connection.service].pool.failed(address, now: now)
                 connection.attempt += 1
             }
         }
@@ -439,6 +448,9 @@ final class EventLoop: @unchecked Sendable {
     private func connectFailed(_ connection: Connection, _ reason: String) {
         connection.connectError = reason
         if Log.enabled(.debug) { Log.debug(reason) }
+        if let address = connection.remoteAddress {
+            engine.services[connection.service].pool.failed(address, now: now)
+        }
         closeServer(connection)
         connection.relay.readiness.serverReadable = false
         connection.relay.readiness.serverWritable = false
@@ -450,6 +462,12 @@ final class EventLoop: @unchecked Sendable {
         connection.phase = .relaying
         connection.relay.readiness.serverWritable = true
         connection.lastActivity = now
+        engine.services[connection.service].pool.succeeded(connection.remoteAddress!)
+        if let proxyProtocol = engine.options.proxyProtocol {
+            var io = SocketIO(client: connection.client, server: connection.server, resources: resources)
+            let header = proxyProtocol.header(source: connection.clientAddress, destination: connection.localAddress)
+            connection.relay.sendFirst(header, &io)
+        }
         if Log.enabled(.debug) {
             Log.debug("relaying \(connection.clientAddress) to \(connection.remoteAddress!)")
         }

@@ -19,6 +19,16 @@ public struct RelayOptions: Sendable, Equatable {
     /// TCP keepalive on both sockets of every connection, so that a vanished peer does not hold a connection
     /// forever; nil turns it off (`--keepalive`).
     public var keepalive: Keepalive? = .standard
+    /// The PROXY protocol header to send the remote first (`--proxy-protocol`).
+    public var proxyProtocol: ProxyProtocol?
+    /// Addresses outgoing connections leave from, at most one per family (`--source`).
+    public var sources: [SocketAddress] = []
+    /// Which clients are served (`--allow`, `--deny`).
+    public var access = AccessRules()
+    /// How often host names among the remotes are looked up again, in milliseconds (`--resolve-interval`).
+    public var resolveInterval: Int64 = 60_000
+    /// How long a remote address that failed is tried last, in milliseconds.
+    public var failoverBackoff: Int64 = 30_000
 
     public init() {}
 }
@@ -40,16 +50,25 @@ public struct Keepalive: Equatable, Sendable {
     public static let standard = Keepalive(idle: 120, interval: 30, count: 4)
 }
 
-/// Where the connections of one listener go.
+/// Where the connections of one or more listeners go: a `--remote` group, named after the sockets it serves
+/// (systemd's FileDescriptorName=, or the name given to `--local`), or unnamed for the others.
 public struct Service: Sendable {
-    /// The remote as the user wrote it, for messages.
-    public var remote: Endpoint
-    /// Its addresses, tried in order.
-    public var addresses: [SocketAddress]
+    public var name: String?
+    public var pool: RemotePool
 
-    public init(remote: Endpoint, addresses: [SocketAddress]) {
-        self.remote = remote
-        self.addresses = addresses
+    public init(name: String?, pool: RemotePool) {
+        self.name = name
+        self.pool = pool
+    }
+
+    /// `127.0.0.1:25` or `mail.example.org:25 (192.0.2.5:25, [2001:db8::5]:25)`, for the start line.
+    public var description: String {
+        let addresses = pool.addresses.map(\.description).joined(separator: ", ")
+        let prefix = name.map { "\($0): " } ?? ""
+        if pool.hasNames {
+            return prefix + pool.endpoints.map(\.description).joined(separator: ", ") + " (\(addresses))"
+        }
+        return prefix + addresses
     }
 }
 
@@ -58,11 +77,14 @@ public struct ListeningSocket: Sendable {
     public let fd: CInt
     public let address: SocketAddress
     public let service: Int
+    /// Its name: systemd's FileDescriptorName=, or the name given to `--local`.
+    public let name: String?
 
-    public init(fd: CInt, address: SocketAddress, service: Int) {
+    public init(fd: CInt, address: SocketAddress, service: Int, name: String? = nil) {
         self.fd = fd
         self.address = address
         self.service = service
+        self.name = name
     }
 }
 

@@ -39,6 +39,12 @@ public struct RelayState {
         return .waiting
     }
 
+    /// Puts `bytes` (a PROXY protocol header) before anything the client sends: they are the first the server
+    /// receives. Call before the first turn.
+    public mutating func sendFirst<IO: RelayIO>(_ bytes: [UInt8], _ io: inout IO) {
+        clientToServer.hold(bytes, &io)
+    }
+
     /// Bytes delivered from the client to the server, and from the server to the client.
     public var bytes: (up: UInt64, down: UInt64) { (clientToServer.bytes, serverToClient.bytes) }
 

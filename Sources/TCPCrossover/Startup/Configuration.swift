@@ -1,9 +1,42 @@
+/// An address with an optional name in front: `smtp=[::]:25`. Names tie a `--remote` to the listeners it serves:
+/// the `--local` of the same name, or the socket systemd passes with that FileDescriptorName=.
+public struct NamedEndpoint: Equatable, Sendable, CustomStringConvertible {
+    public var name: String?
+    public var endpoint: Endpoint
+
+    public init(name: String? = nil, endpoint: Endpoint) {
+        self.name = name
+        self.endpoint = endpoint
+    }
+
+    /// Parses `[NAME=]ADDRESS:PORT`. A name is printable ASCII without spaces, ':' or '=', as systemd's
+    /// FileDescriptorName= is.
+    public init(parsing text: String, portZero: Endpoint.PortZero = .refused) throws(AddressError) {
+        let bytes = Array(text.utf8)
+        guard let equals = bytes.firstIndex(of: UInt8(ascii: "=")) else {
+            self.init(endpoint: try Endpoint(parsing: text, portZero: portZero))
+            return
+        }
+        let name = bytes[..<equals]
+        guard !name.isEmpty, name.count <= 255, name.allSatisfy({ $0 > 0x20 && $0 < 0x7f && $0 != 0x3a }) else {
+            throw AddressError(
+                text: text, reason: "'\(String(decoding: name, as: UTF8.self))' is not a name",
+                accepted: "NAME=ADDRESS:PORT with a name of letters, digits and punctuation other than ':' and '='")
+        }
+        let address = String(decoding: bytes[(equals + 1)...], as: UTF8.self)
+        self.init(
+            name: String(decoding: name, as: UTF8.self), endpoint: try Endpoint(parsing: address, portZero: portZero))
+    }
+
+    public var description: String { name.map { "\($0)=\(endpoint)" } ?? endpoint.description }
+}
+
 /// Everything the command line decides, in the core's terms.
 public struct Configuration: Sendable, Equatable {
     /// Addresses to listen on (standalone mode); empty when the service manager passes the sockets.
-    public var locals: [Endpoint] = []
-    /// Where connections are relayed to.
-    public var remote: Endpoint
+    public var locals: [NamedEndpoint] = []
+    /// Where connections are relayed to: several give failover, in order; names pick the listeners they serve.
+    public var remotes: [NamedEndpoint]
     public var pidfile: String?
     /// Stay in the foreground and log to standard error, instead of going into the background.
     public var foreground = false
@@ -20,8 +53,8 @@ public struct Configuration: Sendable, Equatable {
     public var user: String?
     public var group: String?
 
-    public init(remote: Endpoint) {
-        self.remote = remote
+    public init(remotes: [NamedEndpoint]) {
+        self.remotes = remotes
     }
 }
 

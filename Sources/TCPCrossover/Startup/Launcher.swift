@@ -20,12 +20,13 @@ public enum Launcher {
             case .standalone:
                 try runStandalone(configuration, identity: identity, level: level, journal: journal)
             case .systemdListeners(let descriptors):
-                try runActivated(configuration, identity, listeners: descriptors.map(\.fd), connection: nil)
+                try runActivated(
+                    configuration, identity, listeners: descriptors.map { ($0.fd, $0.name) }, connection: nil)
             case .systemdConnection(let descriptor):
                 try runActivated(configuration, identity, listeners: [], connection: descriptor.fd)
             case .inetdListener:
                 try detachStandardOutput(keepError: journal)
-                try runActivated(configuration, identity, listeners: [STDIN_FILENO], connection: nil)
+                try runActivated(configuration, identity, listeners: [(STDIN_FILENO, nil)], connection: nil)
             case .inetdConnection:
                 try detachStandardOutput(keepError: journal)
                 try runActivated(configuration, identity, listeners: [], connection: STDIN_FILENO)
@@ -111,32 +112,38 @@ public enum Launcher {
     private static func runActivated(
         _ configuration: Configuration,
         _ identity: Identity?,
-        listeners fds: [CInt],
+        listeners descriptors: [(fd: CInt, name: String?)],
         connection: CInt?
     ) throws(StartupError) {
-        let service = try resolve(configuration.remote)
+        let services = try makeServices(configuration)
         var listeners: [ListeningSocket] = []
-        for fd in fds {
+        for (fd, name) in descriptors {
+            let address: SocketAddress
             do {
                 try Syscall.setNonBlocking(fd)
                 try Syscall.setConnectionOptions(fd, keepalive: configuration.relay.keepalive)
-                listeners.append(ListeningSocket(fd: fd, address: try Syscall.localAddress(fd), service: 0))
+                address = try Syscall.localAddress(fd)
             } catch {
                 throw StartupError(
                     ExitStatus.systemError, "the socket passed as descriptor \(fd) is unusable: \(error)")
             }
+            let service = try serviceIndex(
+                for: name, in: services, socket: name.map { "socket '\($0)'" } ?? address.description)
+            listeners.append(ListeningSocket(fd: fd, address: address, service: service, name: name))
+        }
+        try checkEveryNameServes(services, listenerNames: listeners.map(\.name), where: "passed sockets")
+        var accepted: [AcceptedConnection] = []
+        if let connection {
+            let service = try serviceIndex(for: nil, in: services, socket: "the connection")
+            accepted.append(AcceptedConnection(fd: connection, service: service))
         }
         try identity?.assume()
-        let engine = Engine(services: [service], options: configuration.relay)
+        let engine = Engine(services: services, options: configuration.relay)
         let notifier = ServiceNotifier(
             engine: engine, exitIdleTime: listeners.isEmpty ? nil : configuration.exitIdleTime)
-        let accepted = connection.map { [AcceptedConnection(fd: $0, service: 0)] } ?? []
         let startLine =
             listeners.isEmpty
-            ? nil
-            : "tcp-crossover \(tcpCrossoverVersion) serving "
-                + listeners.map(\.address.description).joined(separator: ", ")
-                + ", relaying to \(describe(service))"
+            ? nil : "tcp-crossover \(tcpCrossoverVersion) serving \(describe(listeners, services))"
         do {
             try engine.run(listeners: listeners, connections: accepted) {
                 if let startLine { Log.notice(startLine) }
@@ -156,7 +163,7 @@ public enum Launcher {
         level: LogLevel,
         journal: Bool
     ) throws(StartupError) {
-        let service = try resolve(configuration.remote)
+        let services = try makeServices(configuration)
         var pidfile: Pidfile? = nil
         if let path = configuration.pidfile { pidfile = try Pidfile(path: path) }
         var listeners: [ListeningSocket] = []
@@ -164,17 +171,19 @@ public enum Launcher {
         var ownsListeners = true
         defer { if ownsListeners { for listener in listeners { Syscall.close(listener.fd) } } }
         for local in configuration.locals {
+            let service = try serviceIndex(for: local.name, in: services, socket: "--local \(local)")
             let addresses: [SocketAddress]
-            switch local.resolve() {
+            switch local.endpoint.resolve() {
             case .success(let resolved): addresses = resolved
             case .failure(let error): throw StartupError(ExitStatus.noHost, "\(error) (in --local \(local))")
             }
             for address in addresses {
                 let (fd, bound) = try Listener.open(
                     address, dualStack: configuration.dualStack, keepalive: configuration.relay.keepalive)
-                listeners.append(ListeningSocket(fd: fd, address: bound, service: 0))
+                listeners.append(ListeningSocket(fd: fd, address: bound, service: service, name: local.name))
             }
         }
+        try checkEveryNameServes(services, listenerNames: configuration.locals.map(\.name), where: "--local")
 
         let background = !configuration.foreground && !configuration.debug
         var readiness: Daemon.Readiness? = nil
@@ -193,13 +202,12 @@ public enum Launcher {
                 try identity.assume()
             }
             try pidfile?.record(Syscall.processID)
-            let engine = Engine(services: [service], options: configuration.relay)
+            let engine = Engine(services: services, options: configuration.relay)
             let notifier = ServiceNotifier(engine: engine, exitIdleTime: configuration.exitIdleTime)
             let threads = configuration.relay.threads
             let startLine =
-                "tcp-crossover \(tcpCrossoverVersion) listening on "
-                + listeners.map(\.address.description).joined(separator: ", ")
-                + ", relaying to \(describe(service)) (pid \(Syscall.processID), \(threads) threads)"
+                "tcp-crossover \(tcpCrossoverVersion) listening on \(describe(listeners, services)) "
+                + "(pid \(Syscall.processID), \(threads) threads)"
             ownsListeners = false
             do {
                 try engine.run(listeners: listeners, connections: []) {
@@ -219,16 +227,66 @@ public enum Launcher {
         if let pidfile = pidfile.take() { pidfile.remove() }
     }
 
-    static func resolve(_ remote: Endpoint) throws(StartupError) -> Service {
-        switch remote.resolve() {
-        case .success(let addresses): return Service(remote: remote, addresses: addresses)
-        case .failure(let error): throw StartupError(ExitStatus.noHost, "\(error) (in --remote \(remote))")
+    /// The services: one per name among the remotes, plus one for the unnamed remotes; each remote resolved now
+    /// (a host name that does not resolve at start is an error).
+    static func makeServices(_ configuration: Configuration) throws(StartupError) -> [Service] {
+        var names: [String?] = []
+        for remote in configuration.remotes where !names.contains(remote.name) { names.append(remote.name) }
+        var services: [Service] = []
+        for name in names {
+            let endpoints = configuration.remotes.filter { $0.name == name }.map(\.endpoint)
+            let pool = RemotePool(endpoints: endpoints, addresses: [], backoff: configuration.relay.failoverBackoff)
+            let (addresses, failures) = pool.lookUp()
+            if let failure = failures.first {
+                let remote = configuration.remotes.first { $0.name == name && "\($0.endpoint)".hasPrefix(failure.host) }
+                throw StartupError(ExitStatus.noHost, "\(failure) (in --remote \(remote?.description ?? failure.host))")
+            }
+            let usable = addresses.filter { address in
+                configuration.relay.sources.isEmpty
+                    || configuration.relay.sources.contains { $0.family == address.family }
+            }
+            guard !usable.isEmpty else {
+                throw StartupError(
+                    ExitStatus.usage, "no --remote address has the family of a --source address")
+            }
+            pool.replace(usable)
+            services.append(Service(name: name, pool: pool))
+        }
+        return services
+    }
+
+    /// The service for a listener named `name`: the remotes of that name, or else the unnamed ones.
+    static func serviceIndex(for name: String?, in services: [Service], socket: String) throws(StartupError) -> Int {
+        if let name, let index = services.firstIndex(where: { $0.name == name }) { return index }
+        if let index = services.firstIndex(where: { $0.name == nil }) { return index }
+        throw StartupError(
+            ExitStatus.usage,
+            "no --remote for \(socket): give --remote \(name.map { "\($0)=" } ?? "")ADDRESS:PORT")
+    }
+
+    /// A named remote that serves no listener is a mistake (a misspelt name): say so rather than ignore it.
+    static func checkEveryNameServes(_ services: [Service], listenerNames: [String?], where place: String)
+        throws(StartupError)
+    {
+        for service in services {
+            if let name = service.name, !listenerNames.contains(name) {
+                throw StartupError(
+                    ExitStatus.usage, "--remote \(name)=... names no listener among the \(place)")
+            }
         }
     }
 
-    static func describe(_ service: Service) -> String {
-        let addresses = service.addresses.map(\.description).joined(separator: ", ")
-        if case .name = service.remote.host { return "\(service.remote) (\(addresses))" }
-        return addresses
+    /// `[::]:25, relaying to 127.0.0.1:25`, or with names `[::]:25 (smtp), [::]:80 (http), relaying smtp to ...;
+    /// http to ...`.
+    static func describe(_ listeners: [ListeningSocket], _ services: [Service]) -> String {
+        let addresses = listeners.map { listener in
+            listener.address.description + (listener.name.map { " (\($0))" } ?? "")
+        }
+        let used = services.indices.filter { index in listeners.contains { $0.service == index } }
+        let remotes = used.map { index in
+            let service = services[index]
+            return (service.name.map { "\($0) " } ?? "") + "to " + Service(name: nil, pool: service.pool).description
+        }
+        return addresses.joined(separator: ", ") + ", relaying " + remotes.joined(separator: "; ")
     }
 }

@@ -37,6 +37,19 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         self.init(family: .ipv6, bytes: bytes, port: port, scopeID: scopeID)
     }
 
+    /// A numeric IPv4 or IPv6 address without port or zone (`192.0.2.10`, `2001:db8::10`), with port 0; nil for
+    /// anything else.
+    public init?(numericHost text: String) {
+        guard text.utf8.allSatisfy({ $0 < 0x80 }) else { return nil }
+        if let address = Syscall.parseIPv4(text) {
+            self.init(address, port: 0)
+        } else if let address = Syscall.parseIPv6(text) {
+            self.init(address, port: 0)
+        } else {
+            return nil
+        }
+    }
+
     /// The address in a `sockaddr`, or nil for a family other than AF_INET and AF_INET6.
     init?(_ pointer: UnsafePointer<sockaddr>) {
         switch CInt(pointer.pointee.sa_family) {
@@ -105,11 +118,16 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
 
     /// The address alone, without port: `192.0.2.1`, `2001:db8::1`, `fe80::1%eth0`.
     public var host: String {
-        var text = withUnsafeBytes(of: bytes) { Syscall.format(addressFamily, $0.baseAddress!) }
+        var text = numericHost
         if scopeID != 0 {
             text += "%" + (Syscall.interfaceName(scopeID) ?? String(scopeID))
         }
         return text
+    }
+
+    /// The address in inet_ntop(3) form, without a zone: `192.0.2.1`, `fe80::1`.
+    public var numericHost: String {
+        withUnsafeBytes(of: bytes) { Syscall.format(addressFamily, $0.baseAddress!) }
     }
 
     /// `192.0.2.1:80` or `[2001:db8::1]:80`, the form the command line takes.

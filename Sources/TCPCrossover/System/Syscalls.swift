@@ -261,6 +261,15 @@ public enum Syscall {
         }
     }
 
+    /// setsockopt(2) IP_BIND_ADDRESS_NO_PORT, then bind(2) to `address` with port 0: the connection leaves from
+    /// that address, and the port is chosen at connect time, so that binding first does not use up ports.
+    static func bindForConnect(_ fd: CInt, to address: SocketAddress) throws(Errno) {
+        try setOption(fd, CInt(IPPROTO_IP), tcx_ip_bind_address_no_port, 1)
+        var local = address
+        local.port = 0
+        try bind(fd, to: local)
+    }
+
     /// listen(2).
     static func listen(_ fd: CInt, backlog: CInt) throws(Errno) {
         _ = try valueOrErrno { Glibc.listen(fd, backlog) }
@@ -505,6 +514,13 @@ public enum Syscall {
         var now = timespec()
         clock_gettime(CLOCK_MONOTONIC, &now)
         return Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000
+    }
+
+    /// nanosleep(2).
+    static func sleep(milliseconds: Int64) {
+        var duration = timespec(tv_sec: Int(milliseconds / 1000), tv_nsec: Int(milliseconds % 1000) * 1_000_000)
+        var remaining = timespec()
+        while nanosleep(&duration, &remaining) == -1 && errno == EINTR { duration = remaining }
     }
 
     /// clock_gettime(2) CLOCK_MONOTONIC in microseconds.

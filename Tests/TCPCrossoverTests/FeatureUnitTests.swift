@@ -1,0 +1,109 @@
+import TCPCrossover
+import Testing
+
+@Suite struct FeatureUnitTests {
+    func address(_ text: String) throws -> SocketAddress {
+        guard case .address(let address) = try Endpoint(parsing: text).host else {
+            throw AddressError(text: text, reason: "")
+        }
+        return address
+    }
+
+    @Test func proxyV1_writesTheTextLine() throws {
+        let header = ProxyProtocol.v1.header(
+            source: try address("192.0.2.1:51234"), destination: try address("198.51.100.7:25"))
+        #expect(String(decoding: header, as: UTF8.self) == "PROXY TCP4 192.0.2.1 198.51.100.7 51234 25\r\n")
+        let six = ProxyProtocol.v1.header(
+            source: try address("[2001:db8::1]:40000"), destination: try address("[2001:db8::ff]:443"))
+        #expect(String(decoding: six, as: UTF8.self) == "PROXY TCP6 2001:db8::1 2001:db8::ff 40000 443\r\n")
+    }
+
+    @Test func proxyV1_sendsMappedAddressesAsIPv4AndLeavesZonesOut() throws {
+        let mapped = ProxyProtocol.v1.header(
+            source: try address("[::ffff:192.0.2.9]:1000"), destination: try address("[::ffff:192.0.2.1]:80"))
+        #expect(String(decoding: mapped, as: UTF8.self) == "PROXY TCP4 192.0.2.9 192.0.2.1 1000 80\r\n")
+        let zoned = ProxyProtocol.v1.header(
+            source: try address("[fe80::1%lo]:22"), destination: try address("[fe80::2%lo]:22"))
+        #expect(String(decoding: zoned, as: UTF8.self) == "PROXY TCP6 fe80::1 fe80::2 22 22\r\n")
+    }
+
+    @Test func proxyV2_writesTheBinaryBlock() throws {
+        let header = ProxyProtocol.v2.header(
+            source: try address("192.0.2.1:51234"), destination: try address("198.51.100.7:25"))
+        let expected: [UInt8] =
+            [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A, 0x21, 0x11, 0x00, 0x0C]
+            + [192, 0, 2, 1, 198, 51, 100, 7, 0xC8, 0x22, 0x00, 0x19]
+        #expect(header == expected)
+        let six = ProxyProtocol.v2.header(source: try address("[2001:db8::1]:1"), destination: try address("[::1]:2"))
+        #expect(six.count == 16 + 36)
+        #expect(Array(six[12..<16]) == [0x21, 0x21, 0x00, 0x24])
+        #expect(Array(six[16..<32]) == [0x20, 0x01, 0x0d, 0xb8] + Array(repeating: 0, count: 11) + [1])
+        #expect(Array(six[48..<52]) == [0, 1, 0, 2])
+    }
+
+    @Test func proxyHeader_withDifferentFamilies_saysUnknownOrLocal() throws {
+        let v4 = try address("192.0.2.1:1")
+        let v6 = try address("[2001:db8::1]:2")
+        #expect(
+            String(decoding: ProxyProtocol.v1.header(source: v4, destination: v6), as: UTF8.self) == "PROXY UNKNOWN\r\n"
+        )
+        #expect(Array(ProxyProtocol.v2.header(source: v4, destination: v6)[12...]) == [0x20, 0x00, 0x00, 0x00])
+    }
+
+    @Test func addressRange_matchesItsBlockOnly() throws {
+        let block = try AddressRange(parsing: "192.0.2.0/24")
+        #expect(block.contains(try address("192.0.2.200:1")))
+        #expect(!block.contains(try address("192.0.3.1:1")))
+        #expect(block.contains(try address("[::ffff:192.0.2.5]:1")))
+        #expect(!block.contains(try address("[2001:db8::1]:1")))
+        let six = try AddressRange(parsing: "2001:db8::/32")
+        #expect(six.contains(try address("[2001:db8:ffff::1]:1")))
+        #expect(!six.contains(try address("[2001:db9::1]:1")))
+        #expect(try AddressRange(parsing: "10.1.2.3").description == "10.1.2.3/32")
+        #expect(try AddressRange(parsing: "10.1.2.3/8").description == "10.0.0.0/8")
+        #expect(try AddressRange(parsing: "0.0.0.0/0").contains(try address("203.0.113.9:1")))
+        #expect(try AddressRange(parsing: "2001:db8::7/127").contains(try address("[2001:db8::6]:1")))
+    }
+
+    @Test(arguments: ["", "10.0.0.0/", "10.0.0.0/33", "::/129", "10.0.0.0/-1", "10.0.0.0/a", "host/8", "10.0.0.0/08x"])
+    func addressRange_whenMalformed_isRefused(text: String) {
+        #expect(throws: AddressError.self) { try AddressRange(parsing: text) }
+    }
+
+    @Test func accessRules_denyWinsAndAllowLimits() throws {
+        let rules = AccessRules(
+            allow: [try AddressRange(parsing: "192.0.2.0/24")], deny: [try AddressRange(parsing: "192.0.2.66/32")])
+        #expect(rules.refusal(of: try address("192.0.2.1:9")) == nil)
+        #expect(rules.refusal(of: try address("192.0.2.66:9")) == "refused by --deny 192.0.2.66/32")
+        #expect(rules.refusal(of: try address("198.51.100.1:9")) == "refused: not in any --allow")
+        #expect(AccessRules().refusal(of: try address("198.51.100.1:9")) == nil)
+    }
+
+    @Test func remotePool_putsFailedAddressesLastUntilTheirBackoffEnds() throws {
+        let a = try address("127.0.0.1:1")
+        let b = try address("127.0.0.1:2")
+        let c = try address("127.0.0.1:3")
+        let pool = RemotePool(endpoints: [], addresses: [a, b, c], backoff: 1000)
+        #expect(pool.candidates(now: 0) == [a, b, c])
+        pool.failed(a, now: 0)
+        #expect(pool.candidates(now: 10) == [b, c, a])
+        pool.failed(b, now: 10)
+        #expect(pool.candidates(now: 20) == [c, a, b])
+        pool.succeeded(a)
+        #expect(pool.candidates(now: 30) == [a, c, b])
+        #expect(pool.candidates(now: 1011) == [a, b, c])
+        pool.failed(c, now: 2000)
+        pool.replace([c, b])
+        #expect(pool.candidates(now: 2001) == [b, c])
+    }
+
+    @Test func namedEndpoint_takesAnOptionalName() throws {
+        let named = try NamedEndpoint(parsing: "smtp=[::]:25", portZero: .allowed)
+        #expect(named.name == "smtp")
+        #expect(named.endpoint.description == "[::]:25")
+        #expect(try NamedEndpoint(parsing: "127.0.0.1:80").name == nil)
+        #expect(throws: AddressError.self) { try NamedEndpoint(parsing: "=127.0.0.1:80") }
+        #expect(throws: AddressError.self) { try NamedEndpoint(parsing: "a b=127.0.0.1:80") }
+        #expect(throws: AddressError.self) { try NamedEndpoint(parsing: "web=127.0.0.1") }
+    }
+}
