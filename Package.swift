@@ -4,7 +4,9 @@ import PackageDescription
 let package = Package(
     name: "tcp-crossover",
     products: [
-        .executable(name: "tcp-crossover", targets: ["tcp-crossover"])
+        .executable(name: "tcp-crossover", targets: ["tcp-crossover"]),
+        // The core, for the fuzzing package in Fuzz/.
+        .library(name: "TCPCrossover", targets: ["TCPCrossover"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2")

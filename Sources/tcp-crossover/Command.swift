@@ -147,12 +147,21 @@ struct TCPCrossoverCommand: ParsableCommand {
     }
 
     func validate() throws {
-        _ = try options.configuration()
+        _ = try configuration()
     }
 
     func run() throws {
-        let status = Launcher.run(try options.configuration())
+        let status = Launcher.run(try configuration())
         if status != ExitStatus.success { throw ExitCode(status) }
+    }
+
+    /// The options as a configuration; a bad value becomes swift-argument-parser's validation error (status 64).
+    private func configuration() throws -> Configuration {
+        do {
+            return try options.configuration()
+        } catch let error as OptionError {
+            throw ValidationError(error.description)
+        }
     }
 
     /// Parses and runs; every error is one line on standard error, with argument-parser's exit status (64 for a

@@ -34,7 +34,8 @@ import Testing
             let text = try String(contentsOfFile: root + completion, encoding: .utf8)
             #expect(text.contains("remote") && text.contains("proxy-protocol"), "\(completion)")
         }
-        let service = try String(contentsOfFile: root + "/lib/systemd/system/tcp-crossover-smtp.service", encoding: .utf8)
+        let service = try String(
+            contentsOfFile: root + "/lib/systemd/system/tcp-crossover-smtp.service", encoding: .utf8)
         #expect(service.contains("ExecStart=/usr/bin/tcp-crossover --remote 127.0.0.1:25"))
     }
 

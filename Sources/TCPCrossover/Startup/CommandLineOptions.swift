@@ -1,43 +1,80 @@
-import ArgumentParser
-import TCPCrossover
+/// A bad option value: one line that names the value and what would be accepted.
+public struct OptionError: Error, CustomStringConvertible, Sendable {
+    public let description: String
 
-/// The options as typed, before validation: what swift-argument-parser and `QuickCommandLine` both produce, and
-/// the one place where they become a `Configuration`.
-struct Options: Equatable {
-    var local: [String] = []
-    var remote: [String] = []
-    var pidfile: String?
-    var bufferSize = "1m"
-    var debug = false
-    var foreground = false
-    var dualStack = false
-    var connectTimeout = "10"
-    var threads = "0"
-    var exitIdleTime: String?
-    var maxConnections: String?
-    var idleTimeout: String?
-    var keepalive = "120,30,4"
-    var shutdownTimeout = "10"
-    var user: String?
-    var group: String?
-    var proxyProtocol: String?
-    var source: [String] = []
-    var allow: [String] = []
-    var deny: [String] = []
-    var resolveInterval = "60"
+    init(_ description: String) {
+        self.description = description
+    }
+}
 
-    static let defaults = Options()
+/// The options as typed, before validation: what the command's swift-argument-parser parser and `QuickCommandLine`
+/// both produce, and the one place where they become a `Configuration`.
+public struct Options: Equatable, Sendable {
+    public var local: [String]
+    public var remote: [String]
+    public var pidfile: String?
+    public var bufferSize: String
+    public var debug: Bool
+    public var foreground: Bool
+    public var dualStack: Bool
+    public var connectTimeout: String
+    public var threads: String
+    public var exitIdleTime: String?
+    public var maxConnections: String?
+    public var idleTimeout: String?
+    public var keepalive: String
+    public var shutdownTimeout: String
+    public var user: String?
+    public var group: String?
+    public var proxyProtocol: String?
+    public var source: [String]
+    public var allow: [String]
+    public var deny: [String]
+    public var resolveInterval: String
+
+    public static let defaults = Options()
+
+    public init(
+        local: [String] = [], remote: [String] = [], pidfile: String? = nil, bufferSize: String = "1m",
+        debug: Bool = false, foreground: Bool = false, dualStack: Bool = false, connectTimeout: String = "10",
+        threads: String = "0", exitIdleTime: String? = nil, maxConnections: String? = nil, idleTimeout: String? = nil,
+        keepalive: String = "120,30,4", shutdownTimeout: String = "10", user: String? = nil, group: String? = nil,
+        proxyProtocol: String? = nil, source: [String] = [], allow: [String] = [], deny: [String] = [],
+        resolveInterval: String = "60"
+    ) {
+        self.local = local
+        self.remote = remote
+        self.pidfile = pidfile
+        self.bufferSize = bufferSize
+        self.debug = debug
+        self.foreground = foreground
+        self.dualStack = dualStack
+        self.connectTimeout = connectTimeout
+        self.threads = threads
+        self.exitIdleTime = exitIdleTime
+        self.maxConnections = maxConnections
+        self.idleTimeout = idleTimeout
+        self.keepalive = keepalive
+        self.shutdownTimeout = shutdownTimeout
+        self.user = user
+        self.group = group
+        self.proxyProtocol = proxyProtocol
+        self.source = source
+        self.allow = allow
+        self.deny = deny
+        self.resolveInterval = resolveInterval
+    }
 
     /// The options as a configuration; throws a `ValidationError` naming the bad value and what is accepted.
-    func configuration() throws -> Configuration {
+    public func configuration() throws -> Configuration {
         guard !remote.isEmpty else {
-            throw ValidationError("--remote is missing: give the address to relay to, such as --remote 127.0.0.1:25")
+            throw OptionError("--remote is missing: give the address to relay to, such as --remote 127.0.0.1:25")
         }
         var configuration = Configuration(
             remotes: try remote.map { try endpoint($0, option: "--remote", portZero: .refused) })
         configuration.locals = try local.map { try endpoint($0, option: "--local", portZero: .allowed) }
         configuration.pidfile = try pidfile.map { path in
-            guard !path.isEmpty else { throw ValidationError("--pidfile needs a file name") }
+            guard !path.isEmpty else { throw OptionError("--pidfile needs a file name") }
             return path
         }
         configuration.foreground = foreground
@@ -57,20 +94,20 @@ struct Options: Equatable {
             shutdownTimeout, option: "--shutdown-timeout", zero: true)
         for (option, name) in [("--user", user), ("--group", group)] {
             if let name, name.isEmpty || name.utf8.contains(where: { $0 < 0x21 || $0 == 0x3a }) {
-                throw ValidationError("\(option) '\(name)' is not a user or group name")
+                throw OptionError("\(option) '\(name)' is not a user or group name")
             }
         }
         configuration.user = user
         configuration.group = group
         configuration.relay.proxyProtocol = try proxyProtocol.map { value in
             guard let version = ProxyProtocol(rawValue: value) else {
-                throw ValidationError("--proxy-protocol '\(value)' is not a version; expected v1 or v2")
+                throw OptionError("--proxy-protocol '\(value)' is not a version; expected v1 or v2")
             }
             return version
         }
         configuration.relay.sources = try source.map(sourceAddress)
         if Set(configuration.relay.sources.map(\.family)).count != configuration.relay.sources.count {
-            throw ValidationError("--source is given twice for one family; give at most one IPv4 and one IPv6 address")
+            throw OptionError("--source is given twice for one family; give at most one IPv4 and one IPv6 address")
         }
         configuration.relay.access = AccessRules(
             allow: try allow.map { try range($0, option: "--allow") },
@@ -84,7 +121,7 @@ struct Options: Equatable {
 /// `--source`: an IPv4 or IPv6 address, without a port.
 private func sourceAddress(_ text: String) throws -> SocketAddress {
     if let address = SocketAddress(numericHost: text) { return address }
-    throw ValidationError("--source '\(text)' is not an IPv4 or IPv6 address (without a port), such as 192.0.2.10")
+    throw OptionError("--source '\(text)' is not an IPv4 or IPv6 address (without a port), such as 192.0.2.10")
 }
 
 /// `--allow`, `--deny`: a CIDR block.
@@ -92,14 +129,14 @@ private func range(_ text: String, option: String) throws -> AddressRange {
     do {
         return try AddressRange(parsing: text)
     } catch {
-        throw ValidationError("\(option): \(error)")
+        throw OptionError("\(option): \(error)")
     }
 }
 
 /// A whole number in `range`.
 private func count(_ text: String, option: String, range: ClosedRange<Int>, meaning: String? = nil) throws -> Int {
     guard let value = Int(text), range.contains(value) else {
-        throw ValidationError(
+        throw OptionError(
             "\(option) '\(text)' is out of range; expected \(meaning ?? String(range.lowerBound)) to \(range.upperBound)"
         )
     }
@@ -110,7 +147,7 @@ private func endpoint(_ text: String, option: String, portZero: Endpoint.PortZer
     do {
         return try NamedEndpoint(parsing: text, portZero: portZero)
     } catch {
-        throw ValidationError("\(option): \(error)")
+        throw OptionError("\(option): \(error)")
     }
 }
 
@@ -131,7 +168,7 @@ private func size(_ text: String, option: String, range: ClosedRange<Int>) throw
     guard let value = Int(digits), value > 0, value <= range.upperBound / multiplier,
         range.contains(value * multiplier)
     else {
-        throw ValidationError(
+        throw OptionError(
             "\(option) '\(text)' is not a size from \(range.lowerBound) to \(range.upperBound) bytes (such as 65536, 64k or 1m)"
         )
     }
@@ -142,7 +179,7 @@ private func size(_ text: String, option: String, range: ClosedRange<Int>) throw
 private func milliseconds(_ text: String, option: String, zero: Bool = false) throws -> Int64 {
     let lowest = zero ? "0" : "0.001"
     guard let seconds = Double(text), seconds.isFinite, zero ? seconds >= 0 : seconds > 0, seconds <= 86_400 else {
-        throw ValidationError("\(option) '\(text)' is not a number of seconds from \(lowest) to 86400")
+        throw OptionError("\(option) '\(text)' is not a number of seconds from \(lowest) to 86400")
     }
     return zero && seconds == 0 ? 0 : max(1, Int64((seconds * 1000).rounded()))
 }
@@ -151,7 +188,7 @@ private func milliseconds(_ text: String, option: String, zero: Bool = false) th
 private func parseKeepalive(_ text: String) throws -> Keepalive? {
     if text == "off" { return nil }
     let fields = text.split(separator: ",", omittingEmptySubsequences: false).map { Int($0) }
-    let bad = ValidationError(
+    let bad = OptionError(
         "--keepalive '\(text)' is not valid; expected 'off', IDLE or IDLE,INTERVAL,COUNT in whole seconds (such as 120,30,4)"
     )
     guard fields.count == 1 || fields.count == 3, fields.allSatisfy({ $0 != nil }) else { throw bad }

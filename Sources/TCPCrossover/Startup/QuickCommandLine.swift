@@ -3,17 +3,17 @@
 /// version, an unknown option, a missing value, a value that looks like an option — so that swift-argument-parser
 /// reads the line and gives its messages. The names here must be the command's: a test compares them with what
 /// swift-argument-parser reports.
-enum QuickCommandLine {
+public enum QuickCommandLine {
     /// Long options that take a value (`--name VALUE` or `--name=VALUE`).
-    static let valueOptions = [
+    public static let valueOptions = [
         "local", "remote", "pidfile", "bs", "connect-timeout", "threads", "exit-idle-time", "max-connections",
         "idle-timeout", "keepalive", "shutdown-timeout", "user", "group", "proxy-protocol", "source", "allow", "deny",
         "resolve-interval",
     ]
     /// Long flags; `-f` is `--foreground`.
-    static let flags = ["debug", "foreground", "dual-stack"]
+    public static let flags = ["debug", "foreground", "dual-stack"]
 
-    static func parse(_ arguments: [String]) -> Options? {
+    public static func parse(_ arguments: [String]) -> Options? {
         var options = Options()
         var index = 0
         while index < arguments.count {
