@@ -28,7 +28,10 @@ BINARY ?= $(RELEASE_BINARY)
 BUILD_PACKAGES = libsystemd-dev pkg-config
 TEST_PACKAGES = systemd xinetd
 
-.PHONY: all build release run check test deps test-deps install install-files uninstall lint clean
+BENCHMARK_PACKAGES = nginx-light iperf3 wrk haproxy 6tunnel socat hyperfine systemd
+
+.PHONY: all build release run check test deps test-deps install install-files uninstall lint clean benchmark \
+	reliability
 
 all: build
 
@@ -80,6 +83,16 @@ uninstall:
 	rm -f $(DESTDIR)$(MANDIR)/man8/tcp-crossover.8 $(DESTDIR)$(BASHCOMPDIR)/tcp-crossover
 	rm -f $(DESTDIR)$(ZSHCOMPDIR)/_tcp-crossover $(DESTDIR)$(FISHCOMPDIR)/tcp-crossover.fish
 	for unit in $(UNITS); do rm -f $(DESTDIR)$(UNITDIR)/$$(basename $$unit); done
+
+# The peers side by side, on loopback: see Benchmarks/README.md. About 12 minutes.
+benchmark: release
+	@./.ci/install-packages $(BENCHMARK_PACKAGES)
+	Benchmarks/run --binary $(RELEASE_BINARY) $(BENCHMARK_FLAGS)
+
+# The full-size reliability runs (the default test run keeps fast versions): see RELIABILITY.md.
+reliability: test-deps
+	$(SWIFT) build --build-tests
+	TCX_RELIABILITY=full $(SWIFT) test --skip-build --filter ReliabilityTests
 
 lint:
 	$(SWIFT) format lint --strict --recursive Package.swift Sources Tests

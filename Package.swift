@@ -37,13 +37,15 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // What both test targets use: a seeded random generator.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(
             name: "TCPCrossoverTests",
-            dependencies: ["TCPCrossover"]
+            dependencies: ["TCPCrossover", "TestSupport"]
         ),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["tcp-crossover"]
+            dependencies: ["tcp-crossover", "TestSupport"]
         ),
     ]
 )

@@ -1,4 +1,5 @@
 import TCPCrossover
+import TestSupport
 import Testing
 
 /// The relay's state machine against the simulated kernel: bytes, order, half-closes, resets, back-pressure and

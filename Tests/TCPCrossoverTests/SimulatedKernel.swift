@@ -1,34 +1,5 @@
 import TCPCrossover
-
-/// A deterministic pseudo-random generator (SplitMix64), so that a failing seed can be replayed.
-struct SeededRandom: RandomNumberGenerator {
-    private var state: UInt64
-
-    init(seed: UInt64) { state = seed }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
-/// `count` pseudo-random bytes, eight from each draw.
-func randomBytes(_ count: Int, _ random: inout SeededRandom) -> [UInt8] {
-    var bytes = [UInt8](repeating: 0, count: count)
-    var index = 0
-    while index < count {
-        var word = random.next()
-        for _ in 0..<min(8, count - index) {
-            bytes[index] = UInt8(truncatingIfNeeded: word)
-            word >>= 8
-            index += 1
-        }
-    }
-    return bytes
-}
+import TestSupport
 
 /// A simulated kernel for the relay's state machine: two sockets with finite buffers, pipes whose slots can fill
 /// before their byte capacity does (as with splice from TCP), calls that move random amounts, and injected resets.

@@ -14,11 +14,18 @@ let relayBinary: String = {
 final class ChildProcess: @unchecked Sendable {
     let pid: pid_t
     private let lock = NSLock()
-    private var _output: [UInt8] = []
-    private var _error: [UInt8] = []
     private var _status: Int32?
     private var reaped = false
-    private var openStreams = 2
+    /// What the reading threads collect. They hold this, not the process object, so that dropping the object
+    /// kills the process even while it still writes.
+    private let capture = Capture()
+
+    private final class Capture: @unchecked Sendable {
+        let lock = NSLock()
+        var output: [UInt8] = []
+        var error: [UInt8] = []
+        var openStreams = 2
+    }
 
     /// Starts `executable` with `arguments`; `environment` is added to (or, for a nil value, removed from) this
     /// process's. `standardInput` is a descriptor to give as standard input (default: /dev/null).
@@ -78,8 +85,9 @@ final class ChildProcess: @unchecked Sendable {
             throw TestFailure("posix_spawn \(executable)", errno: status)
         }
         self.pid = pid
-        collect(outputPipe[0]) { [self] bytes in lock.withLock { _output += bytes } }
-        collect(errorPipe[0]) { [self] bytes in lock.withLock { _error += bytes } }
+        let capture = self.capture
+        Self.collect(outputPipe[0], capture) { bytes in capture.output += bytes }
+        Self.collect(errorPipe[0], capture) { bytes in capture.error += bytes }
     }
 
     /// Marks every descriptor of the test process close-on-exec, so that a child inherits only what it is given
@@ -98,22 +106,24 @@ final class ChildProcess: @unchecked Sendable {
         _ = waitForExit(timeout: 5)
     }
 
-    private func collect(_ fd: Int32, _ append: @escaping @Sendable ([UInt8]) -> Void) {
-        Thread.detachNewThread { [self] in
+    /// Reads `fd` to its end on a thread of its own, handing each block to `append` under the capture's lock.
+    private static func collect(_ fd: Int32, _ capture: Capture, _ append: @escaping @Sendable ([UInt8]) -> Void) {
+        Thread.detachNewThread {
             var buffer = [UInt8](repeating: 0, count: 65536)
             while true {
                 let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
                 if count < 0 && errno == EINTR { continue }
                 if count <= 0 { break }
-                append(Array(buffer[0..<count]))
+                let block = Array(buffer[0..<count])
+                capture.lock.withLock { append(block) }
             }
             Glibc.close(fd)
-            self.lock.withLock { self.openStreams -= 1 }
+            capture.lock.withLock { capture.openStreams -= 1 }
         }
     }
 
-    var standardOutput: String { lock.withLock { String(decoding: _output, as: UTF8.self) } }
-    var standardError: String { lock.withLock { String(decoding: _error, as: UTF8.self) } }
+    var standardOutput: String { capture.lock.withLock { String(decoding: capture.output, as: UTF8.self) } }
+    var standardError: String { capture.lock.withLock { String(decoding: capture.error, as: UTF8.self) } }
 
     func kill(signal: Int32) {
         let done = lock.withLock { reaped }
@@ -141,7 +151,7 @@ final class ChildProcess: @unchecked Sendable {
         while Date() < deadline {
             if let status = exitStatus() {
                 let drained = Date().addingTimeInterval(1)
-                while lock.withLock({ openStreams > 0 }) && Date() < drained { usleep(1_000) }
+                while capture.lock.withLock({ capture.openStreams > 0 }) && Date() < drained { usleep(1_000) }
                 return status
             }
             usleep(2_000)

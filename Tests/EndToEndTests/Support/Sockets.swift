@@ -101,6 +101,12 @@ final class TestSocket: @unchecked Sendable {
         }
     }
 
+    /// Hands the descriptor over to the caller, who closes it.
+    func take() -> Int32 {
+        defer { fd = -1 }
+        return fd
+    }
+
     func setTimeout(_ seconds: Double) {
         var value = timeval(tv_sec: Int(seconds), tv_usec: Int((seconds - Double(Int(seconds))) * 1_000_000))
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &value, socklen_t(MemoryLayout<timeval>.size))
