@@ -187,15 +187,34 @@ private func milliseconds(_ text: String, option: String, zero: Bool = false) th
 /// `off`, `IDLE`, or `IDLE,INTERVAL,COUNT` (whole seconds; the interval defaults to a quarter of the idle time).
 private func parseKeepalive(_ text: String) throws -> Keepalive? {
     if text == "off" { return nil }
-    let fields = text.split(separator: ",", omittingEmptySubsequences: false).map { Int($0) }
-    let bad = OptionError(
-        "--keepalive '\(text)' is not valid; expected 'off', IDLE or IDLE,INTERVAL,COUNT in whole seconds (such as 120,30,4)"
-    )
-    guard fields.count == 1 || fields.count == 3, fields.allSatisfy({ $0 != nil }) else { throw bad }
-    let idle = fields[0]!
-    let interval = fields.count == 3 ? fields[1]! : max(1, idle / 4)
-    let count = fields.count == 3 ? fields[2]! : 4
+    func bad() -> OptionError {
+        OptionError(
+            "--keepalive '\(text)' is not valid; expected 'off', IDLE or IDLE,INTERVAL,COUNT in whole seconds "
+                + "(such as 120,30,4)")
+    }
+    // Read on bytes: this runs at every start, and inetd starts a process per connection.
+    var fields: [Int] = []
+    var value = 0
+    var digits = 0
+    for byte in text.utf8 {
+        if byte == UInt8(ascii: ",") {
+            guard digits > 0 else { throw bad() }
+            fields.append(value)
+            (value, digits) = (0, 0)
+        } else if byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") && digits < 6 {
+            value = value * 10 + Int(byte - UInt8(ascii: "0"))
+            digits += 1
+        } else {
+            throw bad()
+        }
+    }
+    guard digits > 0 else { throw bad() }
+    fields.append(value)
+    guard fields.count == 1 || fields.count == 3 else { throw bad() }
+    let idle = fields[0]
+    let interval = fields.count == 3 ? fields[1] : max(1, idle / 4)
+    let count = fields.count == 3 ? fields[2] : 4
     // The kernel's bounds: TCP_KEEPIDLE and TCP_KEEPINTVL 1 to 32767, TCP_KEEPCNT 1 to 127.
-    guard (1...32767).contains(idle), (1...32767).contains(interval), (1...127).contains(count) else { throw bad }
+    guard (1...32767).contains(idle), (1...32767).contains(interval), (1...127).contains(count) else { throw bad() }
     return Keepalive(idle: idle, interval: interval, count: count)
 }
