@@ -189,7 +189,12 @@ public struct AddressError: Error, Equatable, Sendable, CustomStringConvertible 
 
 /// `text` with every byte outside printable ASCII written as `\xNN`, so that an error message stays one line.
 func printable(_ text: String) -> String {
-    if text.utf8.allSatisfy({ $0 >= 0x20 && $0 < 0x7f }) { return text }
+    var plain = true
+    for byte in text.utf8 where byte < 0x20 || byte >= 0x7f {
+        plain = false
+        break
+    }
+    if plain { return text }
     var result = ""
     for byte in text.utf8 {
         if byte >= 0x20 && byte < 0x7f {

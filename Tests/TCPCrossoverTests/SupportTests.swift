@@ -1,3 +1,4 @@
+import Glibc
 import TestSupport
 import Testing
 
@@ -33,5 +34,58 @@ import Testing
         #expect(Errno.wouldBlock.isTransient)
         #expect(Errno.connectionReset.isAcceptAgain)
         #expect(!Errno.invalidArgument.isAcceptAgain)
+    }
+}
+
+@Suite struct LineBuilderTests {
+    /// Every kind of IPv6 address written as inet_ntop(3) writes it: zero runs of every length and place, ties,
+    /// IPv4-mapped and IPv4-compatible forms; and random ones.
+    @Test func hosts_areWrittenAsInetNtopWritesThem() {
+        var random = SeededRandom(seed: 5952)
+        var samples: [[UInt8]] = []
+        for pattern in 0..<256 {
+            // Each bit of the pattern says whether a group is zero.
+            var bytes = [UInt8](repeating: 0, count: 16)
+            for group in 0..<8 where pattern & (1 << group) != 0 {
+                bytes[2 * group] = UInt8.random(in: 0...255, using: &random)
+                bytes[2 * group + 1] = UInt8.random(in: 1...255, using: &random)
+            }
+            samples.append(bytes)
+        }
+        samples.append([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1])
+        samples.append([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 192, 0, 2, 1])
+        samples.append([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0])
+        for _ in 0..<2000 { samples.append((0..<16).map { _ in UInt8.random(in: 0...255, using: &random) }) }
+        for bytes in samples {
+            var words: (UInt64, UInt64) = (0, 0)
+            withUnsafeMutableBytes(of: &words) { $0.copyBytes(from: bytes) }
+            let address = SocketAddress(family: .ipv6, bytes: words, port: 443)
+            let expected = withUnsafeBytes(of: words) { Syscall.format(AF_INET6, $0.baseAddress!) }
+            #expect(address.host == expected, "\(bytes)")
+            #expect(address.description == "[\(expected)]:443")
+        }
+        for _ in 0..<500 {
+            let bytes = (0..<4).map { _ in UInt8.random(in: 0...255, using: &random) }
+            var words: (UInt64, UInt64) = (0, 0)
+            withUnsafeMutableBytes(of: &words) { $0.copyBytes(from: bytes) }
+            let address = SocketAddress(family: .ipv4, bytes: words, port: 8)
+            let expected = withUnsafeBytes(of: words) { Syscall.format(AF_INET, $0.baseAddress!) }
+            #expect(address.description == "\(expected):8")
+        }
+    }
+
+    @Test func numbers_areWrittenInDecimal() {
+        for value: UInt64 in [0, 7, 10, 99, 100, 65535, 1_000_000, 12_345_678_901, .max] {
+            var line = LineBuilder()
+            line.append(value)
+            #expect(line.string == String(value))
+        }
+        var line = LineBuilder()
+        line.appendSeconds(milliseconds: 12)
+        line.append(" ")
+        line.appendSeconds(milliseconds: 61_005)
+        line.append(" ")
+        line.appendSeconds(milliseconds: 0)
+        #expect(line.string == "0.012 61.005 0.000")
     }
 }

@@ -71,23 +71,41 @@ final class Connection {
     }
 
     /// The one line logged when the connection ends: client, local and remote address, bytes each way, duration,
-    /// and who closed or which error ended it.
-    func summary(_ ending: Ending, now: Int64) -> String {
-        let remote = remoteAddress.map { $0.description } ?? "-"
+    /// and who closed or which error ended it. Built as bytes: it is written for every connection.
+    func summary(_ ending: Ending, now: Int64) -> [UInt8] {
+        var line = LineBuilder()
+        line.append(clientAddress)
+        line.append(" -> ")
+        line.append(localAddress)
+        line.append(" -> ")
+        if let remoteAddress { line.append(remoteAddress) } else { line.append("-") }
         let (up, down) = relay.bytes
-        let milliseconds = max(0, now - startedAt)
-        let seconds =
-            "\(milliseconds / 1000).\(String(repeating: "0", count: 3 - String(milliseconds % 1000).count))\(milliseconds % 1000)"
-        let how: String
+        line.append(": ")
+        line.append(up)
+        line.append(" bytes up, ")
+        line.append(down)
+        line.append(" bytes down, ")
+        line.appendSeconds(milliseconds: now - startedAt)
+        line.append(" s, ")
         switch ending {
-        case .completed(let first): how = first.map { "\($0) closed first" } ?? "closed"
-        case .failed(let side, let errno): how = "aborted, \(side) error: \(errno)"
-        case .connectFailed(let reason): how = "not relayed, \(reason)"
-        case .refused(let reason): how = "not relayed, \(reason)"
-        case .idleTimeout: how = "closed after the idle timeout"
-        case .shutdown: how = "closed at shutdown"
+        case .completed(let first):
+            switch first {
+            case .client: line.append("client closed first")
+            case .server: line.append("server closed first")
+            case nil: line.append("closed")
+            }
+        case .failed(let side, let errno):
+            line.append(side == .client ? "aborted, client error: " : "aborted, server error: ")
+            line.append(errno.description)
+        case .connectFailed(let reason):
+            line.append("not relayed, ")
+            line.append(reason)
+        case .refused(let reason):
+            line.append("not relayed, ")
+            line.append(reason)
+        case .idleTimeout: line.append("closed after the idle timeout")
+        case .shutdown: line.append("closed at shutdown")
         }
-        return "\(clientAddress) -> \(localAddress) -> \(remote): \(up) bytes up, \(down) bytes down, "
-            + "\(seconds) s, \(how)"
+        return line.bytes
     }
 }

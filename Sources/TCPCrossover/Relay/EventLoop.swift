@@ -508,7 +508,7 @@ final class EventLoop: @unchecked Sendable {
             engine.statistics.failedConnects.add(1, ordering: .relaxed)
         }
         engine.connectionEnded()
-        Log.info(connection.summary(ending, now: now))
+        if Log.enabled(.info) { Log.info(line: connection.summary(ending, now: now)) }
     }
 
     // MARK: timers

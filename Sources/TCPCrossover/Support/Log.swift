@@ -54,6 +54,27 @@ public enum Log {
     public static func info(_ message: @autoclosure () -> String) { write(.info, message) }
     public static func debug(_ message: @autoclosure () -> String) { write(.debug, message) }
 
+    /// A line already built as bytes (printable ASCII, no newline): written without going through a String.
+    public static func info(line: [UInt8]) {
+        guard enabled(.info) else { return }
+        switch target {
+        case .standardError:
+            writeLine(prefix: [], line)
+        case .journal:
+            writeLine(prefix: Array("<\(LogLevel.info.rawValue)>".utf8), line)
+        case .syslog:
+            Syscall.systemLog(LOG_DAEMON | LogLevel.info.rawValue, String(decoding: line, as: UTF8.self))
+        }
+    }
+
+    private static func writeLine(prefix: [UInt8], _ line: [UInt8]) {
+        var bytes = prefix
+        bytes.reserveCapacity(prefix.count + line.count + 1)
+        bytes.append(contentsOf: line)
+        bytes.append(UInt8(ascii: "\n"))
+        try? Syscall.writeAll(STDERR_FILENO, bytes)
+    }
+
     private static func write(_ level: LogLevel, _ message: () -> String) {
         guard enabled(level) else { return }
         var text = printable(message())

@@ -118,21 +118,25 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
 
     /// The address alone, without port: `192.0.2.1`, `2001:db8::1`, `fe80::1%eth0`.
     public var host: String {
-        var text = numericHost
-        if scopeID != 0 {
-            text += "%" + (Syscall.interfaceName(scopeID) ?? String(scopeID))
-        }
-        return text
+        var line = LineBuilder(capacity: 48)
+        line.appendHost(self)
+        return line.string
     }
 
     /// The address in inet_ntop(3) form, without a zone: `192.0.2.1`, `fe80::1`.
     public var numericHost: String {
-        withUnsafeBytes(of: bytes) { Syscall.format(addressFamily, $0.baseAddress!) }
+        var line = LineBuilder(capacity: 48)
+        var unscoped = self
+        unscoped.scopeID = 0
+        line.appendHost(unscoped)
+        return line.string
     }
 
     /// `192.0.2.1:80` or `[2001:db8::1]:80`, the form the command line takes.
     public var description: String {
-        family == .ipv4 ? "\(host):\(port)" : "[\(host)]:\(port)"
+        var line = LineBuilder(capacity: 56)
+        line.append(self)
+        return line.string
     }
 
     /// True for `::` and `0.0.0.0`.
