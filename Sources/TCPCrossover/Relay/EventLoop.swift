@@ -291,8 +291,17 @@ final class EventLoop: @unchecked Sendable {
         case .finished:
             finish(connection, .completed(first: connection.relay.firstToEnd))
         case .failed(let side, let errno):
-            finish(connection, .failed(side, errno))
+            finish(
+                connection, .failed(side, cause(of: errno, on: side == .client ? connection.client : connection.server))
+            )
         }
+    }
+
+    /// ENOTCONN and EPIPE say only that the socket is no longer connected; the socket's pending error, if it has
+    /// one, says why (usually a reset), for the log line.
+    private func cause(of errno: Errno, on fd: CInt) -> Errno {
+        guard errno == Errno(ENOTCONN) || errno == .brokenPipe else { return errno }
+        return Syscall.pendingError(fd) ?? errno
     }
 
     private func runMoreWork() {
@@ -503,7 +512,10 @@ final class EventLoop: @unchecked Sendable {
         freeSlots.append(connection.slot)
         liveConnections -= 1
         // Pooled pipes serve bursts of connections; an idle loop holds no descriptors beyond its own.
-        if liveConnections == 0 { resources.trimPipes() }
+        if liveConnections == 0 {
+            assert(resources.pipesInUse == 0, "a connection did not give its pipe back")
+            resources.trimPipes()
+        }
         if case .connectFailed = ending {
             engine.statistics.failedConnects.add(1, ordering: .relaxed)
         }

@@ -9,10 +9,9 @@ final class LoopResources {
     private var idlePipes: [PipeHandle] = []
     private var idleBuffers: [UnsafeMutableRawBufferPointer] = []
     private let maximumIdle: Int
-    /// Pipes handed out and not given back.
+    /// Pipes handed out and not given back: none once every connection of the loop has ended (checked in debug
+    /// builds).
     private(set) var pipesInUse = 0
-    /// The last pipe2(2) failure, for the loop to notice that descriptors ran out.
-    var pipeFailure: Errno?
 
     init(copyChunk: Int, pipeSize: Int, maximumIdle: Int = 64) {
         scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: copyChunk, alignment: 64)
@@ -37,7 +36,7 @@ final class LoopResources {
             pipesInUse += 1
             return PipeHandle(readEnd: readEnd, writeEnd: writeEnd, capacity: max(capacity, 4096))
         } catch {
-            pipeFailure = error
+            // Out of descriptors (or pipe memory): the direction copies instead of splicing.
             return nil
         }
     }

@@ -523,13 +523,6 @@ public enum Syscall {
         while nanosleep(&duration, &remaining) == -1 && errno == EINTR { duration = remaining }
     }
 
-    /// clock_gettime(2) CLOCK_MONOTONIC in microseconds.
-    static func monotonicMicroseconds() -> Int64 {
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        return Int64(now.tv_sec) * 1_000_000 + Int64(now.tv_nsec) / 1000
-    }
-
     // MARK: processes
 
     /// getpid(2).
