@@ -38,6 +38,8 @@ final class Connection {
     var remoteAddress: SocketAddress?
     let startedAt: Int64
     var connectDeadline: Int64 = 0
+    /// When keepalive is set on the socket to the server (see `EventLoop.keepaliveDelay`); nil once it is.
+    var keepaliveDue: Int64?
     /// Out of descriptors: when the wait for one began, and when the socket is tried again.
     var waitingSince: Int64?
     var retryAt: Int64?
@@ -72,8 +74,7 @@ final class Connection {
 
     /// The one line logged when the connection ends: client, local and remote address, bytes each way, duration,
     /// and who closed or which error ended it. Built as bytes: it is written for every connection.
-    func summary(_ ending: Ending, now: Int64) -> [UInt8] {
-        var line = LineBuilder()
+    func summary(_ ending: Ending, now: Int64, into line: inout LineBuilder) {
         line.append(clientAddress)
         line.append(" -> ")
         line.append(localAddress)
@@ -106,6 +107,5 @@ final class Connection {
         case .idleTimeout: line.append("closed after the idle timeout")
         case .shutdown: line.append("closed at shutdown")
         }
-        return line.bytes
     }
 }

@@ -56,6 +56,8 @@ final class EventLoop: @unchecked Sendable {
     private var stopDeadline: Int64?
     /// Periodic work of the first loop (status, watchdog); the time each is next due.
     private var periodicDue: [Int64] = []
+    /// The per-connection log lines of the current turn.
+    private var logBatch = LogBatch()
 
     init(index: Int, engine: Engine) throws(SystemError) {
         self.index = index
@@ -193,7 +195,9 @@ final class EventLoop: @unchecked Sendable {
             }
             runMoreWork()
             runTimers()
+            logBatch.flush()
         }
+        logBatch.flush()
     }
 
     /// The first loop takes the signals (a second SIGTERM must still stop everything at once), so while stopping
@@ -252,7 +256,7 @@ final class EventLoop: @unchecked Sendable {
         }
         if connection.phase == .connecting {
             if side == .server {
-                connectProgressed(connection)
+                connectProgressed(connection, events: events)
             } else if error, let failure = Syscall.pendingError(connection.client) {
                 finish(connection, .failed(.client, failure))
             }
@@ -408,7 +412,8 @@ final class EventLoop: @unchecked Sendable {
                 connection.remoteAddress = address
                 connection.waitingSince = nil
                 if engine.exhausted.load(ordering: .relaxed) { descriptorsAvailable() }
-                try Syscall.setConnectionOptions(fd, keepalive: engine.options.keepalive)
+                // Keepalive comes later, on connections that live long enough to need it (see `keepaliveDue`).
+                try Syscall.setConnectionOptions(fd, keepalive: nil)
                 if let source = engine.options.sources.first(where: { $0.family == address.family }) {
                     try Syscall.bindForConnect(fd, to: source)
                 }
@@ -446,10 +451,13 @@ final class EventLoop: @unchecked Sendable {
         finish(connection, .connectFailed(connection.connectError))
     }
 
-    private func connectProgressed(_ connection: Connection) {
-        if let error = Syscall.pendingError(connection.server) {
+    /// An event on a socket whose connect is in progress: writable means connected, an error or hang-up means
+    /// failed (SO_ERROR says why; a success needs no call to learn it).
+    private func connectProgressed(_ connection: Connection, events: UInt32) {
+        if events & (EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0 {
+            let error = Syscall.pendingError(connection.server) ?? .connectionRefused
             connectFailed(connection, "connect to \(connection.remoteAddress!) failed: \(error)")
-        } else if connection.relay.readiness.serverWritable {
+        } else if events & EPOLLOUT.rawValue != 0 {
             connected(connection)
         }
     }
@@ -471,6 +479,7 @@ final class EventLoop: @unchecked Sendable {
         connection.phase = .relaying
         connection.relay.readiness.serverWritable = true
         connection.lastActivity = now
+        if engine.options.keepalive != nil { connection.keepaliveDue = now + Self.keepaliveDelay }
         engine.services[connection.service].pool.succeeded(connection.remoteAddress!)
         if let proxyProtocol = engine.options.proxyProtocol {
             var io = SocketIO(client: connection.client, server: connection.server, resources: resources)
@@ -520,7 +529,7 @@ final class EventLoop: @unchecked Sendable {
             engine.statistics.failedConnects.add(1, ordering: .relaxed)
         }
         engine.connectionEnded()
-        if Log.enabled(.info) { Log.info(line: connection.summary(ending, now: now)) }
+        logBatch.info { connection.summary(ending, now: now, into: &$0) }
     }
 
     // MARK: timers
@@ -537,9 +546,17 @@ final class EventLoop: @unchecked Sendable {
     private func deadline(of connection: Connection) -> Int64? {
         switch connection.phase {
         case .connecting: return connection.retryAt ?? connection.connectDeadline
-        case .relaying: return engine.options.idleTimeout.map { connection.lastActivity + $0 }
+        case .relaying:
+            let idle = engine.options.idleTimeout.map { connection.lastActivity + $0 }
+            guard let keepalive = connection.keepaliveDue else { return idle }
+            return min(keepalive, idle ?? .max)
         }
     }
+
+    /// How long a connection lives before keepalive is set on its socket to the server. Most connections end
+    /// sooner and are spared four setsockopt(2) calls; a peer's silence is counted from the last bytes received
+    /// either way. (The client's socket inherits keepalive from its listener at no cost.)
+    static let keepaliveDelay: Int64 = 10_000
 
     private func runTimers() {
         while let entry = timers.popDue(now: now) {
@@ -559,6 +576,18 @@ final class EventLoop: @unchecked Sendable {
             case .connecting:
                 let seconds = Double(engine.options.connectTimeout) / 1000
                 connectFailed(connection, "connect to \(connection.remoteAddress!) timed out after \(seconds) s")
+            case .relaying where connection.keepaliveDue.map({ $0 <= now }) ?? false:
+                connection.keepaliveDue = nil
+                if let keepalive = engine.options.keepalive {
+                    do {
+                        try Syscall.setKeepalive(connection.server, keepalive)
+                    } catch {
+                        if Log.enabled(.debug) {
+                            Log.debug("cannot set keepalive towards \(connection.remoteAddress!): \(error)")
+                        }
+                    }
+                }
+                armTimer(connection)
             case .relaying:
                 finish(connection, .idleTimeout)
             }

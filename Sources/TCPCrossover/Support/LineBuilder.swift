@@ -141,4 +141,8 @@ struct LineBuilder {
     }
 
     var string: String { String(decoding: bytes, as: UTF8.self) }
+
+    mutating func removeAll() {
+        bytes.removeAll(keepingCapacity: true)
+    }
 }

@@ -54,27 +54,6 @@ public enum Log {
     public static func info(_ message: @autoclosure () -> String) { write(.info, message) }
     public static func debug(_ message: @autoclosure () -> String) { write(.debug, message) }
 
-    /// A line already built as bytes (printable ASCII, no newline): written without going through a String.
-    public static func info(line: [UInt8]) {
-        guard enabled(.info) else { return }
-        switch target {
-        case .standardError:
-            writeLine(prefix: [], line)
-        case .journal:
-            writeLine(prefix: Array("<\(LogLevel.info.rawValue)>".utf8), line)
-        case .syslog:
-            Syscall.systemLog(LOG_DAEMON | LogLevel.info.rawValue, String(decoding: line, as: UTF8.self))
-        }
-    }
-
-    private static func writeLine(prefix: [UInt8], _ line: [UInt8]) {
-        var bytes = prefix
-        bytes.reserveCapacity(prefix.count + line.count + 1)
-        bytes.append(contentsOf: line)
-        bytes.append(UInt8(ascii: "\n"))
-        try? Syscall.writeAll(STDERR_FILENO, bytes)
-    }
-
     private static func write(_ level: LogLevel, _ message: () -> String) {
         guard enabled(level) else { return }
         var text = printable(message())
@@ -88,5 +67,36 @@ public enum Log {
         case .syslog:
             Syscall.systemLog(LOG_DAEMON | level.rawValue, text)
         }
+    }
+}
+
+/// Informational lines of one event-loop turn (the per-connection lines), built in place and written with one
+/// write(2) when the turn ends: under load many connections end per turn. syslog takes them one message each.
+struct LogBatch {
+    private var pending = LineBuilder(capacity: 4096)
+
+    /// Adds a line that `build` writes (printable ASCII, no newline).
+    mutating func info(_ build: (inout LineBuilder) -> Void) {
+        guard Log.enabled(.info) else { return }
+        switch Log.currentTarget {
+        case .standardError:
+            build(&pending)
+            pending.append("\n")
+        case .journal:
+            pending.append("<6>")
+            build(&pending)
+            pending.append("\n")
+        case .syslog:
+            var line = LineBuilder()
+            build(&line)
+            Syscall.systemLog(LOG_DAEMON | LogLevel.info.rawValue, line.string)
+        }
+    }
+
+    /// Writes the lines added since the last flush.
+    mutating func flush() {
+        guard !pending.bytes.isEmpty else { return }
+        try? Syscall.writeAll(STDERR_FILENO, pending.bytes)
+        pending.removeAll()
     }
 }

@@ -242,6 +242,11 @@ public enum Syscall {
     static func setConnectionOptions(_ fd: CInt, keepalive: Keepalive?) throws(Errno) {
         try setOption(fd, CInt(IPPROTO_TCP), TCP_NODELAY, 1)
         guard let keepalive else { return }
+        try setKeepalive(fd, keepalive)
+    }
+
+    /// setsockopt(2) SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT.
+    static func setKeepalive(_ fd: CInt, _ keepalive: Keepalive) throws(Errno) {
         try setOption(fd, SOL_SOCKET, SO_KEEPALIVE, 1)
         try setOption(fd, CInt(IPPROTO_TCP), TCP_KEEPIDLE, CInt(keepalive.idle))
         try setOption(fd, CInt(IPPROTO_TCP), TCP_KEEPINTVL, CInt(keepalive.interval))
