@@ -100,7 +100,12 @@ reliability: test-deps
 	TCX_RELIABILITY=full $(SWIFT) test --skip-build --filter ReliabilityTests
 
 lint:
-	$(SWIFT) format lint --strict --recursive Package.swift Sources Tests
+	$(SWIFT) format lint --strict --recursive Package.swift Sources Tests Fuzz/Package.swift Fuzz/Sources
 
 clean:
 	rm -rf .build
+
+# libFuzzer targets (make fuzz) and the end-to-end suite under AddressSanitizer and ThreadSanitizer
+# (make sanitize-address, make sanitize-thread): see RELIABILITY.md.
+include mk/fuzz.mk
+include mk/sanitizers.mk

@@ -65,7 +65,27 @@ import Testing
         #expect(try AddressRange(parsing: "2001:db8::7/127").contains(try address("[2001:db8::6]:1")))
     }
 
-    @Test(arguments: ["", "10.0.0.0/", "10.0.0.0/33", "::/129", "10.0.0.0/-1", "10.0.0.0/a", "host/8", "10.0.0.0/08x"])
+    /// An IPv4 client is one client whether it arrives as IPv4 or IPv4-mapped IPv6, and whether the block is
+    /// written in one form or the other (the fuzzer found `::ffff:1:4` matching nothing).
+    @Test func addressRange_matchesIPv4ClientsInEitherForm() throws {
+        let mappedBlock = try AddressRange(parsing: "::ffff:127.0.0.1")
+        #expect(mappedBlock.contains(try address("127.0.0.1:9")))
+        #expect(mappedBlock.contains(try address("[::ffff:127.0.0.1]:9")))
+        #expect(!mappedBlock.contains(try address("127.0.0.2:9")))
+        let everyIPv4 = try AddressRange(parsing: "::ffff:0:0/96")
+        #expect(everyIPv4.contains(try address("203.0.113.5:1")))
+        #expect(!everyIPv4.contains(try address("[2001:db8::5]:1")))
+        let plain = try AddressRange(parsing: "127.0.0.0/8")
+        #expect(plain.contains(try address("[::ffff:127.9.9.9]:1")))
+        #expect(!plain.contains(try address("[::1]:1")))
+        let odd = try AddressRange(parsing: "::ffff:1:4")
+        #expect(odd.contains(try address("[::ffff:1:4]:1")))
+    }
+
+    @Test(arguments: [
+        "", "10.0.0.0/", "10.0.0.0/33", "10.0.0.1\u{0}junk", " 10.0.0.1", "::/129", "10.0.0.0/-1", "10.0.0.0/a",
+        "host/8", "10.0.0.0/08x",
+    ])
     func addressRange_whenMalformed_isRefused(text: String) {
         #expect(throws: AddressError.self) { try AddressRange(parsing: text) }
     }

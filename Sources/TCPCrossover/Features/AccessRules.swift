@@ -8,6 +8,11 @@ public struct AddressRange: Equatable, Sendable, CustomStringConvertible {
 
     public init(parsing text: String) throws(AddressError) {
         let bytes = Array(text.utf8)
+        guard bytes.allSatisfy({ $0 > 0x20 && $0 < 0x7f }) else {
+            throw AddressError(
+                text: text, reason: "it contains a space, control or non-ASCII character",
+                accepted: "ADDRESS/PREFIX, such as 192.0.2.0/24 or 2001:db8::/32")
+        }
         let slash = bytes.firstIndex(of: UInt8(ascii: "/"))
         let addressText = String(decoding: bytes[..<(slash ?? bytes.endIndex)], as: UTF8.self)
         func fail(_ reason: String) -> AddressError {
@@ -42,11 +47,18 @@ public struct AddressRange: Equatable, Sendable, CustomStringConvertible {
         self.prefixLength = prefix
     }
 
-    /// Whether `address` is in the block; an IPv4 address carried in IPv6 is matched as IPv4.
+    /// Whether `address` is in the block. An IPv4 client is the same client whether a dual-stack listener reports
+    /// it in IPv6 (`::ffff:a.b.c.d`) or an IPv4 listener in IPv4: it is matched in IPv4 form against IPv4 blocks
+    /// and in IPv4-mapped form against IPv6 blocks (so `::ffff:0:0/96` holds every IPv4 client).
     public func contains(_ address: SocketAddress) -> Bool {
-        let address = address.unmappedIPv4 ?? address
-        return address.family == family && (address.bytes.0 & mask.0) == network.0
-            && (address.bytes.1 & mask.1) == network.1
+        var candidate = address
+        if family == .ipv4 {
+            guard let ipv4 = address.family == .ipv4 ? address : address.unmappedIPv4 else { return false }
+            candidate = ipv4
+        } else if address.family == .ipv4 {
+            candidate = address.mappedIPv6
+        }
+        return (candidate.bytes.0 & mask.0) == network.0 && (candidate.bytes.1 & mask.1) == network.1
     }
 
     public var description: String {

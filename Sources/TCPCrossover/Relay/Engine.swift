@@ -61,6 +61,12 @@ public final class Engine: @unchecked Sendable {
         connections: [AcceptedConnection],
         onReady: () -> Void = {}
     ) throws(SystemError) {
+        // The tasks and the stop handler hold their owners (the service notifier, the idle exit), which hold the
+        // engine: let go of them when the engine is done, so that nothing is left behind (LeakSanitizer checks).
+        defer {
+            onStop = nil
+            periodicTasks.removeAll()
+        }
         var originalsOpen = true
         defer { if originalsOpen { for listener in listeners { Syscall.close(listener.fd) } } }
         let loopCount = listeners.isEmpty ? 1 : (options.threads > 0 ? options.threads : Syscall.onlineProcessors)

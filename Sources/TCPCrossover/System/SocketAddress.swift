@@ -40,7 +40,8 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     /// A numeric IPv4 or IPv6 address without port or zone (`192.0.2.10`, `2001:db8::10`), with port 0; nil for
     /// anything else.
     public init?(numericHost text: String) {
-        guard text.utf8.allSatisfy({ $0 < 0x80 }) else { return nil }
+        // inet_pton stops at a NUL: what follows one must not pass unseen.
+        guard text.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f }) else { return nil }
         if let address = Syscall.parseIPv4(text) {
             self.init(address, port: 0)
         } else if let address = Syscall.parseIPv6(text) {
@@ -151,6 +152,18 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         var bytes: (UInt64, UInt64) = (0, 0)
         withUnsafeMutableBytes(of: &bytes) { $0.copyBytes(from: raw[12..<16]) }
         return SocketAddress(family: .ipv4, bytes: bytes, port: port)
+    }
+
+    /// An IPv4 address in its IPv4-mapped IPv6 form (`::ffff:192.0.2.1`); an IPv6 address as it is.
+    public var mappedIPv6: SocketAddress {
+        guard family == .ipv4 else { return self }
+        var raw = [UInt8](repeating: 0, count: 16)
+        raw[10] = 0xff
+        raw[11] = 0xff
+        raw.replaceSubrange(12..<16, with: addressBytes)
+        var bytes: (UInt64, UInt64) = (0, 0)
+        withUnsafeMutableBytes(of: &bytes) { $0.copyBytes(from: raw) }
+        return SocketAddress(family: .ipv6, bytes: bytes, port: port)
     }
 
     public static func == (lhs: SocketAddress, rhs: SocketAddress) -> Bool {
