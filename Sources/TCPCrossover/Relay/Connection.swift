@@ -52,6 +52,8 @@ final class Connection {
     var armedDeadline: Int64?
     /// The connection is on the loop's list of connections to come back to.
     var queued = false
+    /// The client's socket is watched for room to write (EPOLLOUT), since a write found it full once.
+    var watchesClientOutput = false
 
     init(
         slot: Int32,

@@ -284,6 +284,10 @@ final class EventLoop: @unchecked Sendable {
             connection.accountedDown = down
             connection.lastActivity = now
         }
+        if !connection.relay.readiness.clientWritable && !connection.watchesClientOutput {
+            watchClientOutput(connection)
+            if connections[Int(connection.slot)] !== connection { return }
+        }
         switch step {
         case .waiting:
             break
@@ -375,11 +379,13 @@ final class EventLoop: @unchecked Sendable {
         connections[Int(slot)] = connection
         liveConnections += 1
         do {
+            // A new socket has room to write: the client's is watched for reading only, until a write to it finds
+            // it full (see `watchClientOutput`). Most request/response connections never do, and are spared an
+            // event per connection.
+            connection.relay.readiness.clientWritable = true
             try control(
-                EPOLL_CTL_ADD, fd, Self.connectionEvents,
-                EventTag.make(
-                    EventTag.client, index: Int(slot),
-                    generation: connection.generation))
+                EPOLL_CTL_ADD, fd, Self.inputEvents,
+                EventTag.make(EventTag.client, index: Int(slot), generation: connection.generation))
         } catch {
             Log.error("cannot watch the connection from \(peer): \(error)")
             finish(connection, .failed(.client, error.errno))
@@ -395,8 +401,20 @@ final class EventLoop: @unchecked Sendable {
         connect(connection)
     }
 
-    private static let connectionEvents =
-        EPOLLIN.rawValue | EPOLLOUT.rawValue | EPOLLRDHUP.rawValue | EPOLLET.rawValue
+    private static let inputEvents = EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLET.rawValue
+    private static let connectionEvents = inputEvents | EPOLLOUT.rawValue
+
+    /// The client's socket was found full: from now on it is watched for room too (for good: a connection that
+    /// filled it once carries bulk data). Adding EPOLLOUT reports at once a socket that has room again already.
+    private func watchClientOutput(_ connection: Connection) {
+        connection.watchesClientOutput = true
+        let data = EventTag.make(EventTag.client, index: Int(connection.slot), generation: connection.generation)
+        do {
+            try control(EPOLL_CTL_MOD, connection.client, Self.connectionEvents, data)
+        } catch {
+            finish(connection, .failed(.client, error.errno))
+        }
+    }
 
     // MARK: connecting
 
