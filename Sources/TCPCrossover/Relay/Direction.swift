@@ -129,6 +129,16 @@ public struct Direction {
         let errno: Errno
     }
 
+    /// The result of a call on `side`; its errno, if it fails, becomes a `SideError` that names the side.
+    @inline(__always)
+    private func on<Value>(_ side: Side, _ call: @autoclosure () throws(Errno) -> Value) throws(SideError) -> Value {
+        do {
+            return try call()
+        } catch {
+            throw SideError(side: side, errno: error)
+        }
+    }
+
     /// Step 1: bytes already received go out first, in order (a copy-mode buffer is always emptied before the
     /// direction starts splicing, so at most one of the two holds bytes).
     private mutating func deliverHeldBytes<IO: RelayIO>(
@@ -137,16 +147,8 @@ public struct Direction {
     ) throws(SideError) -> Bool {
         guard readiness.writable(destination) else { return false }
         if var held {
-            let result: IOResult<Int>
-            do {
-                result = try io.send(
-                    to: destination,
-                    UnsafeRawBufferPointer(rebasing: held.buffer[held.start..<held.end])
-                )
-            } catch {
-                throw SideError(side: destination, errno: error)
-            }
-            switch result {
+            let unsent = UnsafeRawBufferPointer(rebasing: held.buffer[held.start..<held.end])
+            switch try on(destination, try io.send(to: destination, unsent)) {
             case .wouldBlock:
                 readiness.setWritable(destination, false)
                 return false
@@ -166,13 +168,7 @@ public struct Direction {
             }
         }
         guard pipeBytes > 0, let pipe else { return false }
-        let result: IOResult<Int>
-        do {
-            result = try io.splice(from: pipe, to: destination, count: pipeBytes)
-        } catch {
-            throw SideError(side: destination, errno: error)
-        }
-        switch result {
+        switch try on(destination, try io.splice(from: pipe, to: destination, count: pipeBytes)) {
         case .wouldBlock:
             readiness.setWritable(destination, false)
             return false
@@ -242,14 +238,8 @@ public struct Direction {
         _ readiness: inout Readiness
     ) throws(SideError) -> Bool {
         let scratch = io.scratch
-        let received: IOResult<Int>
-        do {
-            received = try io.receive(from: source, into: scratch)
-        } catch {
-            throw SideError(side: source, errno: error)
-        }
         let count: Int
-        switch received {
+        switch try on(source, try io.receive(from: source, into: scratch)) {
         case .wouldBlock:
             readiness.setReadable(source, false)
             return false
@@ -269,13 +259,9 @@ public struct Direction {
             wantsSplice = true
         }
         let sent: Int
-        do {
-            switch try io.send(to: destination, UnsafeRawBufferPointer(rebasing: scratch[0..<count])) {
-            case .processed(let accepted): sent = accepted
-            case .wouldBlock: sent = 0
-            }
-        } catch {
-            throw SideError(side: destination, errno: error)
+        switch try on(destination, try io.send(to: destination, UnsafeRawBufferPointer(rebasing: scratch[0..<count]))) {
+        case .processed(let accepted): sent = accepted
+        case .wouldBlock: sent = 0
         }
         bytes += UInt64(sent)
         if sent < count {
@@ -295,11 +281,7 @@ public struct Direction {
     /// Step 3: once the source has ended and everything received is out, the destination gets a FIN.
     private mutating func passOnEnd<IO: RelayIO>(_ io: inout IO) throws(SideError) -> Bool {
         guard sourceEnded, !finished, !holdsBytes else { return false }
-        do {
-            try io.shutdownWrite(destination)
-        } catch {
-            throw SideError(side: destination, errno: error)
-        }
+        try on(destination, try io.shutdownWrite(destination))
         finished = true
         stopSplicing(&io)
         return true

@@ -31,21 +31,8 @@ final class PollEchoServer: @unchecked Sendable {
     private var stopped = false
 
     init() throws {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        var one: Int32 = 1
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, 4)
-        let requested = TestAddress.ipv4("127.0.0.1", 0)
-        guard requested.withSockAddr({ bind(fd, $0, $1) }) == 0, listen(fd, 4096) == 0 else {
-            throw TestFailure("bind/listen")
-        }
-        _ = fcntl(fd, F_SETFL, O_NONBLOCK)
-        var storage = sockaddr_storage()
-        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        _ = withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-        }
-        address = TestAddress(storage: storage, length: length)
-        listener = fd
+        (listener, address) = try listeningSocket(host: "127.0.0.1", backlog: 4096)
+        _ = fcntl(listener, F_SETFL, O_NONBLOCK)
         Thread.detachNewThread { [self] in serve() }
     }
 

@@ -256,28 +256,7 @@ final class TestServer: @unchecked Sendable {
         accepting: Bool = true,
         handler: @escaping @Sendable (TestSocket) throws -> Void
     ) throws {
-        let requested: TestAddress = host.contains(":") ? .ipv6(host, port) : .ipv4(host, port)
-        let fd = socket(requested.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw TestFailure("socket") }
-        var one: Int32 = 1
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        if requested.family == AF_INET6 {
-            var v6: Int32 = v6Only ? 1 : 0
-            setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &v6, socklen_t(MemoryLayout<Int32>.size))
-        }
-        guard requested.withSockAddr({ bind(fd, $0, $1) }) == 0 else {
-            let error = errno
-            Glibc.close(fd)
-            throw TestFailure("bind \(requested)", errno: error)
-        }
-        guard listen(fd, backlog) == 0 else { throw TestFailure("listen") }
-        var storage = sockaddr_storage()
-        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        _ = withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-        }
-        address = TestAddress(storage: storage, length: length)
-        listener = fd
+        (listener, address) = try listeningSocket(host: host, port: port, backlog: backlog, v6Only: v6Only)
         self.handler = handler
         if accepting {
             Thread.detachNewThread { [self] in acceptLoop() }
@@ -331,6 +310,32 @@ final class TestServer: @unchecked Sendable {
             }
         }
     }
+}
+
+/// A socket listening on `host`:`port` (0: a free one); returns it and the address it is bound to.
+func listeningSocket(host: String, port: UInt16 = 0, backlog: Int32, v6Only: Bool = true) throws
+    -> (fd: Int32, address: TestAddress)
+{
+    let requested: TestAddress = host.contains(":") ? .ipv6(host, port) : .ipv4(host, port)
+    let fd = socket(requested.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard fd >= 0 else { throw TestFailure("socket") }
+    var one: Int32 = 1
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+    if requested.family == AF_INET6 {
+        var v6: Int32 = v6Only ? 1 : 0
+        setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &v6, socklen_t(MemoryLayout<Int32>.size))
+    }
+    guard requested.withSockAddr({ bind(fd, $0, $1) }) == 0, listen(fd, backlog) == 0 else {
+        let error = errno
+        Glibc.close(fd)
+        throw TestFailure("bind and listen on \(requested)", errno: error)
+    }
+    var storage = sockaddr_storage()
+    var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+    _ = withUnsafeMutablePointer(to: &storage) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+    }
+    return (fd, TestAddress(storage: storage, length: length))
 }
 
 /// Deterministic test data: `count` bytes from a seed.
