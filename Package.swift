@@ -46,9 +46,11 @@ let package = Package(
             name: "TCPCrossoverTests",
             dependencies: ["TCPCrossover", "TestSupport"]
         ),
+        // An echo server that holds thousands of connections, in a process of its own (the reliability tests).
+        .executableTarget(name: "tcx-test-echo", path: "Tests/EchoServer"),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["tcp-crossover", "TestSupport"]
+            dependencies: ["tcp-crossover", "tcx-test-echo", "TestSupport"]
         ),
     ]
 )

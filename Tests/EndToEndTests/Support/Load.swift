@@ -20,82 +20,31 @@ func raiseDescriptorLimit(to count: Int) -> Bool {
     return setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0
 }
 
-/// An echo server for many connections at once: one thread, non-blocking sockets, poll(2). Thread-per-connection
-/// servers cannot hold ten thousand connections.
-final class PollEchoServer: @unchecked Sendable {
+/// The echo server for many connections at once (`tcx-test-echo`), in a process of its own so that the
+/// descriptors of its connections count against its own limit, not the test's.
+final class EchoProcess {
+    let process: ChildProcess
     let address: TestAddress
-    private let listener: Int32
-    private let lock = NSLock()
-    private var _accepted = 0
-    private var _open = 0
-    private var stopped = false
+    /// Descriptors the server holds with no connection open.
+    private let idleDescriptors: Int
 
-    init() throws {
-        (listener, address) = try listeningSocket(host: "127.0.0.1", backlog: 4096)
-        _ = fcntl(listener, F_SETFL, O_NONBLOCK)
-        Thread.detachNewThread { [self] in serve() }
-    }
-
-    deinit {
-        lock.withLock { stopped = true }
-    }
-
-    var accepted: Int { lock.withLock { _accepted } }
-    var open: Int { lock.withLock { _open } }
-
-    func stop() { lock.withLock { stopped = true } }
-
-    private func serve() {
-        var fds = [pollfd(fd: listener, events: Int16(POLLIN), revents: 0)]
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while !lock.withLock({ stopped }) {
-            let ready = poll(&fds, nfds_t(fds.count), 100)
-            if ready <= 0 { continue }
-            var closed: Set<Int> = []
-            for index in fds.indices where fds[index].revents != 0 {
-                let fd = fds[index].fd
-                if index == 0 {
-                    while true {
-                        let client = accept(listener, nil, nil)
-                        if client < 0 { break }
-                        _ = fcntl(client, F_SETFL, O_NONBLOCK)
-                        fds.append(pollfd(fd: client, events: Int16(POLLIN), revents: 0))
-                        lock.withLock {
-                            _accepted += 1
-                            _open += 1
-                        }
-                    }
-                    continue
-                }
-                let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-                if count > 0 {
-                    var offset = 0
-                    while offset < count {
-                        let written = buffer.withUnsafeBytes {
-                            send(fd, $0.baseAddress! + offset, count - offset, Int32(MSG_NOSIGNAL))
-                        }
-                        if written <= 0 {
-                            if errno == EAGAIN {
-                                var wait = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-                                _ = poll(&wait, 1, 100)
-                                continue
-                            }
-                            break
-                        }
-                        offset += written
-                    }
-                } else if count == 0 || (errno != EAGAIN && errno != EINTR) {
-                    close(fd)
-                    closed.insert(index)
-                }
-            }
-            if !closed.isEmpty {
-                fds = fds.enumerated().filter { !closed.contains($0.offset) }.map(\.element)
-                lock.withLock { _open -= closed.count }
-            }
-            for index in fds.indices { fds[index].revents = 0 }
+    init(descriptors: Int = 20_000) throws {
+        let binary = URL(fileURLWithPath: relayBinary).deletingLastPathComponent().appendingPathComponent(
+            "tcx-test-echo")
+        let started = try ChildProcess("/usr/bin/prlimit", ["--nofile=\(descriptors):\(descriptors)", binary.path])
+        guard eventually(timeout: 10, { started.standardOutput.contains("listening on 127.0.0.1:") }) else {
+            throw TestFailure(message: "the echo server did not start: \(started.standardError)")
         }
-        for entry in fds { close(entry.fd) }
+        process = started
+        let port = UInt16(started.standardOutput.components(separatedBy: "127.0.0.1:")[1].prefix { $0.isNumber })!
+        address = .ipv4("127.0.0.1", port)
+        idleDescriptors = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(started.pid)/fd").count) ?? 0
+    }
+
+    /// Connections the server holds open now.
+    var open: Int {
+        let count = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(process.pid)/fd").count) ?? 0
+        return count - idleDescriptors
     }
 }
 
