@@ -65,10 +65,30 @@ import Testing
         #expect(notify.waitFor("READY=1"), "no READY=1: \(notify.messages)")
         #expect(try Self.exchange(.ipv6("::1", port), Array("two".utf8)) == Array("220 ready\r\ntwo".utf8))
         #expect(activator.waitForError(containing: "serving [::1]:\(port) (smtp), relaying to \(backend.address)"))
-        #expect(notify.waitFor("STATUS=0 active, 2 total"), "\(notify.messages)")
+        #expect(notify.waitFor("STATUS=0 active, 2 accepted, 0 refused, 0 failed connects"), "\(notify.messages)")
         activator.kill(signal: SIGTERM)
         #expect(activator.waitForExit() == 0)
         #expect(notify.waitFor("STOPPING=1"), "\(notify.messages)")
+    }
+
+    /// With WatchdogSec= systemd sets WATCHDOG_USEC; the service must ping at least that often.
+    @Test func socketActivation_withWatchdog_pingsTheServiceManager() throws {
+        let backend = try Self.bannerEchoServer()
+        let notify = try NotifySocket()
+        let port = try Self.freePort()
+        let activator = try ChildProcess(
+            Self.socketActivate,
+            [
+                "-l", "[::1]:\(port)", "-E", "NOTIFY_SOCKET=\(notify.path)", "-E", "WATCHDOG_USEC=400000",
+                relayBinary, "--remote", backend.address.description,
+            ])
+        let connection = try Self.connectWhenListening(.ipv6("::1", port))
+        #expect(try connection.receive(exactly: 11) == Array("220 ready\r\n".utf8))
+        // Pings at half the interval: several within a second.
+        #expect(eventually(timeout: 5) { notify.messages.filter { $0.contains("WATCHDOG=1") }.count >= 3 })
+        connection.close()
+        activator.kill(signal: SIGTERM)
+        #expect(activator.waitForExit() == 0)
     }
 
     @Test func socketActivation_withAcceptYes_relaysEachConnectionInItsOwnProcess() throws {

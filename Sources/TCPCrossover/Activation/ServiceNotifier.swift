@@ -37,10 +37,10 @@ final class ServiceNotifier: @unchecked Sendable {
         Systemd.notify("STATUS=\(current)")
     }
 
+    /// The figures, as the SIGUSR1 line gives them: `3 active, 120 accepted, 0 refused, 1 failed connects, 1.2 MB
+    /// up, 80.5 MB down`.
     private func status() -> String {
-        let figures = engine.statistics.snapshot()
-        return "\(figures.active) active, \(figures.accepted) total, \(formatBytes(figures.bytesUp)) up, "
-            + "\(formatBytes(figures.bytesDown)) down"
+        engine.statistics.snapshot().description
     }
 }
 
