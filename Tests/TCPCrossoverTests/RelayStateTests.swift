@@ -22,6 +22,8 @@ import Testing
         var sentByClient: [UInt8]
         var sentByServer: [UInt8]
         var relay: RelayState
+        /// The relay waited with bytes held back for a FIN it had not sent.
+        var waitedWithBytesHeldBack = false
     }
 
     /// Runs a whole connection: both peers send their bytes in random chunks and end, in the scenario's order,
@@ -44,6 +46,7 @@ import Testing
         relay.readiness.clientWritable = true
         relay.readiness.serverWritable = true
         var io = SimulatedKernel.IO(kernel: kernel)
+        var waitedWithBytesHeldBack = false
 
         for _ in 0..<200_000 {
             switch Int.random(in: 0..<6, using: &random) {
@@ -87,14 +90,17 @@ import Testing
                 case .finished, .failed:
                     return Outcome(
                         step: step, kernel: kernel, sentByClient: sentByClient, sentByServer: sentByServer,
-                        relay: relay)
-                case .waiting, .moreWork:
+                        relay: relay, waitedWithBytesHeldBack: waitedWithBytesHeldBack)
+                case .waiting:
+                    if kernel.client.heldForEnd || kernel.server.heldForEnd { waitedWithBytesHeldBack = true }
+                case .moreWork:
                     break
                 }
             }
         }
         return Outcome(
-            step: .waiting, kernel: kernel, sentByClient: sentByClient, sentByServer: sentByServer, relay: relay)
+            step: .waiting, kernel: kernel, sentByClient: sentByClient, sentByServer: sentByServer, relay: relay,
+            waitedWithBytesHeldBack: waitedWithBytesHeldBack)
     }
 
     /// Every byte arrives, in order, each side gets exactly one FIN after its last byte, and the relay gives back
@@ -108,6 +114,7 @@ import Testing
         #expect(upstreamIntact, "seed \(scenario.seed): client to server bytes differ")
         #expect(downstreamIntact, "seed \(scenario.seed): server to client bytes differ")
         #expect(kernel.server.shutdownCount == 1 && kernel.client.shutdownCount == 1, "seed \(scenario.seed)")
+        #expect(!outcome.waitedWithBytesHeldBack, "seed \(scenario.seed): bytes held back for a FIN not sent")
         #expect(outcome.relay.bytes.up == UInt64(outcome.sentByClient.count))
         #expect(outcome.relay.bytes.down == UInt64(outcome.sentByServer.count))
         var relay = outcome.relay
@@ -257,5 +264,29 @@ import Testing
         kernel.peerSends(.server, [4], readiness: &relay.readiness)
         _ = relay.advance(&io, budget: 16)
         #expect(kernel.pipesInUse == 0)
+    }
+
+    @Test func relay_whenTheEndArrivesWithTheLastBytes_theyGoOutWithTheFIN() {
+        let kernel = SimulatedKernel(seed: 23)
+        var relay = RelayState()
+        relay.readiness.clientWritable = true
+        relay.readiness.serverWritable = true
+        var io = SimulatedKernel.IO(kernel: kernel)
+        // A response and the server's FIN, both queued before the relay's turn: one send that says the end follows,
+        // then the shutdown, in the same turn.
+        kernel.peerSends(.server, Array(repeating: 7, count: 600), readiness: &relay.readiness)
+        kernel.peerEnds(.server, readiness: &relay.readiness)
+        #expect(relay.advance(&io, budget: 16) == .waiting)
+        #expect(kernel.client.sendsBeforeEnd == 1)
+        #expect(kernel.client.shutdownCount == 1 && !kernel.client.heldForEnd)
+        #expect(kernel.client.received == Array(repeating: 7, count: 600))
+
+        // Bytes whose end is not known yet go out at once.
+        kernel.peerSends(.client, Array(repeating: 8, count: 300), readiness: &relay.readiness)
+        #expect(relay.advance(&io, budget: 16) == .waiting)
+        #expect(kernel.server.sendsBeforeEnd == 0 && kernel.server.received.count == 300)
+        kernel.peerEnds(.client, readiness: &relay.readiness)
+        #expect(relay.advance(&io, budget: 16) == .finished)
+        #expect(kernel.server.shutdownCount == 1 && kernel.server.sendsBeforeEnd == 0)
     }
 }

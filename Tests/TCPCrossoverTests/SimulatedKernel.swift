@@ -20,6 +20,11 @@ final class SimulatedKernel {
         var delivered: [UInt8] = []
         /// The relay shut down its write side (FIN to the peer).
         var shutdownCount = 0
+        /// The relay sent bytes as the last before its FIN (MSG_MORE): TCP holds them back until the shutdown, which
+        /// must come next, with nothing sent in between.
+        var heldForEnd = false
+        /// Sends that said the end follows.
+        var sendsBeforeEnd = 0
         var reset: Errno?
 
         var available: Int { incoming.count - incomingOffset }
@@ -138,7 +143,7 @@ extension SimulatedKernel {
             return result
         }
 
-        func send(to side: Side, _ bytes: UnsafeRawBufferPointer) throws(Errno) -> IOResult<Int> {
+        func send(to side: Side, _ bytes: UnsafeRawBufferPointer, endFollows: Bool) throws(Errno) -> IOResult<Int> {
             kernel.calls += 1
             var result = IOResult<Int>.wouldBlock
             var failure: Errno?
@@ -148,11 +153,16 @@ extension SimulatedKernel {
                     return
                 }
                 precondition(socket.shutdownCount == 0, "send after shutdown")
+                precondition(!socket.heldForEnd || endFollows, "bytes sent after the ones said to be the last")
                 // As TCP does, send takes all that fits: a short count means the socket is full.
                 let room = socket.window - socket.unread
                 guard room > 0 else { return }
                 let count = min(room, bytes.count)
                 socket.outgoing += bytes[0..<count]
+                if endFollows {
+                    socket.heldForEnd = true
+                    socket.sendsBeforeEnd += 1
+                }
                 result = .processed(count)
             }
             if let failure { throw failure }
@@ -209,6 +219,7 @@ extension SimulatedKernel {
                     return
                 }
                 precondition(socket.shutdownCount == 0, "splice after shutdown")
+                precondition(!socket.heldForEnd, "bytes spliced after the ones said to be the last")
                 let room = socket.window - socket.unread
                 guard room > 0, simulated.count > 0 else { return }
                 let moved = kernel.portion(min(room, count))
@@ -232,7 +243,12 @@ extension SimulatedKernel {
             kernel.calls += 1
             var failure: Errno?
             kernel.modify(side) { socket in
-                if let reset = socket.reset { failure = reset } else { socket.shutdownCount += 1 }
+                if let reset = socket.reset {
+                    failure = reset
+                } else {
+                    socket.shutdownCount += 1
+                    socket.heldForEnd = false
+                }
             }
             if let failure { throw failure }
         }

@@ -89,6 +89,9 @@ public struct Direction {
     private var wantsSplice = false
     /// Bytes of a header put before the source's (`hold`) still to be sent: they are not counted as relayed.
     private var headerBytesLeft = 0
+    /// The source has hung up and a receive emptied it: what was received last is all there is, and the
+    /// destination's FIN can ride with it.
+    private var lastBytesReceived = false
 
     public init(from source: Side, to destination: Side) {
         self.source = source
@@ -148,7 +151,7 @@ public struct Direction {
         guard readiness.writable(destination) else { return false }
         if var held {
             let unsent = UnsafeRawBufferPointer(rebasing: held.buffer[held.start..<held.end])
-            switch try on(destination, try io.send(to: destination, unsent)) {
+            switch try on(destination, try io.send(to: destination, unsent, endFollows: lastBytesReceived)) {
             case .wouldBlock:
                 readiness.setWritable(destination, false)
                 return false
@@ -251,15 +254,21 @@ public struct Direction {
             // A receive that did not fill the buffer emptied the socket (TCP's recv takes all that is queued, up to
             // the length): no need for another call to learn EAGAIN. Bytes that arrive later bring a new edge; an
             // end of stream already announced (EPOLLRDHUP) has none to come, so then reading goes on.
-            if received < scratch.count && !readiness.hungUp(source) {
-                readiness.setReadable(source, false)
+            if received < scratch.count {
+                if readiness.hungUp(source) {
+                    // The peer's FIN (or an error) is queued behind these bytes: the next receive returns 0.
+                    lastBytesReceived = true
+                } else {
+                    readiness.setReadable(source, false)
+                }
             }
         }
         if count == scratch.count && !spliceUnsupported {
             wantsSplice = true
         }
         let sent: Int
-        switch try on(destination, try io.send(to: destination, UnsafeRawBufferPointer(rebasing: scratch[0..<count]))) {
+        let unsent = UnsafeRawBufferPointer(rebasing: scratch[0..<count])
+        switch try on(destination, try io.send(to: destination, unsent, endFollows: lastBytesReceived)) {
         case .processed(let accepted): sent = accepted
         case .wouldBlock: sent = 0
         }

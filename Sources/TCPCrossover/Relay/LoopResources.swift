@@ -94,8 +94,8 @@ struct SocketIO: RelayIO {
     }
 
     @inline(__always)
-    func send(to side: Side, _ bytes: UnsafeRawBufferPointer) throws(Errno) -> IOResult<Int> {
-        try Syscall.send(fd(side), bytes)
+    func send(to side: Side, _ bytes: UnsafeRawBufferPointer, endFollows: Bool) throws(Errno) -> IOResult<Int> {
+        try Syscall.send(fd(side), bytes, more: endFollows)
     }
 
     @inline(__always)
