@@ -289,4 +289,25 @@ import Testing
         #expect(relay.advance(&io, budget: 16) == .finished)
         #expect(kernel.server.shutdownCount == 1 && kernel.server.sendsBeforeEnd == 0)
     }
+
+    @Test func relay_whenFirstBytesAreHeld_theServerGetsHeaderThenThemThenTheRest() {
+        let kernel = SimulatedKernel(seed: 29)
+        var relay = RelayState()
+        var io = SimulatedKernel.IO(kernel: kernel)
+        // As at accept: a PROXY header and the bytes the client sent with its handshake, before the connect ends.
+        let header: [UInt8] = Array("PROXY TCP6 ::1 ::1 40000 8080\r\n".utf8)
+        let first: [UInt8] = Array(repeating: 9, count: 500)
+        first.withUnsafeBytes { relay.sendFirst(header: header, received: $0, &io) }
+        #expect(kernel.buffersInUse == 1)
+        relay.readiness.clientWritable = true
+        relay.readiness.serverWritable = true
+        kernel.peerSends(.client, Array(repeating: 10, count: 300), readiness: &relay.readiness)
+        kernel.peerEnds(.client, readiness: &relay.readiness)
+        #expect(relay.advance(&io, budget: 16) == .waiting)
+        #expect(kernel.server.received == header + first + Array(repeating: 10, count: 300))
+        #expect(kernel.server.shutdownCount == 1)
+        // The header is not the client's: only the client's bytes count as relayed.
+        #expect(relay.bytes.up == 800)
+        #expect(kernel.buffersInUse == 0)
+    }
 }

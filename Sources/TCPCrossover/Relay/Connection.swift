@@ -54,6 +54,9 @@ final class Connection {
     var queued = false
     /// The client's socket is watched for room to write (EPOLLOUT), since a write found it full once.
     var watchesClientOutput = false
+    /// Bytes the client sent before the connect are held for the server: the connect delays its handshake's ACK to
+    /// send it with them (see `EventLoop.readFirstBytes`).
+    var firstBytesHeld = false
 
     init(
         slot: Int32,

@@ -310,13 +310,19 @@ public struct Direction {
         self.pipe = nil
     }
 
-    /// Holds `bytes` to be delivered before anything read from the source. They do not count as relayed.
-    mutating func hold<IO: RelayIO>(_ bytes: [UInt8], _ io: inout IO) {
-        precondition(held == nil && pipe == nil && bytes.count <= io.scratch.count)
+    /// Holds `header` (not counted as relayed), then `received` (the source's first bytes, read before the first
+    /// turn), to be delivered before anything else read from the source.
+    mutating func hold<IO: RelayIO>(header: [UInt8], received: UnsafeRawBufferPointer, _ io: inout IO) {
+        let count = header.count + received.count
+        precondition(held == nil && pipe == nil && count <= io.scratch.count)
+        guard count > 0 else { return }
         let buffer = io.acquireBuffer()
-        buffer.copyBytes(from: bytes)
-        held = HeldBytes(buffer: buffer, start: 0, end: bytes.count)
-        headerBytesLeft = bytes.count
+        buffer.copyBytes(from: header)
+        if let source = received.baseAddress {
+            (buffer.baseAddress! + header.count).copyMemory(from: source, byteCount: received.count)
+        }
+        held = HeldBytes(buffer: buffer, start: 0, end: count)
+        headerBytesLeft = header.count
     }
 
     /// Hands the pipe and buffer back when the connection ends; a pipe that still holds bytes (an aborted

@@ -39,10 +39,13 @@ public struct RelayState {
         return .waiting
     }
 
-    /// Puts `bytes` (a PROXY protocol header) before anything the client sends: they are the first the server
-    /// receives. Call before the first turn.
-    public mutating func sendFirst<IO: RelayIO>(_ bytes: [UInt8], _ io: inout IO) {
-        clientToServer.hold(bytes, &io)
+    /// Puts `header` (a PROXY protocol header, or nothing), then `received` (what the client sent before the relay
+    /// began: read at accept), before anything else the client sends: they are the first the server receives. The
+    /// header does not count as relayed bytes. Call before the first turn.
+    public mutating func sendFirst<IO: RelayIO>(
+        header: [UInt8], received: UnsafeRawBufferPointer = .init(start: nil, count: 0), _ io: inout IO
+    ) {
+        clientToServer.hold(header: header, received: received, &io)
     }
 
     /// Bytes delivered from the client to the server, and from the server to the client.

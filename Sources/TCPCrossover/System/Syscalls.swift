@@ -245,6 +245,12 @@ public enum Syscall {
         try setKeepalive(fd, keepalive)
     }
 
+    /// setsockopt(2) TCP_QUICKACK: off, the socket delays its ACKs to send them with data (set before connect(2),
+    /// the handshake's last ACK waits for the first bytes); on, it acknowledges at once again.
+    static func setQuickAck(_ fd: CInt, _ on: Bool) throws(Errno) {
+        try setOption(fd, CInt(IPPROTO_TCP), TCP_QUICKACK, on ? 1 : 0)
+    }
+
     /// setsockopt(2) SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT.
     static func setKeepalive(_ fd: CInt, _ keepalive: Keepalive) throws(Errno) {
         try setOption(fd, SOL_SOCKET, SO_KEEPALIVE, 1)
