@@ -29,8 +29,8 @@ final class EchoProcess {
     private let idleDescriptors: Int
 
     init(descriptors: Int = 20_000) throws {
-        let binary = URL(fileURLWithPath: relayBinary).deletingLastPathComponent().appendingPathComponent(
-            "tcx-test-echo")
+        // From the test build, not from beside the relay: a sanitizer or release build of the relay has none.
+        let binary = testBuildDirectory.appendingPathComponent("tcx-test-echo")
         let started = try ChildProcess("/usr/bin/prlimit", ["--nofile=\(descriptors):\(descriptors)", binary.path])
         guard eventually(timeout: 10, { started.standardOutput.contains("listening on 127.0.0.1:") }) else {
             throw TestFailure(message: "the echo server did not start: \(started.standardError)")

@@ -1,12 +1,14 @@
 import Foundation
 import Glibc
 
+/// The build directory of the test bundle, where the test helpers (`tcx-test-echo`) are built.
+let testBuildDirectory = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
+
 /// The built tcp-crossover binary: `$TCP_CROSSOVER_BINARY` when set (a sanitizer or release build), otherwise the
 /// one next to the test bundle in the build directory.
 let relayBinary: String = {
     if let path = ProcessInfo.processInfo.environment["TCP_CROSSOVER_BINARY"], !path.isEmpty { return path }
-    let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-    return executable.deletingLastPathComponent().appendingPathComponent("tcp-crossover").path
+    return testBuildDirectory.appendingPathComponent("tcp-crossover").path
 }()
 
 /// A process the test started: its output and error are collected on threads of their own, so that it never
