@@ -196,6 +196,28 @@ import Testing
         #expect(relay.stop() == 0)
     }
 
+    /// A burst of connections wakes one event loop, which accepts them all: it hands some to the other loop, so
+    /// that long-lived connections are spread over the threads. The SIGUSR1 line gives each thread's count.
+    @Test func burstOfConnections_isSpreadOverTheThreads() throws {
+        let backend = try RelayTests.echoServer()
+        let relay = try Relay(remote: backend.address, ["--threads", "2"])
+        // Opened all at once, before any is used: they wait in the backlog together.
+        let connections = try (0..<32).map { _ in try TestSocket.connect(to: relay.address) }
+        for connection in connections {
+            try connection.send([1, 2, 3])
+            #expect(try connection.receive(exactly: 3) == [1, 2, 3])
+        }
+        relay.process.kill(signal: SIGUSR1)
+        #expect(relay.process.waitForError(containing: "; per thread "))
+        let line = try #require(relay.process.standardError.split(separator: "\n").first { $0.contains("per thread") })
+        let counts = line.components(separatedBy: "per thread ")[1].components(separatedBy: ", ").compactMap { Int($0) }
+        #expect(counts.count == 2 && counts.reduce(0, +) == 32, "\(line)")
+        // The loops hand over until neither has more than a few connections above the other (see the engine).
+        #expect(counts.allSatisfy { $0 >= 12 }, "\(line)")
+        for connection in connections { connection.close() }
+        #expect(relay.stop() == 0)
+    }
+
     /// `--user nobody` after binding: the relay runs with nobody's uid, gid and groups, cannot regain root, and its
     /// pidfile (in a directory only root may write) is still removed on exit, by the parent that keeps it.
     @Test func user_dropsPrivilegesAndThePidfileIsStillRemoved() throws {

@@ -157,6 +157,32 @@ public final class Engine: @unchecked Sendable {
         for loop in loops { loop.wakeUp() }
     }
 
+    // MARK: the load of the loops
+
+    /// The loop to hand a connection to that `loop` accepted, when one has clearly fewer connections; nil to keep
+    /// it. The margin (a few connections, an eighth of the two loops' total) spares the churn of short connections
+    /// a hand-over each, and evens out long-lived ones.
+    func lessLoadedLoop(than loop: EventLoop) -> EventLoop? {
+        guard loops.count > 1, stopLevel.load(ordering: .relaxed) == 0 else { return nil }
+        let own = loop.load.load(ordering: .relaxed)
+        var least: EventLoop?
+        var leastLoad = Int.max
+        for other in loops where other !== loop {
+            let load = other.load.load(ordering: .relaxed)
+            if load < leastLoad {
+                least = other
+                leastLoad = load
+            }
+        }
+        return own - leastLoad > max(2, (own + leastLoad) / 8) ? least : nil
+    }
+
+    /// `; per thread 16, 15`: the connections of each loop, for the SIGUSR1 line; empty with one loop.
+    var loadPerThread: String {
+        guard loops.count > 1 else { return "" }
+        return "; per thread " + loops.map { String($0.load.load(ordering: .relaxed)) }.joined(separator: ", ")
+    }
+
     // MARK: the connection limit
 
     /// Counts a connection about to be accepted; false at the limit.

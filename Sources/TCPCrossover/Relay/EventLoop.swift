@@ -58,6 +58,25 @@ final class EventLoop: @unchecked Sendable {
     private var periodicDue: [Int64] = []
     /// The per-connection log lines of the current turn.
     private var logBatch = LogBatch()
+    /// Connections this loop serves, plus those handed to it and not yet taken: what the other loops compare when
+    /// they even out the load (see `acceptConnections`).
+    let load = Atomic<Int>(0)
+    /// Connections another loop accepted and handed over; closed when the loop ends.
+    private let inbox = Mutex(Inbox())
+    private var handedSpare: [HandedConnection] = []
+
+    /// A connection accepted by another loop, for this one to serve.
+    struct HandedConnection {
+        let fd: CInt
+        let peer: SocketAddress
+        let local: SocketAddress
+        let service: Int
+    }
+
+    struct Inbox {
+        var connections: [HandedConnection] = []
+        var closed = false
+    }
 
     init(index: Int, engine: Engine) throws(SystemError) {
         self.index = index
@@ -164,6 +183,7 @@ final class EventLoop: @unchecked Sendable {
             return
         }
         if engine.reserveConnection() {
+            load.add(1, ordering: .relaxed)
             admit(accepted.fd, peer: peer, local: local, service: accepted.service)
         } else {
             Syscall.close(accepted.fd)
@@ -175,7 +195,14 @@ final class EventLoop: @unchecked Sendable {
     /// Runs until the listeners are closed (SIGTERM) and the last connection has ended.
     func run() {
         if index == 0 { periodicDue = engine.periodicTasks.map { now + $0.interval } }
-        while !listeners.isEmpty || liveConnections > 0 || waitsForOtherLoops {
+        repeat {
+            runUntilDone()
+        } while takeHandedOver(closing: true)
+        logBatch.flush()
+    }
+
+    private func runUntilDone() {
+        while !listeners.isEmpty || load.load(ordering: .relaxed) > 0 || waitsForOtherLoops {
             let timeout = moreWork.isEmpty ? waitTimeout() : 0
             let count: Int
             do {
@@ -197,7 +224,6 @@ final class EventLoop: @unchecked Sendable {
             runTimers()
             logBatch.flush()
         }
-        logBatch.flush()
     }
 
     /// The first loop takes the signals (a second SIGTERM must still stop everything at once), so while stopping
@@ -231,6 +257,7 @@ final class EventLoop: @unchecked Sendable {
         case EventTag.control:
             if index == EventTag.wake {
                 Syscall.drainEvent(wake)
+                _ = takeHandedOver(closing: false)
                 engineChanged()
             } else {
                 receiveSignals()
@@ -355,8 +382,44 @@ final class EventLoop: @unchecked Sendable {
             if local.isUnspecified || local.port == 0 {
                 local = (try? Syscall.localAddress(accepted.fd)) ?? local
             }
+            let handed = HandedConnection(fd: accepted.fd, peer: accepted.peer, local: local, service: listener.service)
+            if let other = engine.lessLoadedLoop(than: self), other.handOver(handed) { continue }
+            load.add(1, ordering: .relaxed)
             admit(accepted.fd, peer: accepted.peer, local: local, service: listener.service)
         }
+    }
+
+    /// Takes a connection that another loop accepted: a burst of connections wakes one loop, which accepts them
+    /// all, and long-lived connections would stay on it while the other loops idle. False when this loop has ended.
+    /// Callable from any thread.
+    func handOver(_ connection: HandedConnection) -> Bool {
+        load.add(1, ordering: .relaxed)
+        let taken = inbox.withLock { inbox in
+            guard !inbox.closed else { return false }
+            inbox.connections.append(connection)
+            return true
+        }
+        if taken {
+            wakeUp()
+        } else {
+            load.subtract(1, ordering: .relaxed)
+        }
+        return taken
+    }
+
+    /// Starts serving the connections handed over. `closing`: the loop is about to end, and the inbox is closed if
+    /// nothing is waiting in it. Returns whether there were any.
+    private func takeHandedOver(closing: Bool) -> Bool {
+        inbox.withLock { inbox in
+            if closing && inbox.connections.isEmpty { inbox.closed = true }
+            swap(&inbox.connections, &handedSpare)
+        }
+        guard !handedSpare.isEmpty else { return false }
+        for connection in handedSpare {
+            admit(connection.fd, peer: connection.peer, local: connection.local, service: connection.service)
+        }
+        handedSpare.removeAll(keepingCapacity: true)
+        return true
     }
 
     /// Starts relaying an accepted connection: registers the client socket and connects to the remote. The
@@ -567,6 +630,7 @@ final class EventLoop: @unchecked Sendable {
         connections[Int(connection.slot)] = nil
         freeSlots.append(connection.slot)
         liveConnections -= 1
+        load.subtract(1, ordering: .relaxed)
         // Pooled pipes serve bursts of connections; an idle loop holds no descriptors beyond its own.
         if liveConnections == 0 {
             assert(resources.pipesInUse == 0, "a connection did not give its pipe back")
@@ -732,7 +796,7 @@ final class EventLoop: @unchecked Sendable {
                         ? "stopping: no new connections, \(engine.statistics.active.load(ordering: .relaxed)) still active"
                         : "stopping now")
             case SIGUSR1:
-                Log.notice("statistics: \(engine.statistics.snapshot())")
+                Log.notice("statistics: \(engine.statistics.snapshot())\(engine.loadPerThread)")
             default:
                 Log.info("signal \(signal) ignored")
             }
