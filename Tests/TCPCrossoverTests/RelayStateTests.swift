@@ -42,9 +42,7 @@ import Testing
         var serverOffset = 0
         var clientEnded = false
         var serverEnded = false
-        var relay = RelayState()
-        relay.readiness.clientWritable = true
-        relay.readiness.serverWritable = true
+        var relay = RelayState.connected()
         var io = SimulatedKernel.IO(kernel: kernel)
         var waitedWithBytesHeldBack = false
 
@@ -174,9 +172,7 @@ import Testing
 
     @Test func relay_whenServerResets_failsOnTheServerSide() {
         let kernel = SimulatedKernel(seed: 5)
-        var relay = RelayState()
-        relay.readiness.clientWritable = true
-        relay.readiness.serverWritable = true
+        var relay = RelayState.connected()
         var io = SimulatedKernel.IO(kernel: kernel)
         kernel.peerSends(.client, Array(repeating: 1, count: 5000), readiness: &relay.readiness)
         #expect(relay.advance(&io, budget: 16) == .waiting)
@@ -186,9 +182,7 @@ import Testing
 
     @Test func relay_whenClientResetsDuringDownload_failsOnTheClientSide() {
         let kernel = SimulatedKernel(seed: 9)
-        var relay = RelayState()
-        relay.readiness.clientWritable = true
-        relay.readiness.serverWritable = true
+        var relay = RelayState.connected()
         var io = SimulatedKernel.IO(kernel: kernel)
         kernel.peerSends(.server, Array(repeating: 2, count: 400_000), readiness: &relay.readiness)
         _ = relay.advance(&io, budget: 16)
@@ -207,9 +201,7 @@ import Testing
         let scenarioWindow = 100_000
         let kernel = SimulatedKernel(seed: 13, pipeCapacity: 65536)
         kernel.server.window = scenarioWindow
-        var relay = RelayState()
-        relay.readiness.clientWritable = true
-        relay.readiness.serverWritable = true
+        var relay = RelayState.connected()
         var io = SimulatedKernel.IO(kernel: kernel)
         for _ in 0..<200 {
             kernel.peerSends(.client, Array(repeating: 4, count: 50_000), readiness: &relay.readiness)
@@ -224,9 +216,7 @@ import Testing
     /// exchanges.
     @Test func relay_whenExchangesAreSmall_holdsNothingBetweenThem() {
         let kernel = SimulatedKernel(seed: 17)
-        var relay = RelayState()
-        relay.readiness.clientWritable = true
-        relay.readiness.serverWritable = true
+        var relay = RelayState.connected()
         var io = SimulatedKernel.IO(kernel: kernel)
         for round in 0..<100 {
             kernel.peerSends(.client, Array(repeating: UInt8(round), count: 200), readiness: &relay.readiness)
@@ -244,9 +234,7 @@ import Testing
     @Test func relay_whenBulkDataEnds_pipeIsGivenBack() {
         let kernel = SimulatedKernel(seed: 19, pipeCapacity: 1 << 20)
         kernel.client.window = 10_000_000
-        var relay = RelayState()
-        relay.readiness.clientWritable = true
-        relay.readiness.serverWritable = true
+        var relay = RelayState.connected()
         var io = SimulatedKernel.IO(kernel: kernel)
         kernel.peerSends(.server, Array(repeating: 5, count: 3_000_000), readiness: &relay.readiness)
         var sawPipe = false
@@ -268,9 +256,7 @@ import Testing
 
     @Test func relay_whenTheEndArrivesWithTheLastBytes_theyGoOutWithTheFIN() {
         let kernel = SimulatedKernel(seed: 23)
-        var relay = RelayState()
-        relay.readiness.clientWritable = true
-        relay.readiness.serverWritable = true
+        var relay = RelayState.connected()
         var io = SimulatedKernel.IO(kernel: kernel)
         // A response and the server's FIN, both queued before the relay's turn: one send that says the end follows,
         // then the shutdown, in the same turn.
@@ -309,5 +295,15 @@ import Testing
         // The header is not the client's: only the client's bytes count as relayed.
         #expect(relay.bytes.up == 800)
         #expect(kernel.buffersInUse == 0)
+    }
+}
+
+extension RelayState {
+    /// A relay as the connect leaves it: both sockets have room to write.
+    static func connected() -> RelayState {
+        var relay = RelayState()
+        relay.readiness.clientWritable = true
+        relay.readiness.serverWritable = true
+        return relay
     }
 }
