@@ -159,6 +159,8 @@ final class ProxyProtocolNginx {
         after.close()
         process.kill(signal: SIGTERM)
         #expect(process.waitForExit() == 0)
+        // The second server listens until here.
+        withExtendedLifetime(second) {}
     }
 
     @Test func source_outgoingConnectionsLeaveFromThatAddress() throws {
@@ -171,8 +173,9 @@ final class ProxyProtocolNginx {
             }
             var text = [CChar](repeating: 0, count: 32)
             inet_ntop(AF_INET, &storage.sin_addr, &text, 32)
-            seen.record(String(cString: text) == "127.0.0.2")
-            try connection.send(Array(String(cString: text).utf8))
+            let address = String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            seen.record(address == "127.0.0.2")
+            try connection.send(Array(address.utf8))
         }
         let relay = try Relay(local: ["[::1]:0"], remote: backend.address.description, ["--source", "127.0.0.2"])
         let connection = try TestSocket.connect(to: relay.address)

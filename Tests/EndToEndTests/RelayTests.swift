@@ -132,6 +132,35 @@ import Testing
         _ = fillers
     }
 
+    /// What a client sent before the relay accepted it (it waited in the backlog, here behind `--max-connections 1`)
+    /// is read at accept and reaches the server first, its FIN after it; a client that reset while waiting is never
+    /// connected to the server.
+    @Test func relay_clientsThatActedInTheBacklog_areServedOrDroppedAtAccept() throws {
+        let backend = try Self.echoServer()
+        let relay = try Relay(remote: backend.address, ["--max-connections", "1", "--threads", "1"])
+        let holder = try TestSocket.connect(to: relay.address)
+        try holder.send("hold")
+        #expect(try holder.receive(exactly: 4) == Array("hold".utf8))
+        // Both complete their handshake in the kernel and wait for the relay to accept them.
+        let resetting = try TestSocket.connect(to: relay.address)
+        resetting.reset()
+        let early = try TestSocket.connect(to: relay.address)
+        try early.send("sent before the accept")
+        try early.shutdownWrite()
+        Thread.sleep(forTimeInterval: 0.2)
+        #expect(backend.accepted == 1)
+        holder.close()
+        #expect(try early.receiveAll() == Array("sent before the accept".utf8))
+        #expect(eventually { relay.connectionLines.count == 3 })
+        // The holder and the early client reached the server; the one that reset did not.
+        #expect(backend.accepted == 2)
+        let lines = relay.connectionLines
+        #expect(
+            lines.contains { $0.contains("-> -: 0 bytes up, 0 bytes down") && $0.contains("aborted, client error") },
+            "\(lines)")
+        #expect(lines.contains { $0.contains("22 bytes up, 22 bytes down") && $0.contains("client closed first") })
+    }
+
     @Test func relay_whenRemoteResets_resetsTheClient() throws {
         let backend = try TestServer { connection in
             _ = try connection.receive()
