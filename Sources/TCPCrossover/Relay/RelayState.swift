@@ -42,9 +42,7 @@ public struct RelayState {
     /// Puts `header` (a PROXY protocol header, or nothing), then `received` (what the client sent before the relay
     /// began: read at accept), before anything else the client sends: they are the first the server receives. The
     /// header does not count as relayed bytes. Call before the first turn.
-    public mutating func sendFirst<IO: RelayIO>(
-        header: [UInt8], received: UnsafeRawBufferPointer = .init(start: nil, count: 0), _ io: inout IO
-    ) {
+    public mutating func sendFirst<IO: RelayIO>(header: [UInt8], received: UnsafeRawBufferPointer, _ io: inout IO) {
         clientToServer.hold(header: header, received: received, &io)
     }
 
