@@ -24,11 +24,7 @@ struct TestAddress: CustomStringConvertible {
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = port.bigEndian
         inet_pton(AF_INET, text, &address.sin_addr)
-        var result = TestAddress(length: socklen_t(MemoryLayout<sockaddr_in>.size))
-        withUnsafeMutableBytes(of: &result.storage) { raw in
-            withUnsafeBytes(of: address) { raw.copyMemory(from: $0) }
-        }
-        return result
+        return TestAddress(holding: address)
     }
 
     static func ipv6(_ text: String, _ port: UInt16) -> TestAddress {
@@ -36,11 +32,7 @@ struct TestAddress: CustomStringConvertible {
         address.sin6_family = sa_family_t(AF_INET6)
         address.sin6_port = port.bigEndian
         inet_pton(AF_INET6, text, &address.sin6_addr)
-        var result = TestAddress(length: socklen_t(MemoryLayout<sockaddr_in6>.size))
-        withUnsafeMutableBytes(of: &result.storage) { raw in
-            withUnsafeBytes(of: address) { raw.copyMemory(from: $0) }
-        }
-        return result
+        return TestAddress(holding: address)
     }
 
     static let loopback4 = "127.0.0.1"
@@ -72,7 +64,7 @@ struct TestAddress: CustomStringConvertible {
                 inet_ntop(AF_INET6, &address, &text, 64)
             }
         }
-        let host = String(cString: text)
+        let host = String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         return family == AF_INET ? "\(host):\(port)" : "[\(host)]:\(port)"
     }
 
@@ -365,4 +357,14 @@ func eventually(timeout: Double = 10, _ condition: () throws -> Bool) rethrows -
         usleep(10_000)
     }
     return try condition()
+}
+
+extension TestAddress {
+    /// A sockaddr_in or sockaddr_in6, copied into the storage (in an extension: the memberwise initializer stays).
+    fileprivate init<Address>(holding address: Address) {
+        self.init(length: socklen_t(MemoryLayout<Address>.size))
+        withUnsafeMutableBytes(of: &storage) { raw in
+            withUnsafeBytes(of: address) { raw.copyMemory(from: $0) }
+        }
+    }
 }
