@@ -26,6 +26,11 @@ final class SimulatedKernel {
         /// Sends that said the end follows.
         var sendsBeforeEnd = 0
         var reset: Errno?
+        /// The relay closed the socket (`closeFinishedConnection`).
+        var closed = false
+
+        /// FINs the peer got: from shutdown, or from the close of a socket that had not been shut down.
+        var finsReceived: Int { shutdownCount + (closed && shutdownCount == 0 ? 1 : 0) }
 
         var available: Int { incoming.count - incomingOffset }
         var unread: Int { outgoing.count - outgoingOffset }
@@ -97,6 +102,19 @@ final class SimulatedKernel {
         readiness.setReadable(side, true)
         readiness.setWritable(side, true)
         readiness.setHungUp(side)
+    }
+
+    /// What the event loop does when the relay says `.finished`: close(2) on both sockets, which sends a FIN where
+    /// none was sent, after any bytes held back for it. close(2) resets instead when the socket has incoming bytes
+    /// that were never read: the relay must have read each side's stream to its end before it says finished.
+    func closeFinishedConnection() {
+        for side in [Side.client, .server] {
+            modify(side) { socket in
+                precondition(socket.peerEnded && socket.available == 0, "closed with incoming bytes unread: a reset")
+                socket.closed = true
+                socket.heldForEnd = false
+            }
+        }
     }
 
     /// The peer reads up to `count` bytes of what the relay sent.

@@ -72,7 +72,8 @@ public struct Direction {
     public private(set) var bytes: UInt64 = 0
     /// The source sent its end of stream (recv returned 0).
     public private(set) var sourceEnded = false
-    /// The end of stream was passed on: shutdown(SHUT_WR) on the destination.
+    /// The end of stream was passed on: shutdown(SHUT_WR) on the destination, or, when it was the connection's
+    /// last event, left to the close of the sockets (`pump`'s `closeFollowsEnd`).
     public private(set) var finished = false
 
     /// The pipe while the direction splices; nil while it copies.
@@ -104,11 +105,15 @@ public struct Direction {
     /// Whether this direction holds a pipe or a buffer that `releaseResources` must give back.
     public var holdsResources: Bool { pipe != nil || held != nil }
 
-    /// Moves bytes while the sockets allow it, for at most `budget` rounds.
+    /// Moves bytes while the sockets allow it, for at most `budget` rounds. `closeFollowsEnd`: the other direction
+    /// has finished, so this direction's end of stream ends the connection, whose sockets are closed right after;
+    /// close(2) sends the FIN (after any bytes still queued) on a socket whose incoming stream was read to its end,
+    /// so the shutdown(2) call is left out.
     public mutating func pump<IO: RelayIO>(
         _ io: inout IO,
         _ readiness: inout Readiness,
-        budget: Int
+        budget: Int,
+        closeFollowsEnd: Bool
     ) -> PumpOutcome {
         var rounds = 0
         while true {
@@ -116,7 +121,7 @@ public struct Direction {
             do {
                 progressed = try deliverHeldBytes(&io, &readiness)
                 if try takeIn(&io, &readiness) { progressed = true }
-                if try passOnEnd(&io) { progressed = true }
+                if try passOnEnd(&io, closeFollows: closeFollowsEnd) { progressed = true }
             } catch {
                 return .failed(error.side, error.errno)
             }
@@ -287,10 +292,11 @@ public struct Direction {
         return true
     }
 
-    /// Step 3: once the source has ended and everything received is out, the destination gets a FIN.
-    private mutating func passOnEnd<IO: RelayIO>(_ io: inout IO) throws(SideError) -> Bool {
+    /// Step 3: once the source has ended and everything received is out, the destination gets a FIN: from
+    /// shutdown(2), or from the close that follows when this end is the connection's last.
+    private mutating func passOnEnd<IO: RelayIO>(_ io: inout IO, closeFollows: Bool) throws(SideError) -> Bool {
         guard sourceEnded, !finished, !holdsBytes else { return false }
-        try on(destination, try io.shutdownWrite(destination))
+        if !closeFollows { try on(destination, try io.shutdownWrite(destination)) }
         finished = true
         stopSplicing(&io)
         return true

@@ -32,9 +32,9 @@ public struct PipeHandle: Equatable, Sendable {
 public protocol RelayIO {
     /// recv(2) from `side`.
     mutating func receive(from side: Side, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> IOResult<Int>
-    /// send(2) to `side`. `endFollows`: these are the source's last bytes, and shutdownWrite(side) is the next call
-    /// on that side once they are all taken (or the connection aborts): TCP may hold them back and send them with
-    /// the FIN, one segment instead of two (MSG_MORE).
+    /// send(2) to `side`. `endFollows`: these are the source's last bytes, and shutdownWrite(side), or the close of
+    /// the finished connection, is the next call on that side once they are all taken (or the connection aborts):
+    /// TCP may hold them back and send them with the FIN, one segment instead of two (MSG_MORE).
     mutating func send(to side: Side, _ bytes: UnsafeRawBufferPointer, endFollows: Bool) throws(Errno) -> IOResult<Int>
     /// splice(2) from `side` into `pipe`.
     mutating func splice(from side: Side, into pipe: PipeHandle, count: Int) throws(Errno) -> IOResult<Int>

@@ -1,7 +1,9 @@
 /// The relay of one connection, both directions, as a value: `advance` moves bytes through a `RelayIO` and says
 /// what the driver must do next. The end conditions:
 ///
-/// - both directions passed their end of stream on (FIN both ways): the connection is complete, close it;
+/// - both directions passed their end of stream on (FIN both ways): the connection is complete, close it; the
+///   second FIN is left to that close (see `Direction.pump`), so the driver must close both sockets, without a
+///   reset, when `advance` says `.finished`;
 /// - a call failed on one side (a reset, a timeout): abort the other side too;
 /// - otherwise wait for readiness, or come back at once when a direction used up its budget.
 public struct RelayState {
@@ -21,9 +23,11 @@ public struct RelayState {
     }
 
     public mutating func advance<IO: RelayIO>(_ io: inout IO, budget: Int) -> Step {
-        let upstream = clientToServer.pump(&io, &readiness, budget: budget)
+        let upstream = clientToServer.pump(
+            &io, &readiness, budget: budget, closeFollowsEnd: serverToClient.finished)
         if case .failed(let side, let errno) = upstream { return .failed(side, errno) }
-        let downstream = serverToClient.pump(&io, &readiness, budget: budget)
+        let downstream = serverToClient.pump(
+            &io, &readiness, budget: budget, closeFollowsEnd: clientToServer.finished)
         if case .failed(let side, let errno) = downstream { return .failed(side, errno) }
 
         if firstToEnd == nil {
