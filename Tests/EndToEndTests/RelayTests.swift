@@ -161,11 +161,15 @@ import Testing
         #expect(lines.contains { $0.contains("22 bytes up, 22 bytes down") && $0.contains("client closed first") })
     }
 
-    @Test func relay_whenRemoteResets_resetsTheClient() throws {
+    /// With a pause, the relay has passed the bytes on before the reset comes; without one, the bytes and the reset
+    /// reach the relay together (EPOLLIN, EPOLLRDHUP and EPOLLERR at once), and the hang-up must not be taken for a
+    /// FIN: the client gets the bytes, then a reset, never a clean end.
+    @Test(arguments: [0.1, 0])
+    func relay_whenRemoteResets_resetsTheClient(pauseBeforeReset: Double) throws {
         let backend = try TestServer { connection in
             _ = try connection.receive()
             try connection.send("partial")
-            Thread.sleep(forTimeInterval: 0.1)
+            if pauseBeforeReset > 0 { Thread.sleep(forTimeInterval: pauseBeforeReset) }
             connection.reset()
         }
         let relay = try Relay(remote: backend.address)

@@ -259,11 +259,13 @@ import Testing
         let kernel = SimulatedKernel(seed: 23)
         var relay = RelayState.connected()
         var io = SimulatedKernel.IO(kernel: kernel)
-        // A response and the server's FIN, both queued before the relay's turn: one send that says the end follows,
-        // then the shutdown, in the same turn.
+        // A response and the server's FIN, both queued before the relay's turn: one receive (a short one, after the
+        // FIN was reported, empties the socket up to the FIN), one send that says the end follows, then the
+        // shutdown, in the same turn.
         kernel.peerSends(.server, Array(repeating: 7, count: 600), readiness: &relay.readiness)
         kernel.peerEnds(.server, readiness: &relay.readiness)
         #expect(relay.advance(&io, budget: 16) == .waiting)
+        #expect(kernel.server.receives == 1)
         #expect(kernel.client.sendsBeforeEnd == 1)
         #expect(kernel.client.shutdownCount == 1 && !kernel.client.heldForEnd)
         #expect(kernel.client.received == Array(repeating: 7, count: 600))
@@ -279,6 +281,22 @@ import Testing
         #expect(kernel.server.shutdownCount == 0 && kernel.server.sendsBeforeEnd == 0)
         kernel.closeFinishedConnection()
         #expect(kernel.server.finsReceived == 1 && kernel.client.finsReceived == 1)
+    }
+
+    @Test func relay_whenAnErrorWasReportedWithTheHangUp_readingGoesOnUntilRecvSaysHowItEnded() {
+        let kernel = SimulatedKernel(seed: 31)
+        var relay = RelayState.connected()
+        var io = SimulatedKernel.IO(kernel: kernel)
+        // EPOLLERR with the hang-up: it may be a reset rather than a FIN, so the short receive does not end the
+        // stream, and its bytes go out at once rather than held for a FIN (a reset would discard them); the next
+        // receive says how it ended (here the end of stream).
+        kernel.peerSends(.server, Array(repeating: 5, count: 600), readiness: &relay.readiness)
+        kernel.peerEnds(.server, readiness: &relay.readiness)
+        relay.readiness.setFailed(.server)
+        #expect(relay.advance(&io, budget: 16) == .waiting)
+        #expect(kernel.server.receives == 2)
+        #expect(kernel.client.sendsBeforeEnd == 0)
+        #expect(kernel.client.received.count == 600 && kernel.client.shutdownCount == 1)
     }
 
     @Test func relay_whenFirstBytesAreHeld_theServerGetsHeaderThenThemThenTheRest() {

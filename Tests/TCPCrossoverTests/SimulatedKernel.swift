@@ -28,6 +28,8 @@ final class SimulatedKernel {
         var reset: Errno?
         /// The relay closed the socket (`closeFinishedConnection`).
         var closed = false
+        /// recv calls on this socket.
+        var receives = 0
 
         /// FINs the peer got: from shutdown, or from the close of a socket that had not been shut down.
         var finsReceived: Int { shutdownCount + (closed && shutdownCount == 0 ? 1 : 0) }
@@ -102,6 +104,7 @@ final class SimulatedKernel {
         readiness.setReadable(side, true)
         readiness.setWritable(side, true)
         readiness.setHungUp(side)
+        readiness.setFailed(side)
     }
 
     /// What the event loop does when the relay says `.finished`: close(2) on both sockets, which sends a FIN where
@@ -143,6 +146,7 @@ extension SimulatedKernel {
             var result = IOResult<Int>.wouldBlock
             var failure: Errno?
             kernel.modify(side) { socket in
+                socket.receives += 1
                 if let reset = socket.reset {
                     failure = reset
                     return
@@ -195,6 +199,7 @@ extension SimulatedKernel {
             var result = IOResult<Int>.wouldBlock
             var failure: Errno?
             kernel.modify(side) { socket in
+                socket.receives += 1
                 if let reset = socket.reset {
                     failure = reset
                     return

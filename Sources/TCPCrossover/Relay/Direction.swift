@@ -10,6 +10,9 @@ public struct Readiness: Equatable, Sendable {
     /// epoll reported the peer's end of stream (EPOLLRDHUP) or an error: reading must go on until recv says so.
     public var clientHungUp = false
     public var serverHungUp = false
+    /// epoll reported an error (EPOLLERR: a reset, a timeout): a hang-up may be that error, not a FIN.
+    public var clientFailed = false
+    public var serverFailed = false
 
     public init() {}
 
@@ -25,6 +28,14 @@ public struct Readiness: Equatable, Sendable {
     @inline(__always)
     public mutating func setHungUp(_ side: Side) {
         if side == .client { clientHungUp = true } else { serverHungUp = true }
+    }
+
+    @inline(__always)
+    public func failed(_ side: Side) -> Bool { side == .client ? clientFailed : serverFailed }
+
+    @inline(__always)
+    public mutating func setFailed(_ side: Side) {
+        if side == .client { clientFailed = true } else { serverFailed = true }
     }
 
     @inline(__always)
@@ -90,9 +101,6 @@ public struct Direction {
     private var wantsSplice = false
     /// Bytes of a header put before the source's (`hold`) still to be sent: they are not counted as relayed.
     private var headerBytesLeft = 0
-    /// The source has hung up and a receive emptied it: what was received last is all there is, and the
-    /// destination's FIN can ride with it.
-    private var lastBytesReceived = false
 
     public init(from source: Side, to destination: Side) {
         self.source = source
@@ -156,7 +164,8 @@ public struct Direction {
         guard readiness.writable(destination) else { return false }
         if var held {
             let unsent = UnsafeRawBufferPointer(rebasing: held.buffer[held.start..<held.end])
-            switch try on(destination, try io.send(to: destination, unsent, endFollows: lastBytesReceived)) {
+            // Bytes still held once the source has ended are its last: the FIN can ride with them.
+            switch try on(destination, try io.send(to: destination, unsent, endFollows: sourceEnded)) {
             case .wouldBlock:
                 readiness.setWritable(destination, false)
                 return false
@@ -247,6 +256,7 @@ public struct Direction {
     ) throws(SideError) -> Bool {
         let scratch = io.scratch
         let count: Int
+        var endsAfterThese = false
         switch try on(source, try io.receive(from: source, into: scratch)) {
         case .wouldBlock:
             readiness.setReadable(source, false)
@@ -261,8 +271,12 @@ public struct Direction {
             // end of stream already announced (EPOLLRDHUP) has none to come, so then reading goes on.
             if received < scratch.count {
                 if readiness.hungUp(source) {
-                    // The peer's FIN (or an error) is queued behind these bytes: the next receive returns 0.
-                    lastBytesReceived = true
+                    // The peer's FIN or an error is queued behind these bytes. Without an error, it is the FIN (a
+                    // reset or a timeout sets EPOLLERR with the hang-up), and once the queue is empty recv returns
+                    // 0 for it whatever arrives later: the source has ended with these bytes, the receive that
+                    // would say so can be left out, and the destination's FIN can ride with them. With an error,
+                    // the next receive tells which, and the bytes go out at once: a reset may follow, not a FIN.
+                    endsAfterThese = !readiness.failed(source)
                 } else {
                     readiness.setReadable(source, false)
                 }
@@ -273,7 +287,7 @@ public struct Direction {
         }
         let sent: Int
         let unsent = UnsafeRawBufferPointer(rebasing: scratch[0..<count])
-        switch try on(destination, try io.send(to: destination, unsent, endFollows: lastBytesReceived)) {
+        switch try on(destination, try io.send(to: destination, unsent, endFollows: endsAfterThese)) {
         case .processed(let accepted): sent = accepted
         case .wouldBlock: sent = 0
         }
@@ -289,6 +303,7 @@ public struct Direction {
         } else if wantsSplice {
             startSplicing(&io)
         }
+        if endsAfterThese { sourceEnded = true }
         return true
     }
 

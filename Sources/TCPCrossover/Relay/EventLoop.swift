@@ -277,6 +277,7 @@ final class EventLoop: @unchecked Sendable {
             if events & (EPOLLRDHUP.rawValue | EPOLLHUP.rawValue) != 0 || error {
                 connection.relay.readiness.setHungUp(side)
             }
+            if error { connection.relay.readiness.setFailed(side) }
         }
         if events & (EPOLLOUT.rawValue | EPOLLHUP.rawValue) != 0 || error {
             connection.relay.readiness.setWritable(side, true)
