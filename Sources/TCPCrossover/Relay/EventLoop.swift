@@ -63,10 +63,10 @@ final class EventLoop: @unchecked Sendable {
     let load = Atomic<Int>(0)
     /// Connections another loop accepted and handed over; closed when the loop ends.
     private let inbox = Mutex(Inbox())
-    private var handedSpare: [HandedConnection] = []
+    private var handedSpare: [IncomingConnection] = []
 
-    /// A connection accepted by another loop, for this one to serve.
-    struct HandedConnection {
+    /// An accepted connection and what `admit` needs with it; what one loop hands another.
+    struct IncomingConnection {
         let fd: CInt
         let peer: SocketAddress
         let local: SocketAddress
@@ -74,7 +74,7 @@ final class EventLoop: @unchecked Sendable {
     }
 
     struct Inbox {
-        var connections: [HandedConnection] = []
+        var connections: [IncomingConnection] = []
         var closed = false
     }
 
@@ -184,7 +184,7 @@ final class EventLoop: @unchecked Sendable {
         }
         if engine.reserveConnection() {
             load.add(1, ordering: .relaxed)
-            admit(accepted.fd, peer: peer, local: local, service: accepted.service)
+            admit(IncomingConnection(fd: accepted.fd, peer: peer, local: local, service: accepted.service))
         } else {
             Syscall.close(accepted.fd)
         }
@@ -383,17 +383,18 @@ final class EventLoop: @unchecked Sendable {
             if local.isUnspecified || local.port == 0 {
                 local = (try? Syscall.localAddress(accepted.fd)) ?? local
             }
-            let handed = HandedConnection(fd: accepted.fd, peer: accepted.peer, local: local, service: listener.service)
-            if let other = engine.lessLoadedLoop(than: self), other.handOver(handed) { continue }
+            let incoming = IncomingConnection(
+                fd: accepted.fd, peer: accepted.peer, local: local, service: listener.service)
+            if let other = engine.lessLoadedLoop(than: self), other.handOver(incoming) { continue }
             load.add(1, ordering: .relaxed)
-            admit(accepted.fd, peer: accepted.peer, local: local, service: listener.service)
+            admit(incoming)
         }
     }
 
     /// Takes a connection that another loop accepted: a burst of connections wakes one loop, which accepts them
     /// all, and long-lived connections would stay on it while the other loops idle. False when this loop has ended.
     /// Callable from any thread.
-    func handOver(_ connection: HandedConnection) -> Bool {
+    func handOver(_ connection: IncomingConnection) -> Bool {
         load.add(1, ordering: .relaxed)
         let taken = inbox.withLock { inbox in
             guard !inbox.closed else { return false }
@@ -416,9 +417,7 @@ final class EventLoop: @unchecked Sendable {
             swap(&inbox.connections, &handedSpare)
         }
         guard !handedSpare.isEmpty else { return false }
-        for connection in handedSpare {
-            admit(connection.fd, peer: connection.peer, local: connection.local, service: connection.service)
-        }
+        for connection in handedSpare { admit(connection) }
         handedSpare.removeAll(keepingCapacity: true)
         return true
     }
@@ -426,7 +425,8 @@ final class EventLoop: @unchecked Sendable {
     /// Starts relaying an accepted connection: registers the client socket and connects to the remote. The
     /// caller has reserved the connection in `engine`. The socket inherited TCP_NODELAY and keepalive from its
     /// listener.
-    private func admit(_ fd: CInt, peer: SocketAddress, local: SocketAddress, service: Int) {
+    private func admit(_ incoming: IncomingConnection) {
+        let (fd, peer, local, service) = (incoming.fd, incoming.peer, incoming.local, incoming.service)
         engine.statistics.accepted.add(1, ordering: .relaxed)
         let slot: Int32
         if let free = freeSlots.popLast() {
