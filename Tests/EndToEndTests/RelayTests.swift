@@ -195,6 +195,38 @@ import Testing
         #expect(eventually { relay.connectionLines.first?.contains("aborted, server error: Connection reset") == true })
     }
 
+    /// TCP urgent data (Telnet's and FTP's Synch, rlogin's control bytes) stays in the stream, in its place, both
+    /// ways: the relay reads it in line (SO_OOBINLINE), and a receive that the urgent mark stopped short does not
+    /// leave the bytes behind the mark waiting, whether or not a FIN follows them.
+    @Test(arguments: [(false, false), (false, true), (true, false), (true, true)])
+    func relay_urgentData_arrivesInLineInItsPlace(fromServer: Bool, thenEnd: Bool) throws {
+        let atServer = ByteLog()
+        let backend = try TestServer { connection in
+            if fromServer {
+                try connection.sendWithUrgentByte(before: "abc", urgent: UInt8(ascii: "!"), after: "def")
+                if thenEnd { try connection.shutdownWrite() }
+            }
+            while true {
+                let chunk = try connection.receive()
+                if chunk.isEmpty { break }
+                atServer.append(chunk)
+            }
+            atServer.end()
+        }
+        let relay = try Relay(remote: backend.address)
+        let connection = try TestSocket.connect(to: relay.address, timeout: 5)
+        if fromServer {
+            let received = thenEnd ? try connection.receiveAll() : try connection.receive(exactly: 7)
+            #expect(received == Array("abc!def".utf8))
+        } else {
+            try connection.sendWithUrgentByte(before: "abc", urgent: UInt8(ascii: "!"), after: "def")
+            if thenEnd { try connection.shutdownWrite() }
+            #expect(eventually(timeout: 5) { atServer.bytes.count >= 7 })
+            #expect(atServer.bytes == Array("abc!def".utf8))
+            if thenEnd { #expect(eventually(timeout: 5) { atServer.ended }) }
+        }
+    }
+
     @Test func relay_whenClientResetsDuringLargeDownload_livesOnForOthers() throws {
         let backend = try TestServer { connection in
             let request = try connection.receive()
@@ -295,6 +327,18 @@ import Testing
         #expect(intact)
         #expect(received == sent.value)
     }
+}
+
+/// Bytes received on one thread and read on another.
+final class ByteLog: @unchecked Sendable {
+    private let lock = NSLock()
+    private var _bytes: [UInt8] = []
+    private var _ended = false
+
+    func append(_ chunk: [UInt8]) { lock.withLock { _bytes += chunk } }
+    func end() { lock.withLock { _ended = true } }
+    var bytes: [UInt8] { lock.withLock { _bytes } }
+    var ended: Bool { lock.withLock { _ended } }
 }
 
 /// A total added to from several threads.

@@ -299,6 +299,49 @@ import Testing
         #expect(kernel.client.received.count == 600 && kernel.client.shutdownCount == 1)
     }
 
+    @Test func relay_whenTheClientSendsUrgentDataThenItsFIN_everyByteArrivesInOrder() {
+        let kernel = SimulatedKernel(seed: 37)
+        var relay = RelayState.connected()
+        var io = SimulatedKernel.IO(kernel: kernel)
+        // "abc", an urgent "!", "def", and the FIN, all queued: the receive stops short before the urgent byte, and
+        // that short receive neither empties the socket nor ends the stream.
+        kernel.peerSendsUrgent(.client, Array("abc!def".utf8), urgentIndex: 3, readiness: &relay.readiness)
+        kernel.peerEnds(.client, readiness: &relay.readiness)
+        #expect(relay.advance(&io, budget: 16) == .waiting)
+        #expect(kernel.server.received == Array("abc!def".utf8))
+        #expect(kernel.server.shutdownCount == 1)
+        kernel.peerEnds(.server, readiness: &relay.readiness)
+        #expect(relay.advance(&io, budget: 16) == .finished)
+        kernel.closeFinishedConnection()
+        #expect(kernel.client.finsReceived == 1)
+    }
+
+    @Test func relay_whenUrgentDataComesDuringBulk_theDirectionCopiesPastIt() {
+        let kernel = SimulatedKernel(seed: 41)
+        var relay = RelayState.connected()
+        var io = SimulatedKernel.IO(kernel: kernel)
+        var random = SeededRandom(seed: 41)
+        let bulk = randomBytes(2_000_000, &random)
+        kernel.peerSends(.server, bulk, readiness: &relay.readiness)
+        var sawPipe = false
+        for _ in 0..<1000 where kernel.client.delivered.count < bulk.count {
+            _ = relay.advance(&io, budget: 16)
+            if kernel.pipesInUse > 0 { sawPipe = true }
+            kernel.peerReads(.client, upTo: 1_000_000, readiness: &relay.readiness)
+        }
+        #expect(sawPipe)
+        // Splice would stop at the urgent byte for good; the direction leaves its pipe and copies.
+        let tail = randomBytes(100_000, &random)
+        kernel.peerSendsUrgent(.server, tail, urgentIndex: 40_000, readiness: &relay.readiness)
+        for _ in 0..<1000 where kernel.client.delivered.count < bulk.count + tail.count {
+            _ = relay.advance(&io, budget: 16)
+            kernel.peerReads(.client, upTo: 1_000_000, readiness: &relay.readiness)
+        }
+        let intact = kernel.client.delivered == bulk + tail
+        #expect(intact)
+        #expect(kernel.pipesInUse == 0)
+    }
+
     @Test func relay_whenFirstBytesAreHeld_theServerGetsHeaderThenThemThenTheRest() {
         let kernel = SimulatedKernel(seed: 29)
         var relay = RelayState()

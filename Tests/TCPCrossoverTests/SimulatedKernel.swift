@@ -28,8 +28,11 @@ final class SimulatedKernel {
         var reset: Errno?
         /// The relay closed the socket (`closeFinishedConnection`).
         var closed = false
-        /// recv calls on this socket.
+        /// recv and splice calls that read from this socket.
         var receives = 0
+        /// Index in `incoming` of an urgent byte, sent with MSG_OOB and read in line (SO_OOBINLINE): as in TCP, a
+        /// receive that has read anything stops short before it, and splice stops there for good.
+        var urgentMark: Int?
 
         /// FINs the peer got: from shutdown, or from the close of a socket that had not been shut down.
         var finsReceived: Int { shutdownCount + (closed && shutdownCount == 0 ? 1 : 0) }
@@ -89,6 +92,16 @@ final class SimulatedKernel {
     func peerSends(_ side: Side, _ bytes: [UInt8], readiness: inout Readiness) {
         modify(side) { $0.incoming += bytes }
         readiness.setReadable(side, true)
+    }
+
+    /// The peer sends `bytes`, the one at `urgentIndex` with MSG_OOB: epoll reports EPOLLIN and EPOLLPRI.
+    func peerSendsUrgent(_ side: Side, _ bytes: [UInt8], urgentIndex: Int, readiness: inout Readiness) {
+        modify(side) { socket in
+            socket.urgentMark = socket.incoming.count + urgentIndex
+            socket.incoming += bytes
+        }
+        readiness.setReadable(side, true)
+        readiness.setUrgent(side)
     }
 
     /// The peer sends FIN: epoll reports EPOLLIN and EPOLLRDHUP.
@@ -155,10 +168,14 @@ extension SimulatedKernel {
                     if socket.peerEnded { result = .processed(0) }
                     return
                 }
-                // As TCP does, recv takes all that is queued, up to the buffer's length.
-                let count = min(buffer.count, socket.available)
+                // As TCP does, recv takes all that is queued, up to the buffer's length or an urgent mark.
+                var count = min(buffer.count, socket.available)
+                if let mark = socket.urgentMark, mark > socket.incomingOffset {
+                    count = min(count, mark - socket.incomingOffset)
+                }
                 for index in 0..<count { buffer[index] = socket.incoming[socket.incomingOffset + index] }
                 socket.incomingOffset += count
+                if let mark = socket.urgentMark, socket.incomingOffset > mark { socket.urgentMark = nil }
                 result = .processed(count)
             }
             if let failure { throw failure }
@@ -210,7 +227,11 @@ extension SimulatedKernel {
                 }
                 // A pipe with every slot taken takes nothing, even below its byte capacity.
                 guard freeSlots > 0 else { return }
-                let limit = min(count, socket.available, simulated.capacity - simulated.count)
+                var limit = min(count, socket.available, simulated.capacity - simulated.count)
+                if let mark = socket.urgentMark {
+                    // TCP's splice stops at an urgent mark and never passes it: EAGAIN, however much is queued.
+                    limit = min(limit, mark - socket.incomingOffset)
+                }
                 guard limit > 0 else { return }
                 let moved = kernel.portion(limit)
                 // Each segment spliced may take a slot of its own, however small.

@@ -13,6 +13,11 @@ public struct Readiness: Equatable, Sendable {
     /// epoll reported an error (EPOLLERR: a reset, a timeout): a hang-up may be that error, not a FIN.
     public var clientFailed = false
     public var serverFailed = false
+    /// epoll reported urgent data (EPOLLPRI) once: recv(2) stops short at an urgent mark with more queued behind
+    /// it, and splice(2) stops there for good, so neither a short receive nor a splice can be trusted to have
+    /// emptied that socket any more.
+    public var clientUrgent = false
+    public var serverUrgent = false
 
     public init() {}
 
@@ -32,6 +37,14 @@ public struct Readiness: Equatable, Sendable {
 
     @inline(__always)
     public func failed(_ side: Side) -> Bool { side == .client ? clientFailed : serverFailed }
+
+    @inline(__always)
+    public func urgent(_ side: Side) -> Bool { side == .client ? clientUrgent : serverUrgent }
+
+    @inline(__always)
+    public mutating func setUrgent(_ side: Side) {
+        if side == .client { clientUrgent = true } else { serverUrgent = true }
+    }
 
     @inline(__always)
     public mutating func setFailed(_ side: Side) {
@@ -95,7 +108,8 @@ public struct Direction {
     private var inflowSinceEmpty = 0
     /// Copy mode: bytes the destination did not take at once.
     private var held: HeldBytes?
-    /// splice(2) refused this source with EINVAL: copy for good.
+    /// Copy for good: splice(2) refused this source with EINVAL, or the source sent urgent data, which splice
+    /// does not pass.
     private(set) var spliceUnsupported = false
     /// Copy mode saw bulk traffic: splice once the held bytes are out.
     private var wantsSplice = false
@@ -202,8 +216,16 @@ public struct Direction {
         _ readiness: inout Readiness
     ) throws(SideError) -> Bool {
         guard !sourceEnded, readiness.readable(source) else { return false }
+        if readiness.urgent(source) && !spliceUnsupported {
+            // splice(2) stops at an urgent mark and never passes it; recv(2) reads the urgent byte in line.
+            spliceUnsupported = true
+            wantsSplice = false
+        }
         if let pipe {
-            return try spliceIn(&io, &readiness, pipe)
+            if !spliceUnsupported { return try spliceIn(&io, &readiness, pipe) }
+            // Copy from here on, once the pipe's bytes are out.
+            guard pipeBytes == 0 else { return false }
+            stopSplicing(&io)
         }
         // Copy mode receives only what it can send at once: with a full destination the bytes stay in the
         // source's socket, and the sender slows down.
@@ -269,7 +291,7 @@ public struct Direction {
             // A receive that did not fill the buffer emptied the socket (TCP's recv takes all that is queued, up to
             // the length): no need for another call to learn EAGAIN. Bytes that arrive later bring a new edge; an
             // end of stream already announced (EPOLLRDHUP) has none to come, so then reading goes on.
-            if received < scratch.count {
+            if received < scratch.count && !readiness.urgent(source) {
                 if readiness.hungUp(source) {
                     // The peer's FIN or an error is queued behind these bytes. Without an error, it is the FIN (a
                     // reset or a timeout sets EPOLLERR with the hang-up), and once the queue is empty recv returns

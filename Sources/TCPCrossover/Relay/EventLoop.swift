@@ -272,12 +272,13 @@ final class EventLoop: @unchecked Sendable {
 
     private func connectionEvent(_ connection: Connection, side: Side, events: UInt32) {
         let error = events & EPOLLERR.rawValue != 0
-        if events & (EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLHUP.rawValue) != 0 || error {
+        if events & (EPOLLIN.rawValue | EPOLLPRI.rawValue | EPOLLRDHUP.rawValue | EPOLLHUP.rawValue) != 0 || error {
             connection.relay.readiness.setReadable(side, true)
             if events & (EPOLLRDHUP.rawValue | EPOLLHUP.rawValue) != 0 || error {
                 connection.relay.readiness.setHungUp(side)
             }
             if error { connection.relay.readiness.setFailed(side) }
+            if events & EPOLLPRI.rawValue != 0 { connection.relay.readiness.setUrgent(side) }
         }
         if events & (EPOLLOUT.rawValue | EPOLLHUP.rawValue) != 0 || error {
             connection.relay.readiness.setWritable(side, true)
@@ -491,7 +492,7 @@ final class EventLoop: @unchecked Sendable {
         return true
     }
 
-    private static let inputEvents = EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLET.rawValue
+    private static let inputEvents = EPOLLIN.rawValue | EPOLLPRI.rawValue | EPOLLRDHUP.rawValue | EPOLLET.rawValue
     private static let connectionEvents = inputEvents | EPOLLOUT.rawValue
 
     /// The client's socket was found full: from now on it is watched for room too (for good: a connection that

@@ -237,10 +237,13 @@ public enum Syscall {
         return value
     }
 
-    /// setsockopt(2) TCP_NODELAY and, with `keepalive`, SO_KEEPALIVE with TCP_KEEPIDLE, TCP_KEEPINTVL and
-    /// TCP_KEEPCNT. Set on a listening socket, they are inherited by every socket it accepts.
+    /// setsockopt(2) TCP_NODELAY, SO_OOBINLINE and, with `keepalive`, SO_KEEPALIVE with TCP_KEEPIDLE,
+    /// TCP_KEEPINTVL and TCP_KEEPCNT. Set on a listening socket, they are inherited by every socket it accepts.
+    /// SO_OOBINLINE keeps TCP urgent data (Telnet's and FTP's Synch, rlogin's control bytes) in the stream: without
+    /// it, recv(2) skips the urgent byte, and the relayed stream would miss it.
     static func setConnectionOptions(_ fd: CInt, keepalive: Keepalive?) throws(Errno) {
         try setOption(fd, CInt(IPPROTO_TCP), TCP_NODELAY, 1)
+        try setOption(fd, SOL_SOCKET, SO_OOBINLINE, 1)
         guard let keepalive else { return }
         try setKeepalive(fd, keepalive)
     }

@@ -131,6 +131,19 @@ final class TestSocket: @unchecked Sendable {
 
     func send(_ text: String) throws { try send(Array(text.utf8)) }
 
+    /// Sends `before`, then the byte `urgent` as TCP urgent data (MSG_OOB), then `after`, corked (TCP_CORK) into
+    /// one segment: the receiver finds the urgent mark with bytes queued behind it.
+    func sendWithUrgentByte(before: String, urgent: UInt8, after: String) throws {
+        var on: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_CORK, &on, socklen_t(MemoryLayout<Int32>.size))
+        try send(before)
+        var byte = urgent
+        guard Glibc.send(fd, &byte, 1, Int32(MSG_OOB | MSG_NOSIGNAL)) == 1 else { throw TestFailure("send MSG_OOB") }
+        try send(after)
+        var off: Int32 = 0
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_CORK, &off, socklen_t(MemoryLayout<Int32>.size))
+    }
+
     /// Reads up to `count` bytes; empty at end of stream.
     func receive(upTo count: Int = 65536) throws -> [UInt8] {
         var buffer = [UInt8](repeating: 0, count: count)
