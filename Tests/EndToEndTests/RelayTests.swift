@@ -195,35 +195,36 @@ import Testing
         #expect(eventually { relay.connectionLines.first?.contains("aborted, server error: Connection reset") == true })
     }
 
-    /// TCP urgent data (Telnet's and FTP's Synch, rlogin's control bytes) stays in the stream, in its place, both
-    /// ways: the relay reads it in line (SO_OOBINLINE), and a receive that the urgent mark stopped short does not
-    /// leave the bytes behind the mark waiting, whether or not a FIN follows them.
+    /// TCP urgent data (Telnet's and FTP's Synch, rlogin's control bytes) is passed on as urgent data, in its
+    /// place, both ways: the relay reads it in line (SO_OOBINLINE) and sends it with MSG_OOB, and a receive that
+    /// the urgent mark stopped short does not leave the bytes behind the mark waiting, whether or not a FIN
+    /// follows them.
     @Test(arguments: [(false, false), (false, true), (true, false), (true, true)])
-    func relay_urgentData_arrivesInLineInItsPlace(fromServer: Bool, thenEnd: Bool) throws {
+    func relay_urgentData_isPassedOnAsUrgentInItsPlace(fromServer: Bool, thenEnd: Bool) throws {
         let atServer = ByteLog()
         let backend = try TestServer { connection in
             if fromServer {
                 try connection.sendWithUrgentByte(before: "abc", urgent: UInt8(ascii: "!"), after: "def")
                 if thenEnd { try connection.shutdownWrite() }
+            } else {
+                let (bytes, mark) = try connection.receiveWithUrgentMark(7)
+                atServer.record(bytes, mark: mark)
             }
-            while true {
-                let chunk = try connection.receive()
-                if chunk.isEmpty { break }
-                atServer.append(chunk)
-            }
-            atServer.end()
+            _ = try? connection.receiveAll()
         }
         let relay = try Relay(remote: backend.address)
         let connection = try TestSocket.connect(to: relay.address, timeout: 5)
         if fromServer {
-            let received = thenEnd ? try connection.receiveAll() : try connection.receive(exactly: 7)
-            #expect(received == Array("abc!def".utf8))
+            let (bytes, mark) = try connection.receiveWithUrgentMark(7)
+            #expect(bytes == Array("abc!def".utf8))
+            #expect(mark == 3)
+            if thenEnd { #expect(try connection.receive().isEmpty) }
         } else {
             try connection.sendWithUrgentByte(before: "abc", urgent: UInt8(ascii: "!"), after: "def")
             if thenEnd { try connection.shutdownWrite() }
             #expect(eventually(timeout: 5) { atServer.bytes.count >= 7 })
             #expect(atServer.bytes == Array("abc!def".utf8))
-            if thenEnd { #expect(eventually(timeout: 5) { atServer.ended }) }
+            #expect(atServer.mark == 3)
         }
     }
 
@@ -329,16 +330,20 @@ import Testing
     }
 }
 
-/// Bytes received on one thread and read on another.
+/// Bytes received on one thread, with where their urgent mark was, read on another.
 final class ByteLog: @unchecked Sendable {
     private let lock = NSLock()
     private var _bytes: [UInt8] = []
-    private var _ended = false
+    private var _mark: Int?
 
-    func append(_ chunk: [UInt8]) { lock.withLock { _bytes += chunk } }
-    func end() { lock.withLock { _ended = true } }
+    func record(_ bytes: [UInt8], mark: Int?) {
+        lock.withLock {
+            _bytes = bytes
+            _mark = mark
+        }
+    }
     var bytes: [UInt8] { lock.withLock { _bytes } }
-    var ended: Bool { lock.withLock { _ended } }
+    var mark: Int? { lock.withLock { _mark } }
 }
 
 /// A total added to from several threads.

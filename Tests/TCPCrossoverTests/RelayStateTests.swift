@@ -309,11 +309,29 @@ import Testing
         kernel.peerEnds(.client, readiness: &relay.readiness)
         #expect(relay.advance(&io, budget: 16) == .waiting)
         #expect(kernel.server.received == Array("abc!def".utf8))
+        #expect(kernel.server.urgentSent == [3])
         #expect(kernel.server.shutdownCount == 1)
         kernel.peerEnds(.server, readiness: &relay.readiness)
         #expect(relay.advance(&io, budget: 16) == .finished)
         kernel.closeFinishedConnection()
         #expect(kernel.client.finsReceived == 1)
+    }
+
+    @Test func relay_whenTheDestinationIsFull_theUrgentByteWaitsAndKeepsItsMark() {
+        let kernel = SimulatedKernel(seed: 43)
+        kernel.server.window = 3
+        var relay = RelayState.connected()
+        var io = SimulatedKernel.IO(kernel: kernel)
+        kernel.peerSendsUrgent(.client, Array("abc!def".utf8), urgentIndex: 3, readiness: &relay.readiness)
+        #expect(relay.advance(&io, budget: 16) == .waiting)
+        #expect(kernel.server.received == Array("abc".utf8))
+        for _ in 0..<10 where kernel.server.received.count < 7 {
+            kernel.peerReads(.server, upTo: 3, readiness: &relay.readiness)
+            _ = relay.advance(&io, budget: 16)
+        }
+        #expect(kernel.server.received == Array("abc!def".utf8))
+        #expect(kernel.server.urgentSent == [3])
+        #expect(relay.bytes.up == 7)
     }
 
     @Test func relay_whenUrgentDataComesDuringBulk_theDirectionCopiesPastIt() {
@@ -339,6 +357,7 @@ import Testing
         }
         let intact = kernel.client.delivered == bulk + tail
         #expect(intact)
+        #expect(kernel.client.urgentSent == [bulk.count + 40_000])
         #expect(kernel.pipesInUse == 0)
     }
 

@@ -33,6 +33,8 @@ final class SimulatedKernel {
         /// Index in `incoming` of an urgent byte, sent with MSG_OOB and read in line (SO_OOBINLINE): as in TCP, a
         /// receive that has read anything stops short before it, and splice stops there for good.
         var urgentMark: Int?
+        /// Positions in `received` of the bytes the relay sent as urgent data.
+        var urgentSent: [Int] = []
 
         /// FINs the peer got: from shutdown, or from the close of a socket that had not been shut down.
         var finsReceived: Int { shutdownCount + (closed && shutdownCount == 0 ? 1 : 0) }
@@ -203,6 +205,33 @@ extension SimulatedKernel {
                     socket.sendsBeforeEnd += 1
                 }
                 result = .processed(count)
+            }
+            if let failure { throw failure }
+            return result
+        }
+
+        func atUrgentMark(_ side: Side) throws(Errno) -> Bool {
+            kernel.calls += 1
+            let socket = kernel.socket(side)
+            if let reset = socket.reset { throw reset }
+            return socket.urgentMark == socket.incomingOffset && socket.available > 0
+        }
+
+        func sendUrgent(to side: Side, _ byte: UInt8) throws(Errno) -> IOResult<Int> {
+            kernel.calls += 1
+            var result = IOResult<Int>.wouldBlock
+            var failure: Errno?
+            kernel.modify(side) { socket in
+                if let reset = socket.reset {
+                    failure = reset
+                    return
+                }
+                precondition(socket.shutdownCount == 0, "send after shutdown")
+                precondition(!socket.heldForEnd, "bytes sent after the ones said to be the last")
+                guard socket.unread < socket.window else { return }
+                socket.urgentSent.append(socket.received.count)
+                socket.outgoing.append(byte)
+                result = .processed(1)
             }
             if let failure { throw failure }
             return result

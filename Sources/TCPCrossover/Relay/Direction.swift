@@ -115,6 +115,8 @@ public struct Direction {
     private var wantsSplice = false
     /// Bytes of a header put before the source's (`hold`) still to be sent: they are not counted as relayed.
     private var headerBytesLeft = 0
+    /// An urgent byte received and not yet sent: it goes out alone, with MSG_OOB, before anything after it.
+    private var urgentByte: UInt8?
 
     public init(from source: Side, to destination: Side) {
         self.source = source
@@ -122,7 +124,7 @@ public struct Direction {
     }
 
     /// Whether bytes are held in the pipe or in a buffer, received and not yet delivered.
-    public var holdsBytes: Bool { pipeBytes > 0 || held != nil }
+    public var holdsBytes: Bool { pipeBytes > 0 || held != nil || urgentByte != nil }
 
     /// Whether this direction holds a pipe or a buffer that `releaseResources` must give back.
     public var holdsResources: Bool { pipe != nil || held != nil }
@@ -176,6 +178,17 @@ public struct Direction {
         _ readiness: inout Readiness
     ) throws(SideError) -> Bool {
         guard readiness.writable(destination) else { return false }
+        if let urgentByte {
+            switch try on(destination, try io.sendUrgent(to: destination, urgentByte)) {
+            case .wouldBlock:
+                readiness.setWritable(destination, false)
+                return false
+            case .processed:
+                bytes += 1
+                self.urgentByte = nil
+                return true
+            }
+        }
         if var held {
             let unsent = UnsafeRawBufferPointer(rebasing: held.buffer[held.start..<held.end])
             // Bytes still held once the source has ended are its last: the FIN can ride with them.
@@ -229,7 +242,10 @@ public struct Direction {
         }
         // Copy mode receives only what it can send at once: with a full destination the bytes stay in the
         // source's socket, and the sender slows down.
-        guard held == nil, readiness.writable(destination) else { return false }
+        guard held == nil, urgentByte == nil, readiness.writable(destination) else { return false }
+        if readiness.urgent(source), try on(source, try io.atUrgentMark(source)) {
+            return try copyUrgentByte(&io, &readiness)
+        }
         return try copy(&io, &readiness)
     }
 
@@ -327,6 +343,29 @@ public struct Direction {
         }
         if endsAfterThese { sourceEnded = true }
         return true
+    }
+
+    /// The source's next byte is urgent data: it goes to the destination as urgent data too (MSG_OOB), alone, so
+    /// that the urgent mark stays on that byte (Telnet's and FTP's Synch, rlogin's control bytes keep working).
+    private mutating func copyUrgentByte<IO: RelayIO>(
+        _ io: inout IO,
+        _ readiness: inout Readiness
+    ) throws(SideError) -> Bool {
+        let one = UnsafeMutableRawBufferPointer(rebasing: io.scratch[0..<1])
+        switch try on(source, try io.receive(from: source, into: one)) {
+        case .wouldBlock:
+            readiness.setReadable(source, false)
+            return false
+        case .processed(0):
+            sourceEnded = true
+            return true
+        case .processed:
+            switch try on(destination, try io.sendUrgent(to: destination, one[0])) {
+            case .processed: bytes += 1
+            case .wouldBlock: urgentByte = one[0]
+            }
+            return true
+        }
     }
 
     /// Step 3: once the source has ended and everything received is out, the destination gets a FIN: from

@@ -112,6 +112,14 @@ struct SocketIO: RelayIO {
         try Syscall.shutdownWrite(fd(side))
     }
 
+    func atUrgentMark(_ side: Side) throws(Errno) -> Bool {
+        try Syscall.atUrgentMark(fd(side))
+    }
+
+    func sendUrgent(to side: Side, _ byte: UInt8) throws(Errno) -> IOResult<Int> {
+        try Syscall.sendUrgent(fd(side), byte)
+    }
+
     func acquirePipe() -> PipeHandle? { resources.acquirePipe() }
     func releasePipe(_ pipe: PipeHandle) { resources.releasePipe(pipe) }
     func discardPipe(_ pipe: PipeHandle) { resources.discardPipe(pipe) }

@@ -42,6 +42,10 @@ public protocol RelayIO {
     mutating func splice(from pipe: PipeHandle, to side: Side, count: Int) throws(Errno) -> IOResult<Int>
     /// shutdown(2) SHUT_WR on `side`: passes an end of stream on.
     mutating func shutdownWrite(_ side: Side) throws(Errno)
+    /// sockatmark(3) on `side`: the next byte to receive is urgent data (read in line, SO_OOBINLINE).
+    mutating func atUrgentMark(_ side: Side) throws(Errno) -> Bool
+    /// send(2) of one byte with MSG_OOB to `side`: TCP sends it as urgent data.
+    mutating func sendUrgent(to side: Side, _ byte: UInt8) throws(Errno) -> IOResult<Int>
 
     /// An empty pipe for a direction that starts splicing, or nil when none can be had (out of descriptors).
     mutating func acquirePipe() -> PipeHandle?

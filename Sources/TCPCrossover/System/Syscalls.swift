@@ -367,6 +367,17 @@ public enum Syscall {
         return try nonBlocking { Glibc.send(fd, buffer.baseAddress, buffer.count, flags) }
     }
 
+    /// send(2) of one byte with MSG_OOB and MSG_NOSIGNAL, non-blocking: TCP sends it as urgent data.
+    static func sendUrgent(_ fd: CInt, _ byte: UInt8) throws(Errno) -> IOResult<Int> {
+        var byte = byte
+        return try nonBlocking { Glibc.send(fd, &byte, 1, CInt(MSG_NOSIGNAL) | CInt(MSG_OOB)) }
+    }
+
+    /// sockatmark(3): whether the next byte to receive is the urgent byte (the socket reads it in line).
+    static func atUrgentMark(_ fd: CInt) throws(Errno) -> Bool {
+        try valueOrErrno { Glibc.sockatmark(fd) } == 1
+    }
+
     /// shutdown(2) SHUT_WR: sends a FIN, keeps reading.
     static func shutdownWrite(_ fd: CInt) throws(Errno) {
         _ = try valueOrErrno { Glibc.shutdown(fd, CInt(SHUT_WR)) }

@@ -131,6 +131,26 @@ final class TestSocket: @unchecked Sendable {
 
     func send(_ text: String) throws { try send(Array(text.utf8)) }
 
+    /// Waits until `count` bytes are queued (FIONREAD), then reads them with urgent data in line (SO_OOBINLINE),
+    /// asking sockatmark(3) before each receive: the bytes, and where the urgent mark was, if there was one.
+    func receiveWithUrgentMark(_ count: Int) throws -> (bytes: [UInt8], mark: Int?) {
+        var on: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_OOBINLINE, &on, socklen_t(MemoryLayout<Int32>.size))
+        _ = eventually(timeout: 5) {
+            var queued: Int32 = 0
+            return ioctl(fd, UInt(FIONREAD), &queued) == 0 && queued >= count
+        }
+        var bytes: [UInt8] = []
+        var mark: Int?
+        while bytes.count < count {
+            if mark == nil && sockatmark(fd) == 1 { mark = bytes.count }
+            let chunk = try receive(upTo: count - bytes.count)
+            if chunk.isEmpty { break }
+            bytes += chunk
+        }
+        return (bytes, mark)
+    }
+
     /// Sends `before`, then the byte `urgent` as TCP urgent data (MSG_OOB), then `after`, corked (TCP_CORK) into
     /// one segment: the receiver finds the urgent mark with bytes queued behind it.
     func sendWithUrgentByte(before: String, urgent: UInt8, after: String) throws {
