@@ -292,7 +292,7 @@ import Testing
         // receive says how it ended (here the end of stream).
         kernel.peerSends(.server, Array(repeating: 5, count: 600), readiness: &relay.readiness)
         kernel.peerEnds(.server, readiness: &relay.readiness)
-        relay.readiness.setFailed(.server)
+        relay.readiness[.server].failed = true
         #expect(relay.advance(&io, budget: 16) == .waiting)
         #expect(kernel.server.receives == 2)
         #expect(kernel.client.sendsBeforeEnd == 0)
@@ -370,8 +370,8 @@ import Testing
         let first: [UInt8] = Array(repeating: 9, count: 500)
         first.withUnsafeBytes { relay.sendFirst(header: header, received: $0, &io) }
         #expect(kernel.buffersInUse == 1)
-        relay.readiness.clientWritable = true
-        relay.readiness.serverWritable = true
+        relay.readiness.client.writable = true
+        relay.readiness.server.writable = true
         kernel.peerSends(.client, Array(repeating: 10, count: 300), readiness: &relay.readiness)
         kernel.peerEnds(.client, readiness: &relay.readiness)
         #expect(relay.advance(&io, budget: 16) == .waiting)
@@ -387,8 +387,8 @@ extension RelayState {
     /// A relay as the connect leaves it: both sockets have room to write.
     static func connected() -> RelayState {
         var relay = RelayState()
-        relay.readiness.clientWritable = true
-        relay.readiness.serverWritable = true
+        relay.readiness.client.writable = true
+        relay.readiness.server.writable = true
         return relay
     }
 }

@@ -93,7 +93,7 @@ final class SimulatedKernel {
 
     func peerSends(_ side: Side, _ bytes: [UInt8], readiness: inout Readiness) {
         modify(side) { $0.incoming += bytes }
-        readiness.setReadable(side, true)
+        readiness[side].readable = true
     }
 
     /// The peer sends `bytes`, the one at `urgentIndex` with MSG_OOB: epoll reports EPOLLIN and EPOLLPRI.
@@ -102,24 +102,24 @@ final class SimulatedKernel {
             socket.urgentMark = socket.incoming.count + urgentIndex
             socket.incoming += bytes
         }
-        readiness.setReadable(side, true)
-        readiness.setUrgent(side)
+        readiness[side].readable = true
+        readiness[side].urgent = true
     }
 
     /// The peer sends FIN: epoll reports EPOLLIN and EPOLLRDHUP.
     func peerEnds(_ side: Side, readiness: inout Readiness) {
         modify(side) { $0.peerEnded = true }
-        readiness.setReadable(side, true)
-        readiness.setHungUp(side)
+        readiness[side].readable = true
+        readiness[side].hungUp = true
     }
 
     /// The peer resets: epoll reports EPOLLERR and EPOLLHUP.
     func peerResets(_ side: Side, readiness: inout Readiness) {
         modify(side) { $0.reset = .connectionReset }
-        readiness.setReadable(side, true)
-        readiness.setWritable(side, true)
-        readiness.setHungUp(side)
-        readiness.setFailed(side)
+        readiness[side].readable = true
+        readiness[side].writable = true
+        readiness[side].hungUp = true
+        readiness[side].failed = true
     }
 
     /// What the event loop does when the relay says `.finished`: close(2) on both sockets, which sends a FIN where
@@ -147,7 +147,7 @@ final class SimulatedKernel {
                 socket.outgoingOffset = 0
             }
         }
-        readiness.setWritable(side, true)
+        readiness[side].writable = true
     }
 }
 
@@ -218,22 +218,14 @@ extension SimulatedKernel {
         }
 
         func sendUrgent(to side: Side, _ byte: UInt8) throws(Errno) -> IOResult<Int> {
-            kernel.calls += 1
+            let position = kernel.socket(side).received.count
             var result = IOResult<Int>.wouldBlock
             var failure: Errno?
-            kernel.modify(side) { socket in
-                if let reset = socket.reset {
-                    failure = reset
-                    return
-                }
-                precondition(socket.shutdownCount == 0, "send after shutdown")
-                precondition(!socket.heldForEnd, "bytes sent after the ones said to be the last")
-                guard socket.unread < socket.window else { return }
-                socket.urgentSent.append(socket.received.count)
-                socket.outgoing.append(byte)
-                result = .processed(1)
+            [byte].withUnsafeBytes { one in
+                do throws(Errno) { result = try send(to: side, one, endFollows: false) } catch { failure = error }
             }
             if let failure { throw failure }
+            if case .processed = result { kernel.modify(side) { $0.urgentSent.append(position) } }
             return result
         }
 

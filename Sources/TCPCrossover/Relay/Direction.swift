@@ -3,63 +3,31 @@
 /// A flag is set by an epoll event and cleared when a call on that socket returns EAGAIN; with edge triggering,
 /// no new event comes until then.
 public struct Readiness: Equatable, Sendable {
-    public var clientReadable = false
-    public var clientWritable = false
-    public var serverReadable = false
-    public var serverWritable = false
-    /// epoll reported the peer's end of stream (EPOLLRDHUP) or an error: reading must go on until recv says so.
-    public var clientHungUp = false
-    public var serverHungUp = false
-    /// epoll reported an error (EPOLLERR: a reset, a timeout): a hang-up may be that error, not a FIN.
-    public var clientFailed = false
-    public var serverFailed = false
-    /// epoll reported urgent data (EPOLLPRI) once: recv(2) stops short at an urgent mark with more queued behind
-    /// it, and splice(2) stops there for good, so neither a short receive nor a splice can be trusted to have
-    /// emptied that socket any more.
-    public var clientUrgent = false
-    public var serverUrgent = false
+    public var client = SocketReadiness()
+    public var server = SocketReadiness()
 
     public init() {}
 
-    @inline(__always)
-    public func readable(_ side: Side) -> Bool { side == .client ? clientReadable : serverReadable }
-
-    @inline(__always)
-    public func writable(_ side: Side) -> Bool { side == .client ? clientWritable : serverWritable }
-
-    @inline(__always)
-    public func hungUp(_ side: Side) -> Bool { side == .client ? clientHungUp : serverHungUp }
-
-    @inline(__always)
-    public mutating func setHungUp(_ side: Side) {
-        if side == .client { clientHungUp = true } else { serverHungUp = true }
+    public subscript(side: Side) -> SocketReadiness {
+        @inline(__always) get { side == .client ? client : server }
+        @inline(__always) set {
+            if side == .client { client = newValue } else { server = newValue }
+        }
     }
+}
 
-    @inline(__always)
-    public func failed(_ side: Side) -> Bool { side == .client ? clientFailed : serverFailed }
-
-    @inline(__always)
-    public func urgent(_ side: Side) -> Bool { side == .client ? clientUrgent : serverUrgent }
-
-    @inline(__always)
-    public mutating func setUrgent(_ side: Side) {
-        if side == .client { clientUrgent = true } else { serverUrgent = true }
-    }
-
-    @inline(__always)
-    public mutating func setFailed(_ side: Side) {
-        if side == .client { clientFailed = true } else { serverFailed = true }
-    }
-
-    @inline(__always)
-    public mutating func setReadable(_ side: Side, _ value: Bool) {
-        if side == .client { clientReadable = value } else { serverReadable = value }
-    }
-
-    @inline(__always)
-    public mutating func setWritable(_ side: Side, _ value: Bool) {
-        if side == .client { clientWritable = value } else { serverWritable = value }
-    }
+/// What epoll reported for one socket of a connection, and what the calls since left of it.
+public struct SocketReadiness: Equatable, Sendable {
+    public var readable = false
+    public var writable = false
+    /// epoll reported the peer's end of stream (EPOLLRDHUP) or an error: reading must go on until recv says so.
+    public var hungUp = false
+    /// epoll reported an error (EPOLLERR: a reset, a timeout): a hang-up may be that error, not a FIN.
+    public var failed = false
+    /// epoll reported urgent data (EPOLLPRI) once: recv(2) stops short at an urgent mark with more queued behind
+    /// it, and splice(2) stops there for good, so neither a short receive nor a splice can be trusted to have
+    /// emptied that socket any more.
+    public var urgent = false
 }
 
 /// Bytes received in copy mode that the destination has not taken yet.
@@ -177,11 +145,11 @@ public struct Direction {
         _ io: inout IO,
         _ readiness: inout Readiness
     ) throws(SideError) -> Bool {
-        guard readiness.writable(destination) else { return false }
+        guard readiness[destination].writable else { return false }
         if let urgentByte {
             switch try on(destination, try io.sendUrgent(to: destination, urgentByte)) {
             case .wouldBlock:
-                readiness.setWritable(destination, false)
+                readiness[destination].writable = false
                 return false
             case .processed:
                 bytes += 1
@@ -194,7 +162,7 @@ public struct Direction {
             // Bytes still held once the source has ended are its last: the FIN can ride with them.
             switch try on(destination, try io.send(to: destination, unsent, endFollows: sourceEnded)) {
             case .wouldBlock:
-                readiness.setWritable(destination, false)
+                readiness[destination].writable = false
                 return false
             case .processed(let count):
                 let header = min(headerBytesLeft, count)
@@ -214,7 +182,7 @@ public struct Direction {
         guard pipeBytes > 0, let pipe else { return false }
         switch try on(destination, try io.splice(from: pipe, to: destination, count: pipeBytes)) {
         case .wouldBlock:
-            readiness.setWritable(destination, false)
+            readiness[destination].writable = false
             return false
         case .processed(let count):
             bytes += UInt64(count)
@@ -228,8 +196,8 @@ public struct Direction {
         _ io: inout IO,
         _ readiness: inout Readiness
     ) throws(SideError) -> Bool {
-        guard !sourceEnded, readiness.readable(source) else { return false }
-        if readiness.urgent(source) && !spliceUnsupported {
+        guard !sourceEnded, readiness[source].readable else { return false }
+        if readiness[source].urgent && !spliceUnsupported {
             // splice(2) stops at an urgent mark and never passes it; recv(2) reads the urgent byte in line.
             spliceUnsupported = true
             wantsSplice = false
@@ -242,10 +210,7 @@ public struct Direction {
         }
         // Copy mode receives only what it can send at once: with a full destination the bytes stay in the
         // source's socket, and the sender slows down.
-        guard held == nil, urgentByte == nil, readiness.writable(destination) else { return false }
-        if readiness.urgent(source), try on(source, try io.atUrgentMark(source)) {
-            return try copyUrgentByte(&io, &readiness)
-        }
+        guard held == nil, urgentByte == nil, readiness[destination].writable else { return false }
         return try copy(&io, &readiness)
     }
 
@@ -279,7 +244,7 @@ public struct Direction {
             // With bytes in the pipe, EAGAIN may come from a pipe whose slots are all taken, not from an empty
             // socket: the readable flag stays, and the next round tries again once the pipe has drained.
             guard pipeBytes == 0 else { return false }
-            readiness.setReadable(source, false)
+            readiness[source].readable = false
             if inflowSinceEmpty < io.scratch.count {
                 stopSplicing(&io)
             }
@@ -292,31 +257,41 @@ public struct Direction {
         _ io: inout IO,
         _ readiness: inout Readiness
     ) throws(SideError) -> Bool {
-        let scratch = io.scratch
+        // At an urgent mark, the urgent byte is received alone, to go out alone as urgent data (MSG_OOB), so that
+        // the destination's mark is on that byte too (Telnet's and FTP's Synch, rlogin's control bytes).
+        var atUrgentMark = false
+        if readiness[source].urgent { atUrgentMark = try on(source, try io.atUrgentMark(source)) }
+        let scratch = atUrgentMark ? UnsafeMutableRawBufferPointer(rebasing: io.scratch[0..<1]) : io.scratch
         let count: Int
         var endsAfterThese = false
         switch try on(source, try io.receive(from: source, into: scratch)) {
         case .wouldBlock:
-            readiness.setReadable(source, false)
+            readiness[source].readable = false
             return false
         case .processed(0):
             sourceEnded = true
+            return true
+        case .processed where atUrgentMark:
+            switch try on(destination, try io.sendUrgent(to: destination, scratch[0])) {
+            case .processed: bytes += 1
+            case .wouldBlock: urgentByte = scratch[0]
+            }
             return true
         case .processed(let received):
             count = received
             // A receive that did not fill the buffer emptied the socket (TCP's recv takes all that is queued, up to
             // the length): no need for another call to learn EAGAIN. Bytes that arrive later bring a new edge; an
             // end of stream already announced (EPOLLRDHUP) has none to come, so then reading goes on.
-            if received < scratch.count && !readiness.urgent(source) {
-                if readiness.hungUp(source) {
+            if received < scratch.count && !readiness[source].urgent {
+                if readiness[source].hungUp {
                     // The peer's FIN or an error is queued behind these bytes. Without an error, it is the FIN (a
                     // reset or a timeout sets EPOLLERR with the hang-up), and once the queue is empty recv returns
                     // 0 for it whatever arrives later: the source has ended with these bytes, the receive that
                     // would say so can be left out, and the destination's FIN can ride with them. With an error,
                     // the next receive tells which, and the bytes go out at once: a reset may follow, not a FIN.
-                    endsAfterThese = !readiness.failed(source)
+                    endsAfterThese = !readiness[source].failed
                 } else {
-                    readiness.setReadable(source, false)
+                    readiness[source].readable = false
                 }
             }
         }
@@ -343,29 +318,6 @@ public struct Direction {
         }
         if endsAfterThese { sourceEnded = true }
         return true
-    }
-
-    /// The source's next byte is urgent data: it goes to the destination as urgent data too (MSG_OOB), alone, so
-    /// that the urgent mark stays on that byte (Telnet's and FTP's Synch, rlogin's control bytes keep working).
-    private mutating func copyUrgentByte<IO: RelayIO>(
-        _ io: inout IO,
-        _ readiness: inout Readiness
-    ) throws(SideError) -> Bool {
-        let one = UnsafeMutableRawBufferPointer(rebasing: io.scratch[0..<1])
-        switch try on(source, try io.receive(from: source, into: one)) {
-        case .wouldBlock:
-            readiness.setReadable(source, false)
-            return false
-        case .processed(0):
-            sourceEnded = true
-            return true
-        case .processed:
-            switch try on(destination, try io.sendUrgent(to: destination, one[0])) {
-            case .processed: bytes += 1
-            case .wouldBlock: urgentByte = one[0]
-            }
-            return true
-        }
     }
 
     /// Step 3: once the source has ended and everything received is out, the destination gets a FIN: from

@@ -273,15 +273,15 @@ final class EventLoop: @unchecked Sendable {
     private func connectionEvent(_ connection: Connection, side: Side, events: UInt32) {
         let error = events & EPOLLERR.rawValue != 0
         if events & (EPOLLIN.rawValue | EPOLLPRI.rawValue | EPOLLRDHUP.rawValue | EPOLLHUP.rawValue) != 0 || error {
-            connection.relay.readiness.setReadable(side, true)
+            connection.relay.readiness[side].readable = true
             if events & (EPOLLRDHUP.rawValue | EPOLLHUP.rawValue) != 0 || error {
-                connection.relay.readiness.setHungUp(side)
+                connection.relay.readiness[side].hungUp = true
             }
-            if error { connection.relay.readiness.setFailed(side) }
-            if events & EPOLLPRI.rawValue != 0 { connection.relay.readiness.setUrgent(side) }
+            if error { connection.relay.readiness[side].failed = true }
+            if events & EPOLLPRI.rawValue != 0 { connection.relay.readiness[side].urgent = true }
         }
         if events & (EPOLLOUT.rawValue | EPOLLHUP.rawValue) != 0 || error {
-            connection.relay.readiness.setWritable(side, true)
+            connection.relay.readiness[side].writable = true
         }
         if connection.phase == .connecting {
             if side == .server {
@@ -313,7 +313,7 @@ final class EventLoop: @unchecked Sendable {
             connection.accountedDown = down
             connection.lastActivity = now
         }
-        if !connection.relay.readiness.clientWritable && !connection.watchesClientOutput {
+        if !connection.relay.readiness.client.writable && !connection.watchesClientOutput {
             watchClientOutput(connection)
             if connections[Int(connection.slot)] !== connection { return }
         }
@@ -454,7 +454,7 @@ final class EventLoop: @unchecked Sendable {
             // A new socket has room to write: the client's is watched for reading only, until a write to it finds
             // it full (see `watchClientOutput`). Most request/response connections never do, and are spared an
             // event per connection. Registered after the first read, so that bytes it took raise no event.
-            connection.relay.readiness.clientWritable = true
+            connection.relay.readiness.client.writable = true
             try control(
                 EPOLL_CTL_ADD, fd, Self.inputEvents,
                 EventTag.make(EventTag.client, index: Int(slot), generation: connection.generation))
@@ -579,15 +579,15 @@ final class EventLoop: @unchecked Sendable {
             engine.services[connection.service].pool.failed(address, now: now)
         }
         closeServer(connection)
-        connection.relay.readiness.serverReadable = false
-        connection.relay.readiness.serverWritable = false
+        connection.relay.readiness.server.readable = false
+        connection.relay.readiness.server.writable = false
         connection.attempt += 1
         connect(connection)
     }
 
     private func connected(_ connection: Connection) {
         connection.phase = .relaying
-        connection.relay.readiness.serverWritable = true
+        connection.relay.readiness.server.writable = true
         connection.lastActivity = now
         if engine.options.keepalive != nil { connection.keepaliveDue = now + Self.keepaliveDelay }
         engine.services[connection.service].pool.succeeded(connection.remoteAddress!)
