@@ -362,7 +362,7 @@ public enum Syscall {
     /// send(2) with MSG_NOSIGNAL, non-blocking; with `more`, MSG_MORE too: TCP holds the bytes back for what
     /// follows (the FIN of a shutdown(2) goes out in the same segment).
     @inline(__always)
-    static func send(_ fd: CInt, _ buffer: UnsafeRawBufferPointer, more: Bool = false) throws(Errno) -> IOResult<Int> {
+    static func send(_ fd: CInt, _ buffer: UnsafeRawBufferPointer, more: Bool) throws(Errno) -> IOResult<Int> {
         let flags = more ? CInt(MSG_NOSIGNAL) | CInt(MSG_MORE) : CInt(MSG_NOSIGNAL)
         return try nonBlocking { Glibc.send(fd, buffer.baseAddress, buffer.count, flags) }
     }
