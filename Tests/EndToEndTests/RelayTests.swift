@@ -328,6 +328,97 @@ import Testing
         #expect(intact)
         #expect(received == sent.value)
     }
+
+    /// The relay's sockets whose peer is on this machine (a loopback address) use reno, which does not pace; the
+    /// others keep the system's congestion control. In a network namespace of its own, whose default is made an
+    /// algorithm other than reno and whose loopback interface also carries 192.0.2.1 (an address that is not a
+    /// loopback one), the relay listens on [::1] (accepted sockets inherit the listener's algorithm), on [::] (it is
+    /// set per accepted client) and on 192.0.2.1, another runs inetd style on a connection from [::1], both relay to
+    /// 127.0.0.1, and `ss` reports every socket's algorithm.
+    @Test func congestionControl_isRenoTowardsLoopbackPeers_andTheSystemDefaultOtherwise() throws {
+        try #require(getuid() == 0, "needs root for a network namespace")
+        let directory = TemporaryDirectory()
+        let echo = testBuildDirectory.appendingPathComponent("tcx-test-echo").path
+        let process = try ChildProcess(
+            "/usr/bin/unshare",
+            ["-n", "/bin/bash", "-c", Self.congestionScript, "bash", directory.path, relayBinary, echo])
+        #expect(process.waitForExit(timeout: 30) == 0, "\(process.standardError)")
+        let lines = process.standardOutput.split(separator: "\n").map(String.init)
+        let fields = { (prefix: String) in
+            lines.first { $0.hasPrefix(prefix + " ") }?.split(separator: " ").dropFirst().map(String.init) ?? []
+        }
+        let system = try #require(fields("default").first)
+        try #require(system != "reno", "the kernel offers no algorithm but reno: nothing to tell apart")
+        let ports = fields("ports")
+        try #require(ports.count == 5, "\(process.standardOutput)")
+        let (loopbackListener, otherListener, anyListener, inetd, backend) =
+            (ports[0], ports[1], ports[2], ports[3], ports[4])
+        // `ss -Htin` prints each socket as "Recv-Q Send-Q LOCAL PEER", then a line that starts with its algorithm.
+        var algorithm: [String: String] = [:]
+        var sockets: [(local: String, peer: String)] = []
+        for (line, info) in zip(lines, lines.dropFirst()) {
+            let columns = line.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
+            guard columns.count == 4, columns[0].allSatisfy(\.isNumber),
+                let name = info.split(whereSeparator: { $0 == " " || $0 == "\t" }).first
+            else { continue }
+            sockets.append((columns[2], columns[3]))
+            algorithm[columns[2] + " " + columns[3]] = String(name)
+        }
+        func of(local: String? = nil, peer: String? = nil) -> [String] {
+            sockets.filter { socket in
+                (local.map { socket.local == $0 } ?? true) && (peer.map { socket.peer == $0 } ?? true)
+            }.map { algorithm[$0.local + " " + $0.peer]! }
+        }
+        // The relays' sockets: the three accepted, the one inetd style, and the four to the backend.
+        #expect(of(local: "[::1]:\(loopbackListener)") == ["reno"], "\(process.standardOutput)")
+        #expect(of(local: "[::1]:\(anyListener)") == ["reno"], "\(process.standardOutput)")
+        #expect(of(local: "192.0.2.1:\(otherListener)") == [system], "\(process.standardOutput)")
+        #expect(of(local: "[::1]:\(inetd)") == ["reno"], "\(process.standardOutput)")
+        #expect(of(peer: "127.0.0.1:\(backend)") == Array(repeating: "reno", count: 4), "\(process.standardOutput)")
+        // The others' sockets (the clients, the backend's) have the namespace's default.
+        #expect(of(local: "127.0.0.1:\(backend)") == Array(repeating: system, count: 4))
+        #expect(of(peer: "[::1]:\(loopbackListener)") == [system])
+        #expect(of(peer: "[::1]:\(anyListener)") == [system])
+    }
+
+    /// Run by `congestionControl_…` in a new network namespace: DIRECTORY RELAY ECHO-HELPER. Prints the
+    /// namespace's default algorithm, the relay's three ports, the inetd-style one's and the backend's, then
+    /// `ss -Htin` with one connection through each. The namespace is new and empty, so the port given to
+    /// systemd-socket-activate, which takes no port 0, is free.
+    static let congestionScript = """
+        set -eu
+        cd "$1"
+        ip link set lo up
+        ip addr add 192.0.2.1/32 dev lo
+        other=$(tr ' ' '\\n' < /proc/sys/net/ipv4/tcp_available_congestion_control | grep -vx reno | head -n 1 || true)
+        if [ -n "$other" ]; then echo "$other" > /proc/sys/net/ipv4/tcp_congestion_control; fi
+        echo "default $(cat /proc/sys/net/ipv4/tcp_congestion_control)"
+        "$3" > echo.out &
+        echo_pid=$!
+        for _ in $(seq 1000); do grep -q 'listening on' echo.out && break; sleep 0.01; done
+        backend=$(sed -n 's/.*127\\.0\\.0\\.1:\\([0-9]*\\).*/\\1/p' echo.out)
+        "$2" --local '[::1]:0' --local 192.0.2.1:0 --local '[::]:0' --remote "127.0.0.1:$backend" --foreground \\
+            2> relay.err &
+        relay_pid=$!
+        for _ in $(seq 1000); do grep -q 'listening on' relay.err && break; sleep 0.01; done
+        line=$(grep 'listening on' relay.err)
+        first=$(echo "$line" | sed -n 's/.*listening on \\[::1\\]:\\([0-9]*\\).*/\\1/p')
+        second=$(echo "$line" | sed -n 's/.* 192\\.0\\.2\\.1:\\([0-9]*\\).*/\\1/p')
+        third=$(echo "$line" | sed -n 's/.* \\[::\\]:\\([0-9]*\\).*/\\1/p')
+        inetd=7000
+        systemd-socket-activate -l "[::1]:$inetd" --accept --inetd "$2" --remote "127.0.0.1:$backend" 2> inetd.err &
+        inetd_pid=$!
+        for _ in $(seq 1000); do grep -q 'Listening on' inetd.err && break; sleep 0.01; done
+        echo "ports $first $second $third $inetd $backend"
+        exec 3<> "/dev/tcp/::1/$first" 4<> "/dev/tcp/192.0.2.1/$second" 5<> "/dev/tcp/::1/$third" \\
+            6<> "/dev/tcp/::1/$inetd"
+        for fd in 3 4 5 6; do
+            echo hello >&"$fd"
+            read -r reply <&"$fd"
+        done
+        ss -Htin state established
+        kill "$relay_pid" "$echo_pid" "$inetd_pid"
+        """
 }
 
 /// Bytes received on one thread, with where their urgent mark was, read on another.

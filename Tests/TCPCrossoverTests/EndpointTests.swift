@@ -114,4 +114,15 @@ import Testing
         guard case .address(let plain) = try Endpoint(parsing: "[2001:db8::7]:25").host else { return }
         #expect(plain.unmappedIPv4 == nil)
     }
+
+    @Test(arguments: [
+        ("127.0.0.1", true), ("127.255.3.4", true), ("::1", true), ("::ffff:127.0.0.1", true),
+        ("126.255.255.255", false), ("128.0.0.1", false), ("0.0.0.0", false), ("::", false), ("::2", false),
+        ("1::1", false), ("::ffff:10.0.0.1", false), ("::127.0.0.1", false), ("fe80::1", false),
+        ("192.0.2.1", false),
+    ])
+    func isLoopback_coversTheLoopbackNetworksOfBothFamilies(text: String, loopback: Bool) throws {
+        let address = try #require(SocketAddress(numericHost: text))
+        #expect(address.isLoopback == loopback)
+    }
 }

@@ -26,6 +26,8 @@ struct LoopListener {
     let fd: CInt
     let address: SocketAddress
     let service: Int
+    /// See `ListeningSocket.passesLoopbackCongestionControl`.
+    let passesLoopbackCongestionControl: Bool
     var registered = false
 }
 
@@ -133,7 +135,10 @@ final class EventLoop: @unchecked Sendable {
         } catch {
             throw SystemError("dup of the listener", socket.address.description, error)
         }
-        listeners.append(LoopListener(fd: fd, address: socket.address, service: socket.service))
+        listeners.append(
+            LoopListener(
+                fd: fd, address: socket.address, service: socket.service,
+                passesLoopbackCongestionControl: socket.passesLoopbackCongestionControl))
         try register(listenerAt: listeners.count - 1)
     }
 
@@ -177,6 +182,7 @@ final class EventLoop: @unchecked Sendable {
         do {
             try Syscall.setNonBlocking(accepted.fd)
             try Syscall.setConnectionOptions(accepted.fd, keepalive: engine.options.keepalive)
+            if peer.isLoopback { Syscall.useLoopbackCongestionControl(accepted.fd) }
         } catch {
             Log.error("cannot make the connection from \(peer) non-blocking: \(error)")
             Syscall.close(accepted.fd)
@@ -380,6 +386,9 @@ final class EventLoop: @unchecked Sendable {
                 engine.cancelReservation()
                 return
             }
+            if accepted.peer.isLoopback && !listener.passesLoopbackCongestionControl {
+                Syscall.useLoopbackCongestionControl(accepted.fd)
+            }
             var local = listener.address
             if local.isUnspecified || local.port == 0 {
                 local = (try? Syscall.localAddress(accepted.fd)) ?? local
@@ -425,7 +434,7 @@ final class EventLoop: @unchecked Sendable {
 
     /// Starts relaying an accepted connection: registers the client socket and connects to the remote. The
     /// caller has reserved the connection in `engine`. The socket inherited TCP_NODELAY and keepalive from its
-    /// listener.
+    /// listener, and has the loopback congestion control if the client is on this machine.
     private func admit(_ incoming: IncomingConnection) {
         let (fd, peer, local, service) = (incoming.fd, incoming.peer, incoming.local, incoming.service)
         engine.statistics.accepted.add(1, ordering: .relaxed)
@@ -523,6 +532,7 @@ final class EventLoop: @unchecked Sendable {
                 if engine.exhausted.load(ordering: .relaxed) { descriptorsAvailable() }
                 // Keepalive comes later, on connections that live long enough to need it (see `keepaliveDue`).
                 try Syscall.setConnectionOptions(fd, keepalive: nil)
+                if address.isLoopback { Syscall.useLoopbackCongestionControl(fd) }
                 if connection.firstBytesHeld { try Syscall.setQuickAck(fd, false) }
                 if let source = engine.options.sources.first(where: { $0.family == address.family }) {
                     try Syscall.bindForConnect(fd, to: source)

@@ -79,12 +79,19 @@ public struct ListeningSocket: Sendable {
     public let service: Int
     /// Its name: systemd's FileDescriptorName=, or the name given to `--local`.
     public let name: String?
+    /// The socket was given the loopback congestion control before it listened (it is bound to a loopback address),
+    /// so every socket it accepts has it already (see `Syscall.useLoopbackCongestionControl`).
+    public let passesLoopbackCongestionControl: Bool
 
-    public init(fd: CInt, address: SocketAddress, service: Int, name: String? = nil) {
+    public init(
+        fd: CInt, address: SocketAddress, service: Int, name: String? = nil,
+        passesLoopbackCongestionControl: Bool = false
+    ) {
         self.fd = fd
         self.address = address
         self.service = service
         self.name = name
+        self.passesLoopbackCongestionControl = passesLoopbackCongestionControl
     }
 }
 

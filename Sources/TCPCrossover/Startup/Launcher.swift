@@ -180,7 +180,10 @@ public enum Launcher {
             for address in addresses {
                 let (fd, bound) = try Listener.open(
                     address, dualStack: configuration.dualStack, keepalive: configuration.relay.keepalive)
-                listeners.append(ListeningSocket(fd: fd, address: bound, service: service, name: local.name))
+                listeners.append(
+                    ListeningSocket(
+                        fd: fd, address: bound, service: service, name: local.name,
+                        passesLoopbackCongestionControl: bound.isLoopback))
             }
         }
         try checkEveryNameServes(services, listenerNames: configuration.locals.map(\.name), where: "--local")

@@ -3,8 +3,9 @@ import Glibc
 /// Opening the listening sockets of standalone mode.
 public enum Listener {
     /// A socket listening on `address`: SO_REUSEADDR, IPV6_V6ONLY for an IPv6 address unless `dualStack`, a
-    /// backlog of SOMAXCONN, and the options every accepted connection inherits (TCP_NODELAY, keepalive). Returns
-    /// the descriptor and the address it is bound to (with the port the kernel picked for port 0).
+    /// backlog of SOMAXCONN, and the options every accepted connection inherits (TCP_NODELAY, keepalive, and on a
+    /// loopback address the loopback congestion control). Returns the descriptor and the address it is bound to
+    /// (with the port the kernel picked for port 0).
     public static func open(_ address: SocketAddress, dualStack: Bool, keepalive: Keepalive?)
         throws(StartupError) -> (CInt, SocketAddress)
     {
@@ -26,6 +27,7 @@ public enum Listener {
             } catch {
                 throw SystemError("setsockopt on", address.description, error)
             }
+            if address.isLoopback { Syscall.useLoopbackCongestionControl(fd) }
             do {
                 try Syscall.bind(fd, to: address)
             } catch {

@@ -143,6 +143,17 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     /// True for `::` and `0.0.0.0`.
     public var isUnspecified: Bool { bytes == (0, 0) }
 
+    /// True for an address of this machine's loopback interface: `127.0.0.0/8`, `::1`, and `127.0.0.0/8` mapped into
+    /// IPv6 (`::ffff:127.0.0.1`, a local IPv4 client of a dual-stack listener).
+    public var isLoopback: Bool {
+        withUnsafeBytes(of: bytes) { raw in
+            if family == .ipv4 { return raw[0] == 127 }
+            let zeros = raw[0..<10].allSatisfy { $0 == 0 }
+            if zeros && raw[10] == 0xff && raw[11] == 0xff { return raw[12] == 127 }
+            return zeros && raw[10..<15].allSatisfy { $0 == 0 } && raw[15] == 1
+        }
+    }
+
     /// An IPv4 address carried in an IPv6 one (`::ffff:192.0.2.1`), as a dual-stack listener reports IPv4
     /// clients; nil otherwise.
     public var unmappedIPv4: SocketAddress? {
