@@ -353,13 +353,17 @@ import Testing
         try #require(ports.count == 5, "\(process.standardOutput)")
         let (loopbackListener, otherListener, anyListener, inetd, backend) =
             (ports[0], ports[1], ports[2], ports[3], ports[4])
-        // `ss -Htin` prints each socket as "Recv-Q Send-Q LOCAL PEER", then a line that starts with its algorithm.
+        // `ss -Htin` prints each socket as "Recv-Q Send-Q LOCAL PEER", then a line of details, among them the
+        // algorithm's name (after "ts sack" in some versions).
+        let algorithms = Set(fields("available"))
         var algorithm: [String: String] = [:]
         var sockets: [(local: String, peer: String)] = []
         for (line, info) in zip(lines, lines.dropFirst()) {
             let columns = line.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
             guard columns.count == 4, columns[0].allSatisfy(\.isNumber),
-                let name = info.split(whereSeparator: { $0 == " " || $0 == "\t" }).first
+                let name = info.split(whereSeparator: { $0 == " " || $0 == "\t" }).first(where: {
+                    algorithms.contains(String($0))
+                })
             else { continue }
             sockets.append((columns[2], columns[3]))
             algorithm[columns[2] + " " + columns[3]] = String(name)
@@ -394,6 +398,7 @@ import Testing
         # A read-only /proc/sys leaves the namespace with the default it inherited, reno only if the machine's is.
         if [ -n "$other" ]; then echo "$other" 2> /dev/null > /proc/sys/net/ipv4/tcp_congestion_control || true; fi
         echo "default $(cat /proc/sys/net/ipv4/tcp_congestion_control)"
+        echo "available $(cat /proc/sys/net/ipv4/tcp_available_congestion_control)"
         "$3" > echo.out &
         echo_pid=$!
         for _ in $(seq 1000); do grep -q 'listening on' echo.out && break; sleep 0.01; done
