@@ -1,6 +1,7 @@
 // tcx-test-echo: an echo server for the reliability tests, in a process of its own so that the descriptors of
 // ten thousand connections count against its limit, not the test's. One thread, poll(2), non-blocking sockets.
-// Prints `listening on 127.0.0.1:PORT` once ready; runs until killed.
+// Listens on the IPv4 address given as its argument, 127.0.0.1 without one; prints `listening on ADDRESS:PORT` once
+// ready; runs until killed.
 
 import Glibc
 
@@ -9,7 +10,12 @@ var one: Int32 = 1
 setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
 var address = sockaddr_in()
 address.sin_family = sa_family_t(AF_INET)
-address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+let host = CommandLine.arguments.count > 1 ? CommandLine.arguments[1] : "127.0.0.1"
+guard inet_pton(AF_INET, host, &address.sin_addr) == 1 else {
+    let message = Array("not an IPv4 address: \(host)\n".utf8)
+    _ = message.withUnsafeBytes { write(STDERR_FILENO, $0.baseAddress, $0.count) }
+    exit(64)
+}
 let bound = withUnsafePointer(to: &address) {
     $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
         bind(listener, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
@@ -24,7 +30,7 @@ var length = socklen_t(MemoryLayout<sockaddr_in>.size)
 _ = withUnsafeMutablePointer(to: &address) {
     $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &length) }
 }
-let line = Array("listening on 127.0.0.1:\(UInt16(bigEndian: address.sin_port))\n".utf8)
+let line = Array("listening on \(host):\(UInt16(bigEndian: address.sin_port))\n".utf8)
 _ = line.withUnsafeBytes { write(STDOUT_FILENO, $0.baseAddress, $0.count) }
 
 var polls = [pollfd(fd: listener, events: Int16(POLLIN), revents: 0)]

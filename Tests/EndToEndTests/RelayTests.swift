@@ -329,14 +329,15 @@ import Testing
         #expect(received == sent.value)
     }
 
-    /// The relay's sockets whose peer is on this machine (a loopback address) use reno, which does not pace; the
-    /// others keep the system's congestion control. In a network namespace of its own, whose default is made an
-    /// algorithm other than reno and whose loopback interface also carries 192.0.2.1 (an address that is not a
-    /// loopback one), the relay listens on [::1] (accepted sockets inherit the listener's algorithm), on [::] (it is
-    /// set per accepted client) and on 192.0.2.1, another runs inetd style on a connection from [::1], both relay to
-    /// 127.0.0.1, and `ss` reports every socket's algorithm.
-    @Test func congestionControl_isRenoTowardsLoopbackPeers_andTheSystemDefaultOtherwise() throws {
-        try #require(getuid() == 0, "needs root for a network namespace")
+    /// The relay's sockets whose peer is on this machine use reno, which does not pace; the others keep the
+    /// system's congestion control. In a network namespace of its own, whose default is made an algorithm other than
+    /// reno, whose loopback interface also carries 192.0.2.1 (an address of this machine that is not a loopback one)
+    /// and which reaches another machine (a second namespace, 10.9.0.2) over a veth pair, relays take connections
+    /// from [::1] on a [::1] listener (its accepted sockets inherit the listener's algorithm) and on a [::] listener
+    /// (set per accepted client), from 192.0.2.1 on 192.0.2.1, from the other machine, and inetd style; they relay to
+    /// 127.0.0.1, to 192.0.2.1 and to the other machine. `ss` reports every socket's algorithm.
+    @Test func congestionControl_isRenoTowardsPeersOnThisMachine_andTheSystemDefaultOtherwise() throws {
+        try #require(getuid() == 0, "needs root for network namespaces")
         let directory = TemporaryDirectory()
         let echo = testBuildDirectory.appendingPathComponent("tcx-test-echo").path
         let process = try ChildProcess(
@@ -350,9 +351,9 @@ import Testing
         let system = try #require(fields("default").first)
         try #require(system != "reno", "the kernel offers no algorithm but reno: nothing to tell apart")
         let ports = fields("ports")
-        try #require(ports.count == 5, "\(process.standardOutput)")
-        let (loopbackListener, otherListener, anyListener, inetd, backend) =
-            (ports[0], ports[1], ports[2], ports[3], ports[4])
+        try #require(ports.count == 9, "\(process.standardOutput)")
+        let (loopback, own, any, veth, toOwn, toFar, inetd, backend, far) =
+            (ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], ports[6], ports[7], ports[8])
         // `ss -Htin` prints each socket as "Recv-Q Send-Q LOCAL PEER", then a line of details, among them the
         // algorithm's name (after "ts sack" in some versions).
         let algorithms = Set(fields("available"))
@@ -373,22 +374,27 @@ import Testing
                 (local.map { socket.local == $0 } ?? true) && (peer.map { socket.peer == $0 } ?? true)
             }.map { algorithm[$0.local + " " + $0.peer]! }
         }
-        // The relays' sockets: the three accepted, the one inetd style, and the four to the backend.
-        #expect(of(local: "[::1]:\(loopbackListener)") == ["reno"], "\(process.standardOutput)")
-        #expect(of(local: "[::1]:\(anyListener)") == ["reno"], "\(process.standardOutput)")
-        #expect(of(local: "192.0.2.1:\(otherListener)") == [system], "\(process.standardOutput)")
-        #expect(of(local: "[::1]:\(inetd)") == ["reno"], "\(process.standardOutput)")
-        #expect(of(peer: "127.0.0.1:\(backend)") == Array(repeating: "reno", count: 4), "\(process.standardOutput)")
-        // The others' sockets (the clients, the backend's) have the namespace's default.
-        #expect(of(local: "127.0.0.1:\(backend)") == Array(repeating: system, count: 4))
-        #expect(of(peer: "[::1]:\(loopbackListener)") == [system])
-        #expect(of(peer: "[::1]:\(anyListener)") == [system])
+        let output = process.standardOutput
+        // Clients on this machine: over loopback, and from the machine's own address.
+        for port in [loopback, any, toOwn, toFar, inetd] {
+            #expect(of(local: "[::1]:\(port)") == ["reno"], "[::1]:\(port) in \(output)")
+        }
+        #expect(of(local: "192.0.2.1:\(own)") == ["reno"], "\(output)")
+        // Remotes on this machine: 127.0.0.1 (five connections lead there), and the machine's own address.
+        #expect(of(peer: "127.0.0.1:\(backend)") == Array(repeating: "reno", count: 5), "\(output)")
+        #expect(of(peer: "192.0.2.1:\(own)") == ["reno"], "\(output)")
+        // The other machine, as a client and as a remote.
+        #expect(of(local: "10.9.0.1:\(veth)") == [system], "\(output)")
+        #expect(of(peer: "10.9.0.2:\(far)") == [system], "\(output)")
+        // The sockets of the clients and of the backend have the namespace's default.
+        #expect(of(local: "127.0.0.1:\(backend)") == Array(repeating: system, count: 5))
+        #expect(of(peer: "[::1]:\(loopback)") == [system])
     }
 
-    /// Run by `congestionControl_…` in a new network namespace: DIRECTORY RELAY ECHO-HELPER. Prints the
-    /// namespace's default algorithm, the relay's three ports, the inetd-style one's and the backend's, then
-    /// `ss -Htin` with one connection through each. The namespace is new and empty, so the port given to
-    /// systemd-socket-activate, which takes no port 0, is free.
+    /// Run by `congestionControl_…` in a new network namespace: DIRECTORY RELAY ECHO-HELPER. Prints the namespace's
+    /// default algorithm, the available ones and the ports (the relays', the backend's on 127.0.0.1 and the other
+    /// machine's), then `ss -Htin` with a connection through each. The namespace is new and empty, so the port
+    /// given to systemd-socket-activate, which takes no port 0, is free.
     static let congestionScript = """
         set -eu
         cd "$1"
@@ -399,31 +405,52 @@ import Testing
         if [ -n "$other" ]; then echo "$other" 2> /dev/null > /proc/sys/net/ipv4/tcp_congestion_control || true; fi
         echo "default $(cat /proc/sys/net/ipv4/tcp_congestion_control)"
         echo "available $(cat /proc/sys/net/ipv4/tcp_available_congestion_control)"
+        # Another machine: a second network namespace, 10.9.0.2, behind a veth pair.
+        unshare -n sleep 60 &
+        machine=$!
+        sleep 0.1
+        ip link add v0 type veth peer name v1
+        ip link set v1 netns "$machine"
+        ip addr add 10.9.0.1/24 dev v0
+        ip link set v0 up
+        nsenter -t "$machine" -n sh -c 'ip addr add 10.9.0.2/24 dev v1 && ip link set v1 up && ip link set lo up'
+        # $1: file, $2: text: waits until the file holds the text.
+        await() { for _ in $(seq 1000); do grep -q "$2" "$1" 2> /dev/null && return; sleep 0.01; done; }
+        # $1: file, $2: address: the port after ADDRESS: in the file's "listening on" line.
+        port() { grep 'listening on' "$1" | tr ' ,' '\\n\\n' | grep -F "$2:" | head -n 1 | sed 's/.*://'; }
         "$3" > echo.out &
-        echo_pid=$!
-        for _ in $(seq 1000); do grep -q 'listening on' echo.out && break; sleep 0.01; done
-        backend=$(sed -n 's/.*127\\.0\\.0\\.1:\\([0-9]*\\).*/\\1/p' echo.out)
-        "$2" --local '[::1]:0' --local 192.0.2.1:0 --local '[::]:0' --remote "127.0.0.1:$backend" --foreground \\
-            2> relay.err &
-        relay_pid=$!
-        for _ in $(seq 1000); do grep -q 'listening on' relay.err && break; sleep 0.01; done
-        line=$(grep 'listening on' relay.err)
-        first=$(echo "$line" | sed -n 's/.*listening on \\[::1\\]:\\([0-9]*\\).*/\\1/p')
-        second=$(echo "$line" | sed -n 's/.* 192\\.0\\.2\\.1:\\([0-9]*\\).*/\\1/p')
-        third=$(echo "$line" | sed -n 's/.* \\[::\\]:\\([0-9]*\\).*/\\1/p')
+        await echo.out 'listening on'
+        nsenter -t "$machine" -n "$3" 10.9.0.2 > far.out &
+        await far.out 'listening on'
+        echo_port=$(port echo.out 127.0.0.1)
+        far_port=$(port far.out 10.9.0.2)
+        "$2" --local '[::1]:0' --local 192.0.2.1:0 --local '[::]:0' --local 10.9.0.1:0 --remote "127.0.0.1:$echo_port" \\
+            --foreground 2> main.err &
+        await main.err 'listening on'
+        loopback=$(port main.err '[::1]')
+        own=$(port main.err 192.0.2.1)
+        any=$(port main.err '[::]')
+        veth=$(port main.err 10.9.0.1)
+        "$2" --local '[::1]:0' --remote "192.0.2.1:$own" --foreground 2> toown.err &
+        await toown.err 'listening on'
+        toown=$(port toown.err '[::1]')
+        "$2" --local '[::1]:0' --remote "10.9.0.2:$far_port" --foreground 2> tofar.err &
+        await tofar.err 'listening on'
+        tofar=$(port tofar.err '[::1]')
         inetd=7000
-        systemd-socket-activate -l "[::1]:$inetd" --accept --inetd "$2" --remote "127.0.0.1:$backend" 2> inetd.err &
-        inetd_pid=$!
-        for _ in $(seq 1000); do grep -q 'Listening on' inetd.err && break; sleep 0.01; done
-        echo "ports $first $second $third $inetd $backend"
-        exec 3<> "/dev/tcp/::1/$first" 4<> "/dev/tcp/192.0.2.1/$second" 5<> "/dev/tcp/::1/$third" \\
-            6<> "/dev/tcp/::1/$inetd"
-        for fd in 3 4 5 6; do
+        systemd-socket-activate -l "[::1]:$inetd" --accept --inetd "$2" --remote "127.0.0.1:$echo_port" 2> inetd.err &
+        await inetd.err 'Listening on'
+        echo "ports $loopback $own $any $veth $toown $tofar $inetd $echo_port $far_port"
+        nsenter -t "$machine" -n bash -c "exec 3<> /dev/tcp/10.9.0.1/$veth; echo hello >&3; read -r reply <&3; echo ok > far.ready; sleep 30" &
+        await far.ready ok
+        exec 3<> "/dev/tcp/::1/$loopback" 4<> "/dev/tcp/::1/$any" 5<> "/dev/tcp/::1/$toown" 6<> "/dev/tcp/::1/$tofar" \\
+            7<> "/dev/tcp/::1/$inetd"
+        for fd in 3 4 5 6 7; do
             echo hello >&"$fd"
             read -r reply <&"$fd"
         done
         ss -Htin state established
-        kill "$relay_pid" "$echo_pid" "$inetd_pid"
+        kill $(jobs -p)
         """
 }
 

@@ -125,4 +125,17 @@ import Testing
         let address = try #require(SocketAddress(numericHost: text))
         #expect(address.isLoopback == loopback)
     }
+
+    @Test(arguments: [
+        ("192.0.2.1", "192.0.2.1", true), ("2001:db8::1", "2001:db8::1", true), ("127.0.0.2", "192.0.2.1", true),
+        ("::1", "2001:db8::1", true), ("192.0.2.1", "192.0.2.2", false), ("2001:db8::1", "2001:db8::2", false),
+        ("::ffff:192.0.2.1", "192.0.2.1", false), ("0.0.0.0", "0.0.0.0", false),
+    ])
+    func isOnThisMachine_isALoopbackPeerOrOneAtTheSocketsOwnAddress(peer: String, local: String, expected: Bool)
+        throws
+    {
+        let peerAddress = try #require(SocketAddress(numericHost: peer))
+        let localAddress = try #require(SocketAddress(numericHost: local))
+        #expect(peerAddress.isOnThisMachine(localEnd: localAddress) == expected)
+    }
 }

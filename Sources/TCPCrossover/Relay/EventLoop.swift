@@ -182,7 +182,7 @@ final class EventLoop: @unchecked Sendable {
         do {
             try Syscall.setNonBlocking(accepted.fd)
             try Syscall.setConnectionOptions(accepted.fd, keepalive: engine.options.keepalive)
-            if peer.isLoopback { Syscall.useLoopbackCongestionControl(accepted.fd) }
+            if peer.isOnThisMachine(localEnd: local) { Syscall.useLoopbackCongestionControl(accepted.fd) }
         } catch {
             Log.error("cannot make the connection from \(peer) non-blocking: \(error)")
             Syscall.close(accepted.fd)
@@ -386,12 +386,12 @@ final class EventLoop: @unchecked Sendable {
                 engine.cancelReservation()
                 return
             }
-            if accepted.peer.isLoopback && !listener.passesLoopbackCongestionControl {
-                Syscall.useLoopbackCongestionControl(accepted.fd)
-            }
             var local = listener.address
             if local.isUnspecified || local.port == 0 {
                 local = (try? Syscall.localAddress(accepted.fd)) ?? local
+            }
+            if !listener.passesLoopbackCongestionControl && accepted.peer.isOnThisMachine(localEnd: local) {
+                Syscall.useLoopbackCongestionControl(accepted.fd)
             }
             let incoming = IncomingConnection(
                 fd: accepted.fd, peer: accepted.peer, local: local, service: listener.service)
@@ -541,7 +541,14 @@ final class EventLoop: @unchecked Sendable {
                     epoll, EPOLL_CTL_ADD, fd, events: Self.connectionEvents,
                     data: EventTag.make(EventTag.server, index: Int(connection.slot), generation: connection.generation)
                 )
-                if try Syscall.connect(fd, to: address) {
+                let connectedAtOnce = try Syscall.connect(fd, to: address)
+                // A remote at one of this machine's own addresses: the kernel picked that address as the source.
+                if !address.isLoopback, let source = try? Syscall.localAddress(fd),
+                    address.isOnThisMachine(localEnd: source)
+                {
+                    Syscall.useLoopbackCongestionControl(fd)
+                }
+                if connectedAtOnce {
                     connected(connection)
                 } else {
                     connection.connectDeadline = now + engine.options.connectTimeout

@@ -154,6 +154,15 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// Whether a peer at this address is on this machine, for a socket whose own end is `localEnd`: a loopback
+    /// address, or the very address of the socket's own end. A connection between two addresses of one machine goes
+    /// through its loopback interface, and the kernel gives it the destination as its source, so a client on this
+    /// machine that connects to one of its addresses comes from that same address, and so does a connection to a
+    /// remote at one of them.
+    public func isOnThisMachine(localEnd: SocketAddress) -> Bool {
+        isLoopback || (family == localEnd.family && bytes == localEnd.bytes && !isUnspecified)
+    }
+
     /// An IPv4 address carried in an IPv6 one (`::ffff:192.0.2.1`), as a dual-stack listener reports IPv4
     /// clients; nil otherwise.
     public var unmappedIPv4: SocketAddress? {

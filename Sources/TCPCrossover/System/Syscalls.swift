@@ -248,8 +248,9 @@ public enum Syscall {
         try setKeepalive(fd, keepalive)
     }
 
-    /// setsockopt(2) TCP_CONGESTION "reno", for a socket whose peer is on this machine (a loopback address); set on
-    /// a listening socket, the sockets it accepts inherit it. A loopback path has no queue to congest, so a
+    /// setsockopt(2) TCP_CONGESTION "reno", for a socket whose peer is on this machine
+    /// (`SocketAddress.isOnThisMachine`); set on a listening socket bound to a loopback address, the sockets it
+    /// accepts inherit it. Such a connection goes through the loopback interface, which has no queue to congest, so a
     /// congestion control algorithm can only slow it, and BBR, a common choice of `net.ipv4.tcp_congestion_control`,
     /// does: it paces every segment, and it shrinks its window on the retransmissions that loopback's reordering makes
     /// look necessary (the relay's leg to an iperf3 server on 127.0.0.1 kept a window of 14 to 24 segments and
