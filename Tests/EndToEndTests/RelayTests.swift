@@ -397,6 +397,8 @@ import Testing
     /// given to systemd-socket-activate, which takes no port 0, is free.
     static let congestionScript = """
         set -eu
+        # Whatever happens, everything started here stops with the script.
+        trap 'kill $(jobs -p) 2> /dev/null || true' EXIT
         cd "$1"
         ip link set lo up
         ip addr add 192.0.2.1/32 dev lo
@@ -450,7 +452,6 @@ import Testing
             read -r reply <&"$fd"
         done
         ss -Htin state established
-        kill $(jobs -p)
         """
 }
 
