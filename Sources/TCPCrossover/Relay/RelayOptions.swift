@@ -79,8 +79,8 @@ public struct ListeningSocket: Sendable {
     public let service: Int
     /// Its name: systemd's FileDescriptorName=, or the name given to `--local`.
     public let name: String?
-    /// The socket was given the loopback congestion control before it listened (it is bound to a loopback address),
-    /// so every socket it accepts has it already (see `Syscall.useLoopbackCongestionControl`).
+    /// The socket took the loopback congestion control before it listened (it is bound to a loopback address), so
+    /// every socket it accepts has it already (see `Syscall.useLoopbackCongestionControl`).
     public let passesLoopbackCongestionControl: Bool
 
     public init(

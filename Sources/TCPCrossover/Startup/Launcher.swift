@@ -178,12 +178,10 @@ public enum Launcher {
             case .failure(let error): throw StartupError(ExitStatus.noHost, "\(error) (in --local \(local))")
             }
             for address in addresses {
-                let (fd, bound) = try Listener.open(
-                    address, dualStack: configuration.dualStack, keepalive: configuration.relay.keepalive)
                 listeners.append(
-                    ListeningSocket(
-                        fd: fd, address: bound, service: service, name: local.name,
-                        passesLoopbackCongestionControl: bound.isLoopback))
+                    try Listener.open(
+                        address, dualStack: configuration.dualStack, keepalive: configuration.relay.keepalive,
+                        service: service, name: local.name))
             }
         }
         try checkEveryNameServes(services, listenerNames: configuration.locals.map(\.name), where: "--local")

@@ -4,11 +4,11 @@ import Glibc
 public enum Listener {
     /// A socket listening on `address`: SO_REUSEADDR, IPV6_V6ONLY for an IPv6 address unless `dualStack`, a
     /// backlog of SOMAXCONN, and the options every accepted connection inherits (TCP_NODELAY, keepalive, and on a
-    /// loopback address the loopback congestion control). Returns the descriptor and the address it is bound to
-    /// (with the port the kernel picked for port 0).
-    public static func open(_ address: SocketAddress, dualStack: Bool, keepalive: Keepalive?)
-        throws(StartupError) -> (CInt, SocketAddress)
-    {
+    /// loopback address the loopback congestion control), for the connections of `service`. The listening socket
+    /// has the address it is bound to (with the port the kernel picked for port 0).
+    public static func open(
+        _ address: SocketAddress, dualStack: Bool, keepalive: Keepalive?, service: Int, name: String?
+    ) throws(StartupError) -> ListeningSocket {
         let fd: CInt
         do {
             fd = try Syscall.streamSocket(family: address.addressFamily)
@@ -27,7 +27,7 @@ public enum Listener {
             } catch {
                 throw SystemError("setsockopt on", address.description, error)
             }
-            if address.isLoopback { Syscall.useLoopbackCongestionControl(fd) }
+            let passesLoopbackCongestionControl = address.isLoopback && Syscall.useLoopbackCongestionControl(fd)
             do {
                 try Syscall.bind(fd, to: address)
             } catch {
@@ -44,7 +44,9 @@ public enum Listener {
             } catch {
                 throw SystemError("getsockname on", address.description, error)
             }
-            return (fd, bound)
+            return ListeningSocket(
+                fd: fd, address: bound, service: service, name: name,
+                passesLoopbackCongestionControl: passesLoopbackCongestionControl)
         } catch {
             Syscall.close(fd)
             let status =

@@ -256,10 +256,12 @@ public enum Syscall {
     /// look necessary (the relay's leg to an iperf3 server on 127.0.0.1 kept a window of 14 to 24 segments and
     /// carried 18 Gbit/s with BBR; with reno, 200 segments and 33 Gbit/s). Reno is built into every kernel, allowed
     /// to unprivileged processes, and neither paces nor models the path. Best effort: a socket that refuses it keeps
-    /// the system's algorithm, which works, only slower.
-    static func useLoopbackCongestionControl(_ fd: CInt) {
+    /// the system's algorithm, which works, only slower. Returns whether the socket took it.
+    @discardableResult
+    static func useLoopbackCongestionControl(_ fd: CInt) -> Bool {
         let name: StaticString = "reno"
-        _ = Glibc.setsockopt(fd, CInt(IPPROTO_TCP), TCP_CONGESTION, name.utf8Start, socklen_t(name.utf8CodeUnitCount))
+        let length = socklen_t(name.utf8CodeUnitCount)
+        return Glibc.setsockopt(fd, CInt(IPPROTO_TCP), TCP_CONGESTION, name.utf8Start, length) == 0
     }
 
     /// setsockopt(2) TCP_QUICKACK: off, the socket delays its ACKs to send them with data (set before connect(2),
