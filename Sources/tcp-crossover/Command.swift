@@ -136,6 +136,14 @@ struct TCPCrossoverCommand: ParsableCommand {
         help: ArgumentHelp("Look remote host names up again this often; 0 never.", valueName: "seconds"))
     var resolveInterval: String = Options.defaults.resolveInterval
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Congestion control of the sockets to peers on this machine (loopback or its own address): a kernel "
+                + "algorithm, or 'system' for the system's default.",
+            valueName: "algorithm"))
+    var loopbackCongestionControl: String = Options.defaults.loopbackCongestionControl
+
     /// The parsed options, as the quick parser gives them too.
     var options: Options {
         Options(
@@ -143,7 +151,8 @@ struct TCPCrossoverCommand: ParsableCommand {
             foreground: foreground, dualStack: dualStack, connectTimeout: connectTimeout, threads: threads,
             exitIdleTime: exitIdleTime, maxConnections: maxConnections, idleTimeout: idleTimeout,
             keepalive: keepalive, shutdownTimeout: shutdownTimeout, user: user, group: group,
-            proxyProtocol: proxyProtocol, source: source, allow: allow, deny: deny, resolveInterval: resolveInterval)
+            proxyProtocol: proxyProtocol, source: source, allow: allow, deny: deny, resolveInterval: resolveInterval,
+            loopbackCongestionControl: loopbackCongestionControl)
     }
 
     func validate() throws {

@@ -280,6 +280,14 @@ final class ProxyProtocolNginx {
             "no --remote address has the family of a --source address"
         ),
         (["--local", "127.0.0.1:0", "--remote", "a:b=127.0.0.1:1"], "'a:b' is not a name"),
+        (
+            ["--local", "127.0.0.1:0", "--remote", "127.0.0.1:1", "--loopback-congestion-control", "new reno"],
+            "--loopback-congestion-control 'new reno' is not an algorithm name"
+        ),
+        (
+            ["--local", "127.0.0.1:0", "--remote", "127.0.0.1:1", "--loopback-congestion-control", "tcx-no-such"],
+            "--loopback-congestion-control: the kernel has no algorithm 'tcx-no-such'"
+        ),
     ])
     func badFeatureOptions_getStatus64(arguments: [String], message: String) throws {
         let process = try ChildProcess(relayBinary, arguments + ["-f"])

@@ -21,6 +21,8 @@ import Testing
         ],
         ["--remote", "127.0.0.1:1", "--remote", "127.0.0.1:2", "--threads=1", "--threads", "2"],
         ["--keepalive=60,10,5", "--remote", "[fe80::1%lo]:22", "--connect-timeout=0.25"],
+        ["--remote", "127.0.0.1:1", "--loopback-congestion-control", "system"],
+        ["--remote", "127.0.0.1:1", "--loopback-congestion-control=cubic"],
     ]
 
     @Test(arguments: validLines)

@@ -335,7 +335,9 @@ import Testing
     /// and which reaches another machine (a second namespace, 10.9.0.2) over a veth pair, relays take connections
     /// from [::1] on a [::1] listener (its accepted sockets inherit the listener's algorithm) and on a [::] listener
     /// (set per accepted client), from 192.0.2.1 on 192.0.2.1, from the other machine, and inetd style; they relay to
-    /// 127.0.0.1, to 192.0.2.1 and to the other machine. `ss` reports every socket's algorithm.
+    /// 127.0.0.1, to 192.0.2.1 and to the other machine. Two more relay [::1] to 127.0.0.1 with
+    /// `--loopback-congestion-control system` (the default stays) and with a third algorithm named (it replaces reno).
+    /// `ss` reports every socket's algorithm.
     @Test func congestionControl_isRenoTowardsPeersOnThisMachine_andTheSystemDefaultOtherwise() throws {
         try #require(getuid() == 0, "needs root for network namespaces")
         let directory = TemporaryDirectory()
@@ -350,10 +352,12 @@ import Testing
         }
         let system = try #require(fields("default").first)
         try #require(system != "reno", "the kernel offers no algorithm but reno: nothing to tell apart")
+        let chosen = try #require(fields("chosen").first)
         let ports = fields("ports")
-        try #require(ports.count == 9, "\(process.standardOutput)")
+        try #require(ports.count == 11, "\(process.standardOutput)")
         let (loopback, own, any, veth, toOwn, toFar, inetd, backend, far) =
             (ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], ports[6], ports[7], ports[8])
+        let (leftAlone, named) = (ports[9], ports[10])
         // `ss -Htin` prints each socket as "Recv-Q Send-Q LOCAL PEER", then a line of details, among them the
         // algorithm's name (after "ts sack" in some versions).
         let algorithms = Set(fields("available"))
@@ -369,9 +373,10 @@ import Testing
             sockets.append((columns[2], columns[3]))
             algorithm[columns[2] + " " + columns[3]] = String(name)
         }
-        func of(local: String? = nil, peer: String? = nil) -> [String] {
+        func of(local: String? = nil, localHost: String? = nil, peer: String? = nil) -> [String] {
             sockets.filter { socket in
                 (local.map { socket.local == $0 } ?? true) && (peer.map { socket.peer == $0 } ?? true)
+                    && (localHost.map { socket.local.hasPrefix($0 + ":") } ?? true)
             }.map { algorithm[$0.local + " " + $0.peer]! }
         }
         let output = process.standardOutput
@@ -380,20 +385,27 @@ import Testing
             #expect(of(local: "[::1]:\(port)") == ["reno"], "[::1]:\(port) in \(output)")
         }
         #expect(of(local: "192.0.2.1:\(own)") == ["reno"], "\(output)")
-        // Remotes on this machine: 127.0.0.1 (five connections lead there), and the machine's own address.
-        #expect(of(peer: "127.0.0.1:\(backend)") == Array(repeating: "reno", count: 5), "\(output)")
+        // Remotes on this machine: 127.0.0.1 (five connections lead there from 127.0.0.1, two more from the
+        // relays below), and the machine's own address.
+        #expect(of(localHost: "127.0.0.1", peer: "127.0.0.1:\(backend)") == Array(repeating: "reno", count: 5))
         #expect(of(peer: "192.0.2.1:\(own)") == ["reno"], "\(output)")
         // The other machine, as a client and as a remote.
         #expect(of(local: "10.9.0.1:\(veth)") == [system], "\(output)")
         #expect(of(peer: "10.9.0.2:\(far)") == [system], "\(output)")
+        // --loopback-congestion-control system leaves both sockets the default; a named algorithm goes on both.
+        #expect(of(local: "[::1]:\(leftAlone)") == [system], "\(output)")
+        #expect(of(localHost: "127.0.0.2", peer: "127.0.0.1:\(backend)") == [system], "\(output)")
+        #expect(of(local: "[::1]:\(named)") == [chosen], "\(output)")
+        #expect(of(localHost: "127.0.0.3", peer: "127.0.0.1:\(backend)") == [chosen], "\(output)")
         // The sockets of the clients and of the backend have the namespace's default.
-        #expect(of(local: "127.0.0.1:\(backend)") == Array(repeating: system, count: 5))
+        #expect(of(local: "127.0.0.1:\(backend)") == Array(repeating: system, count: 7))
         #expect(of(peer: "[::1]:\(loopback)") == [system])
     }
 
     /// Run by `congestionControl_…` in a new network namespace: DIRECTORY RELAY ECHO-HELPER. Prints the namespace's
-    /// default algorithm, the available ones and the ports (the relays', the backend's on 127.0.0.1 and the other
-    /// machine's), then `ss -Htin` with a connection through each. The namespace is new and empty, so the port
+    /// default algorithm, the available ones, the one given to `--loopback-congestion-control` (a third if the
+    /// kernel has one, else reno) and the ports (the relays', the backend's on 127.0.0.1 and the other machine's),
+    /// then `ss -Htin` with a connection through each. The namespace is new and empty, so the port
     /// given to systemd-socket-activate, which takes no port 0, is free.
     static let congestionScript = """
         set -eu
@@ -405,8 +417,13 @@ import Testing
         other=$(tr ' ' '\\n' < /proc/sys/net/ipv4/tcp_available_congestion_control | grep -vx reno | head -n 1 || true)
         # A read-only /proc/sys leaves the namespace with the default it inherited, reno only if the machine's is.
         if [ -n "$other" ]; then echo "$other" 2> /dev/null > /proc/sys/net/ipv4/tcp_congestion_control || true; fi
-        echo "default $(cat /proc/sys/net/ipv4/tcp_congestion_control)"
+        default=$(cat /proc/sys/net/ipv4/tcp_congestion_control)
+        echo "default $default"
         echo "available $(cat /proc/sys/net/ipv4/tcp_available_congestion_control)"
+        chosen=$(tr ' ' '\\n' < /proc/sys/net/ipv4/tcp_available_congestion_control | grep -vx -e reno -e "$default" \\
+            | head -n 1 || true)
+        chosen=${chosen:-reno}
+        echo "chosen $chosen"
         # Another machine: a second network namespace, 10.9.0.2, behind a veth pair.
         unshare -n sleep 60 &
         machine=$!
@@ -439,15 +456,24 @@ import Testing
         "$2" --local '[::1]:0' --remote "10.9.0.2:$far_port" --foreground 2> tofar.err &
         await tofar.err 'listening on'
         tofar=$(port tofar.err '[::1]')
+        # The same loopback path with the option: the outgoing sockets leave from 127.0.0.2 and .3 to be told apart.
+        "$2" --local '[::1]:0' --remote "127.0.0.1:$echo_port" --source 127.0.0.2 \\
+            --loopback-congestion-control system --foreground 2> system.err &
+        await system.err 'listening on'
+        left_alone=$(port system.err '[::1]')
+        "$2" --local '[::1]:0' --remote "127.0.0.1:$echo_port" --source 127.0.0.3 \\
+            --loopback-congestion-control "$chosen" --foreground 2> chosen.err &
+        await chosen.err 'listening on'
+        named=$(port chosen.err '[::1]')
         inetd=7000
         systemd-socket-activate -l "[::1]:$inetd" --accept --inetd "$2" --remote "127.0.0.1:$echo_port" 2> inetd.err &
         await inetd.err 'Listening on'
-        echo "ports $loopback $own $any $veth $toown $tofar $inetd $echo_port $far_port"
+        echo "ports $loopback $own $any $veth $toown $tofar $inetd $echo_port $far_port $left_alone $named"
         nsenter -t "$machine" -n bash -c "exec 3<> /dev/tcp/10.9.0.1/$veth; echo hello >&3; read -r reply <&3; echo ok > far.ready; sleep 30" &
         await far.ready ok
         exec 3<> "/dev/tcp/::1/$loopback" 4<> "/dev/tcp/::1/$any" 5<> "/dev/tcp/::1/$toown" 6<> "/dev/tcp/::1/$tofar" \\
-            7<> "/dev/tcp/::1/$inetd"
-        for fd in 3 4 5 6 7; do
+            7<> "/dev/tcp/::1/$inetd" 8<> "/dev/tcp/::1/$left_alone" 9<> "/dev/tcp/::1/$named"
+        for fd in 3 4 5 6 7 8 9; do
             echo hello >&"$fd"
             read -r reply <&"$fd"
         done

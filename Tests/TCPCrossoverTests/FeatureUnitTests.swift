@@ -126,4 +126,21 @@ import Testing
         #expect(throws: AddressError.self) { try NamedEndpoint(parsing: "a b=127.0.0.1:80") }
         #expect(throws: AddressError.self) { try NamedEndpoint(parsing: "web=127.0.0.1") }
     }
+
+    /// `--loopback-congestion-control`: reno unless told, `system` leaves the system's, any other word names an
+    /// algorithm (the kernel is asked at start); a name TCP_CONGESTION cannot take is refused at once.
+    @Test func loopbackCongestionControl_isRenoUnlessToldOtherwise() throws {
+        func algorithm(_ value: String?) throws -> CongestionControl? {
+            var options = Options(remote: ["127.0.0.1:1"])
+            if let value { options.loopbackCongestionControl = value }
+            return try options.configuration().relay.loopbackCongestionControl
+        }
+        #expect(try algorithm(nil) == .reno)
+        #expect(try algorithm("system") == nil)
+        #expect(try algorithm("cubic")?.name == "cubic")
+        #expect(try algorithm("a23456789012345")?.name == "a23456789012345")
+        for bad in ["", "a234567890123456", "new reno", "bbr\n", "rén"] {
+            #expect(throws: OptionError.self) { try algorithm(bad) }
+        }
+    }
 }

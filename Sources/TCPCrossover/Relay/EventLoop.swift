@@ -182,7 +182,7 @@ final class EventLoop: @unchecked Sendable {
         do {
             try Syscall.setNonBlocking(accepted.fd)
             try Syscall.setConnectionOptions(accepted.fd, keepalive: engine.options.keepalive)
-            if peer.isOnThisMachine(localEnd: local) { Syscall.useLoopbackCongestionControl(accepted.fd) }
+            if peer.isOnThisMachine(localEnd: local) { useLoopbackCongestionControl(accepted.fd) }
         } catch {
             Log.error("cannot make the connection from \(peer) non-blocking: \(error)")
             Syscall.close(accepted.fd)
@@ -391,7 +391,7 @@ final class EventLoop: @unchecked Sendable {
                 local = (try? Syscall.localAddress(accepted.fd)) ?? local
             }
             if !listener.passesLoopbackCongestionControl && accepted.peer.isOnThisMachine(localEnd: local) {
-                Syscall.useLoopbackCongestionControl(accepted.fd)
+                useLoopbackCongestionControl(accepted.fd)
             }
             let incoming = IncomingConnection(
                 fd: accepted.fd, peer: accepted.peer, local: local, service: listener.service)
@@ -518,6 +518,12 @@ final class EventLoop: @unchecked Sendable {
 
     // MARK: connecting
 
+    /// Gives a socket whose peer is on this machine the algorithm of `--loopback-congestion-control`, if any.
+    private func useLoopbackCongestionControl(_ fd: CInt) {
+        guard let algorithm = engine.options.loopbackCongestionControl else { return }
+        Syscall.useCongestionControl(fd, algorithm)
+    }
+
     /// Connects to the service's addresses in order, starting at `connection.attempt`. Out of descriptors, the
     /// client is not dropped: it waits, as it would in the listen backlog, and the socket is tried again shortly,
     /// for as long as the connect timeout allows.
@@ -532,7 +538,7 @@ final class EventLoop: @unchecked Sendable {
                 if engine.exhausted.load(ordering: .relaxed) { descriptorsAvailable() }
                 // Keepalive comes later, on connections that live long enough to need it (see `keepaliveDue`).
                 try Syscall.setConnectionOptions(fd, keepalive: nil)
-                if address.isLoopback { Syscall.useLoopbackCongestionControl(fd) }
+                if address.isLoopback { useLoopbackCongestionControl(fd) }
                 if connection.firstBytesHeld { try Syscall.setQuickAck(fd, false) }
                 if let source = engine.options.sources.first(where: { $0.family == address.family }) {
                     try Syscall.bindForConnect(fd, to: source)
@@ -543,10 +549,10 @@ final class EventLoop: @unchecked Sendable {
                 )
                 let connectedAtOnce = try Syscall.connect(fd, to: address)
                 // A remote at one of this machine's own addresses: the kernel picked that address as the source.
-                if !address.isLoopback, let source = try? Syscall.localAddress(fd),
-                    address.isOnThisMachine(localEnd: source)
+                if !address.isLoopback, engine.options.loopbackCongestionControl != nil,
+                    let source = try? Syscall.localAddress(fd), address.isOnThisMachine(localEnd: source)
                 {
-                    Syscall.useLoopbackCongestionControl(fd)
+                    useLoopbackCongestionControl(fd)
                 }
                 if connectedAtOnce {
                     connected(connection)

@@ -29,8 +29,27 @@ public struct RelayOptions: Sendable, Equatable {
     public var resolveInterval: Int64 = 60_000
     /// How long a remote address that failed is tried last, in milliseconds.
     public var failoverBackoff: Int64 = 30_000
+    /// The congestion control algorithm of the sockets whose peer is on this machine; nil leaves them the system's
+    /// (`--loopback-congestion-control`, see `Syscall.useCongestionControl`).
+    public var loopbackCongestionControl: CongestionControl? = .reno
 
     public init() {}
+}
+
+/// A TCP congestion control algorithm, by the name the kernel knows it by (`reno`, `cubic`, `bbr`...).
+public struct CongestionControl: Equatable, Sendable, CustomStringConvertible {
+    /// 1 to 15 printable ASCII bytes, without spaces: what TCP_CONGESTION takes (TCP_CA_NAME_MAX is 16 with the NUL).
+    public let name: String
+
+    public init?(name: String) {
+        guard (1...15).contains(name.utf8.count), name.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f }) else { return nil }
+        self.name = name
+    }
+
+    /// Built into every kernel and allowed to unprivileged processes.
+    public static let reno = CongestionControl(name: "reno")!
+
+    public var description: String { name }
 }
 
 /// TCP keepalive timings, in seconds: probes start after `idle` seconds of silence, every `interval` seconds, and
@@ -80,7 +99,7 @@ public struct ListeningSocket: Sendable {
     /// Its name: systemd's FileDescriptorName=, or the name given to `--local`.
     public let name: String?
     /// The socket took the loopback congestion control before it listened (it is bound to a loopback address), so
-    /// every socket it accepts has it already (see `Syscall.useLoopbackCongestionControl`).
+    /// every socket it accepts has it already (see `Syscall.useCongestionControl`).
     public let passesLoopbackCongestionControl: Bool
 
     public init(

@@ -31,6 +31,7 @@ public struct Options: Equatable, Sendable {
     public var allow: [String]
     public var deny: [String]
     public var resolveInterval: String
+    public var loopbackCongestionControl: String
 
     public static let defaults = Options()
 
@@ -40,7 +41,7 @@ public struct Options: Equatable, Sendable {
         threads: String = "0", exitIdleTime: String? = nil, maxConnections: String? = nil, idleTimeout: String? = nil,
         keepalive: String = "120,30,4", shutdownTimeout: String = "10", user: String? = nil, group: String? = nil,
         proxyProtocol: String? = nil, source: [String] = [], allow: [String] = [], deny: [String] = [],
-        resolveInterval: String = "60"
+        resolveInterval: String = "60", loopbackCongestionControl: String = "reno"
     ) {
         self.local = local
         self.remote = remote
@@ -63,6 +64,7 @@ public struct Options: Equatable, Sendable {
         self.allow = allow
         self.deny = deny
         self.resolveInterval = resolveInterval
+        self.loopbackCongestionControl = loopbackCongestionControl
     }
 
     /// The options as a configuration; throws a `ValidationError` naming the bad value and what is accepted.
@@ -114,6 +116,7 @@ public struct Options: Equatable, Sendable {
             deny: try deny.map { try range($0, option: "--deny") })
         configuration.relay.resolveInterval = try milliseconds(
             resolveInterval, option: "--resolve-interval", zero: true)
+        configuration.relay.loopbackCongestionControl = try congestionControl(loopbackCongestionControl)
         return configuration
     }
 }
@@ -124,6 +127,18 @@ private func checkAccountName(_ name: String?, option: String) throws {
     if name.isEmpty || name.utf8.contains(where: { $0 < 0x21 || $0 == 0x3a }) {
         throw OptionError("\(option) '\(name)' is not a user or group name")
     }
+}
+
+/// `--loopback-congestion-control`: `system`, or the name of an algorithm (whether the kernel has it is checked
+/// at start, by `Launcher`).
+private func congestionControl(_ text: String) throws -> CongestionControl? {
+    if text == "system" { return nil }
+    guard let algorithm = CongestionControl(name: text) else {
+        throw OptionError(
+            "--loopback-congestion-control '\(text)' is not an algorithm name; expected 'system' or a name such as "
+                + "reno or cubic")
+    }
+    return algorithm
 }
 
 /// `--source`: an IPv4 or IPv6 address, without a port.

@@ -14,6 +14,7 @@ public enum Launcher {
         do throws(StartupError) {
             let mode = try detectMode(configuration, standardInput: standardInput)
             let identity = try Identity.lookUp(user: configuration.user, group: configuration.group)
+            try checkCongestionControl(configuration.relay.loopbackCongestionControl)
             var configuration = configuration
             configuration.relay = limits(configuration, mode: mode)
             switch mode {
@@ -39,6 +40,40 @@ public enum Launcher {
                 Log.error(error.message)
             }
             return error.status
+        }
+    }
+
+    /// Whether this process may give its sockets `algorithm` (`--loopback-congestion-control`): checked at start and
+    /// again as the `--user`, on a socket of its own, so that a name the kernel does not know or does not allow
+    /// stops the start rather than leave every connection with the system's algorithm. Reno needs no check.
+    private static func checkCongestionControl(_ algorithm: CongestionControl?) throws(StartupError) {
+        guard let algorithm, algorithm != .reno else { return }
+        let option = "--loopback-congestion-control"
+        do throws(Errno) {
+            let fd: CInt
+            if let ipv6 = try? Syscall.streamSocket(family: AF_INET6) {
+                fd = ipv6
+            } else {
+                fd = try Syscall.streamSocket(family: AF_INET)
+            }
+            defer { Syscall.close(fd) }
+            try Syscall.setCongestionControl(fd, algorithm)
+        } catch {
+            switch error.rawValue {
+            case ENOENT:
+                throw StartupError(
+                    ExitStatus.usage,
+                    "\(option): the kernel has no algorithm '\(algorithm)' (see "
+                        + "/proc/sys/net/ipv4/tcp_available_congestion_control)")
+            case EPERM, EACCES:
+                throw StartupError(
+                    ExitStatus.usage,
+                    "\(option): '\(algorithm)' is not allowed to this user (see "
+                        + "/proc/sys/net/ipv4/tcp_allowed_congestion_control)")
+            default:
+                throw StartupError(
+                    ExitStatus.systemError, "\(option): cannot set '\(algorithm)' on a socket: \(error)")
+            }
         }
     }
 
@@ -137,7 +172,10 @@ public enum Launcher {
             let service = try serviceIndex(for: nil, in: services, socket: "the connection")
             accepted.append(AcceptedConnection(fd: connection, service: service))
         }
-        try identity?.assume()
+        if let identity {
+            try identity.assume()
+            try checkCongestionControl(configuration.relay.loopbackCongestionControl)
+        }
         let engine = Engine(services: services, options: configuration.relay)
         let notifier = ServiceNotifier(
             engine: engine, exitIdleTime: listeners.isEmpty ? nil : configuration.exitIdleTime)
@@ -181,6 +219,7 @@ public enum Launcher {
                 listeners.append(
                     try Listener.open(
                         address, dualStack: configuration.dualStack, keepalive: configuration.relay.keepalive,
+                        loopbackCongestionControl: configuration.relay.loopbackCongestionControl,
                         service: service, name: local.name))
             }
         }
@@ -201,6 +240,7 @@ public enum Launcher {
                     try Daemon.keepPidfile(kept, closing: closing)
                 }
                 try identity.assume()
+                try checkCongestionControl(configuration.relay.loopbackCongestionControl)
             }
             try pidfile?.record(Syscall.processID)
             let engine = Engine(services: services, options: configuration.relay)

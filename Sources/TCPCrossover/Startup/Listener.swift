@@ -4,10 +4,11 @@ import Glibc
 public enum Listener {
     /// A socket listening on `address`: SO_REUSEADDR, IPV6_V6ONLY for an IPv6 address unless `dualStack`, a
     /// backlog of SOMAXCONN, and the options every accepted connection inherits (TCP_NODELAY, keepalive, and on a
-    /// loopback address the loopback congestion control), for the connections of `service`. The listening socket
-    /// has the address it is bound to (with the port the kernel picked for port 0).
+    /// loopback address `loopbackCongestionControl`), for the connections of `service`. The listening socket has
+    /// the address it is bound to (with the port the kernel picked for port 0).
     public static func open(
-        _ address: SocketAddress, dualStack: Bool, keepalive: Keepalive?, service: Int, name: String?
+        _ address: SocketAddress, dualStack: Bool, keepalive: Keepalive?,
+        loopbackCongestionControl: CongestionControl?, service: Int, name: String?
     ) throws(StartupError) -> ListeningSocket {
         let fd: CInt
         do {
@@ -27,7 +28,10 @@ public enum Listener {
             } catch {
                 throw SystemError("setsockopt on", address.description, error)
             }
-            let passesLoopbackCongestionControl = address.isLoopback && Syscall.useLoopbackCongestionControl(fd)
+            var passesLoopbackCongestionControl = false
+            if address.isLoopback, let algorithm = loopbackCongestionControl {
+                passesLoopbackCongestionControl = Syscall.useCongestionControl(fd, algorithm)
+            }
             do {
                 try Syscall.bind(fd, to: address)
             } catch {

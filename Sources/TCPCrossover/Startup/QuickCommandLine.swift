@@ -8,7 +8,7 @@ public enum QuickCommandLine {
     public static let valueOptions = [
         "local", "remote", "pidfile", "bs", "connect-timeout", "threads", "exit-idle-time", "max-connections",
         "idle-timeout", "keepalive", "shutdown-timeout", "user", "group", "proxy-protocol", "source", "allow", "deny",
-        "resolve-interval",
+        "resolve-interval", "loopback-congestion-control",
     ]
     /// Long flags; `-f` is `--foreground`.
     public static let flags = ["debug", "foreground", "dual-stack"]
@@ -73,6 +73,7 @@ public enum QuickCommandLine {
         case "allow": options.allow.append(value)
         case "deny": options.deny.append(value)
         case "resolve-interval": options.resolveInterval = value
+        case "loopback-congestion-control": options.loopbackCongestionControl = value
         default: return false
         }
         return true

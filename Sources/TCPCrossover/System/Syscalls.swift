@@ -248,7 +248,7 @@ public enum Syscall {
         try setKeepalive(fd, keepalive)
     }
 
-    /// setsockopt(2) TCP_CONGESTION "reno", for a socket whose peer is on this machine
+    /// setsockopt(2) TCP_CONGESTION, `algorithm` (reno by default) for a socket whose peer is on this machine
     /// (`SocketAddress.isOnThisMachine`); set on a listening socket bound to a loopback address, the sockets it
     /// accepts inherit it. Such a connection goes through the loopback interface, which has no queue to congest, so a
     /// congestion control algorithm can only slow it, and BBR, a common choice of `net.ipv4.tcp_congestion_control`,
@@ -258,10 +258,18 @@ public enum Syscall {
     /// to unprivileged processes, and neither paces nor models the path. Best effort: a socket that refuses it keeps
     /// the system's algorithm, which works, only slower. Returns whether the socket took it.
     @discardableResult
-    static func useLoopbackCongestionControl(_ fd: CInt) -> Bool {
-        let name: StaticString = "reno"
-        let length = socklen_t(name.utf8CodeUnitCount)
-        return Glibc.setsockopt(fd, CInt(IPPROTO_TCP), TCP_CONGESTION, name.utf8Start, length) == 0
+    static func useCongestionControl(_ fd: CInt, _ algorithm: CongestionControl) -> Bool {
+        (try? setCongestionControl(fd, algorithm)) != nil
+    }
+
+    /// setsockopt(2) TCP_CONGESTION: ENOENT for an algorithm the kernel does not have, EPERM for one that
+    /// `net.ipv4.tcp_allowed_congestion_control` does not allow a process without CAP_NET_ADMIN.
+    static func setCongestionControl(_ fd: CInt, _ algorithm: CongestionControl) throws(Errno) {
+        var name = algorithm.name
+        let result = name.withUTF8 { bytes in
+            Glibc.setsockopt(fd, CInt(IPPROTO_TCP), TCP_CONGESTION, bytes.baseAddress, socklen_t(bytes.count))
+        }
+        if result != 0 { throw Errno.current }
     }
 
     /// setsockopt(2) TCP_QUICKACK: off, the socket delays its ACKs to send them with data (set before connect(2),
