@@ -33,8 +33,13 @@ LINK_LAYOUT = -Xlinker -z -Xlinker pack-relative-relocs
 else
 LINK_LAYOUT = -Xswiftc -Xclang-linker -Xswiftc -no-pie
 endif
+# The code and data a process runs at start are linked first, side by side (link/startup.order, written by `make
+# startup-order`): 106 page faults per start instead of 137, and 4-10 % more connections per second under inetd in
+# paired runs. Symbols the file names that the binary no longer has are skipped.
+STARTUP_ORDER = link/startup.order
 RELEASE_FLAGS = -c release --static-swift-stdlib --disable-local-rpath \
-	-Xswiftc -L$(CURDIR)/link/static-libstdc++ -Xswiftc -use-ld=lld $(LINK_LAYOUT) -Xlinker -z -Xlinker now
+	-Xswiftc -L$(CURDIR)/link/static-libstdc++ -Xswiftc -use-ld=lld $(LINK_LAYOUT) -Xlinker -z -Xlinker now \
+	-Xlinker --symbol-ordering-file=$(CURDIR)/$(STARTUP_ORDER) -Xlinker --no-warn-symbol-ordering
 RELEASE_BINARY = .build/release/tcp-crossover
 BINARY ?= $(RELEASE_BINARY)
 
@@ -45,7 +50,7 @@ TEST_PACKAGES = systemd xinetd nginx-light util-linux mount iproute2
 BENCHMARK_PACKAGES = nginx-light iperf3 wrk haproxy 6tunnel socat hyperfine systemd
 
 .PHONY: all build release run check test deps test-deps install install-files uninstall lint clean benchmark \
-	reliability
+	reliability startup-order
 
 all: build
 
@@ -60,6 +65,17 @@ build: deps
 	$(SWIFT) build
 
 release: deps
+	@# SwiftPM relinks when sources change, not when the order file does.
+	@if [ $(STARTUP_ORDER) -nt $(RELEASE_BINARY) ]; then rm -f $(RELEASE_BINARY); fi
+	$(SWIFT) build $(RELEASE_FLAGS)
+
+# Rewrites link/startup.order from what the release binary touches at start (valgrind, see link/startup-order),
+# then relinks with it. Run it after changes to what a process does at start, or with a new Swift toolchain.
+startup-order: release
+	@./.ci/install-packages valgrind binutils
+	link/startup-order $(RELEASE_BINARY) > $(STARTUP_ORDER).new
+	mv $(STARTUP_ORDER).new $(STARTUP_ORDER)
+	rm -f $(RELEASE_BINARY)
 	$(SWIFT) build $(RELEASE_FLAGS)
 
 run: release
