@@ -81,9 +81,13 @@ startup-order: release
 run: release
 	$(RELEASE_BINARY) --local '$(LOCAL)' --remote '$(REMOTE)' --foreground
 
+# The end-to-end tests run twice: against the debug build, and against the release build that is installed and
+# measured (static runtime, not position-independent, its start-up layout).
 check: test-deps lint
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+	$(MAKE) --no-print-directory release
+	TCP_CROSSOVER_BINARY=$(CURDIR)/$(RELEASE_BINARY) $(SWIFT) test --skip-build --filter EndToEndTests
 
 test: check
 
