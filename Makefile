@@ -34,8 +34,8 @@ else
 LINK_LAYOUT = -Xswiftc -Xclang-linker -Xswiftc -no-pie
 endif
 # The code and data a process runs at start are linked first, side by side (link/startup.order, written by `make
-# startup-order`): 106 page faults per start instead of 137, and 4-10 % more connections per second under inetd in
-# paired runs. Symbols the file names that the binary no longer has are skipped.
+# startup-order`): 100-105 page faults per start instead of 132-139, and 9-26 % more connections per second under
+# inetd in paired runs. Symbols the file names that the binary no longer has are skipped.
 STARTUP_ORDER = link/startup.order
 RELEASE_FLAGS = -c release --static-swift-stdlib --disable-local-rpath \
 	-Xswiftc -L$(CURDIR)/link/static-libstdc++ -Xswiftc -use-ld=lld $(LINK_LAYOUT) -Xlinker -z -Xlinker now \
