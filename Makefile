@@ -75,8 +75,7 @@ startup-order: release
 	@./.ci/install-packages valgrind binutils
 	link/startup-order $(RELEASE_BINARY) > $(STARTUP_ORDER).new
 	mv $(STARTUP_ORDER).new $(STARTUP_ORDER)
-	rm -f $(RELEASE_BINARY)
-	$(SWIFT) build $(RELEASE_FLAGS)
+	$(MAKE) --no-print-directory release
 
 run: release
 	$(RELEASE_BINARY) --local '$(LOCAL)' --remote '$(REMOTE)' --foreground
