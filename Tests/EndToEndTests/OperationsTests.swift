@@ -155,6 +155,38 @@ import Testing
         #expect(relay.connectionLines.first?.contains("server closed first") == true)
     }
 
+    /// Connections keep arriving while SIGTERM does: some land in the same turn of a loop as the stop request,
+    /// after its listeners closed. Each relay must stop cleanly, and once it says it takes no new connections, a
+    /// connection must be refused.
+    @Test func sigterm_amidAStreamOfNewConnections_stopsCleanlyAndRefusesAfterSayingSo() throws {
+        let backend = try TestServer { connection in _ = try connection.receiveAll() }
+        for round in 0..<5 {
+            let relay = try Relay(remote: backend.address, ["--threads", round % 2 == 0 ? "1" : "2"])
+            let address = relay.address
+            let connected = Counter()
+            let clients = DispatchGroup()
+            for _ in 0..<3 {
+                clients.enter()
+                Thread.detachNewThread {
+                    defer { clients.leave() }
+                    // Until the relay refuses: at most 2,000 connections or 10 s per client.
+                    let deadline = Date().addingTimeInterval(10)
+                    for _ in 0..<2_000 where Date() < deadline {
+                        guard let socket = try? TestSocket.connect(to: address, timeout: 2) else { return }
+                        connected.add(1)
+                        socket.close()
+                    }
+                }
+            }
+            #expect(eventually(timeout: 5) { connected.value >= 50 })
+            relay.process.kill(signal: SIGTERM)
+            #expect(relay.process.waitForError(containing: "stopping: no new connections"))
+            #expect(throws: TestFailure.self) { try TestSocket.connect(to: address, timeout: 2) }
+            #expect(clients.wait(timeout: .now() + 15) == .success)
+            #expect(relay.process.waitForExit() == 0, "round \(round): \(relay.process.standardError)")
+        }
+    }
+
     @Test func secondSigterm_stopsAtOnce() throws {
         let backend = try Self.holdingServer()
         let relay = try Relay(remote: backend.address)

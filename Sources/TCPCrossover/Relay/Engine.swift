@@ -21,6 +21,9 @@ public final class Engine: @unchecked Sendable {
     public let statistics: Statistics
     /// 0 while running; 1 after the first SIGTERM (stop accepting, let connections finish); 2 to stop at once.
     let stopLevel = Atomic<Int>(0)
+    /// Loops that still hold their duplicates of the listeners; the socket stops taking connections when the last
+    /// one closes them (see `listenersClosed`).
+    private let loopsListening = Atomic<Int>(0)
     /// Loops that paused accepting at the connection limit and wait to be woken.
     let pausedForLimit = Atomic<Int>(0)
     /// The process ran out of descriptors and has not had a whole connection since: one log line per episode.
@@ -77,6 +80,7 @@ public final class Engine: @unchecked Sendable {
         }
         for listener in listeners { Syscall.close(listener.fd) }
         originalsOpen = false
+        loopsListening.store(listeners.isEmpty ? 0 : loopCount, ordering: .sequentiallyConsistent)
         try loops[0].handleSignals()
         for connection in connections { loops[0].adopt(connection) }
 
@@ -150,6 +154,18 @@ public final class Engine: @unchecked Sendable {
         }
         wakeAll()
         return level
+    }
+
+    /// A loop closed its duplicates of the listeners on a stop request. Only when the last loop has done so does
+    /// the socket refuse connections (unless systemd holds it, and keeps them for the next start), so only then is
+    /// "no new connections" true and said.
+    func listenersClosed() {
+        if loopsListening.subtract(1, ordering: .sequentiallyConsistent).newValue == 0 { announceStop() }
+    }
+
+    /// The line a stop request gets once new connections are no longer taken.
+    func announceStop() {
+        Log.notice("stopping: no new connections, \(statistics.active.load(ordering: .relaxed)) still active")
     }
 
     /// Wakes every loop to look at the stop level and the connection limit.

@@ -362,6 +362,8 @@ final class EventLoop: @unchecked Sendable {
     // MARK: accepting
 
     private func acceptConnections(from index: Int) {
+        // The listeners close on a stop request, perhaps earlier in the same batch of events as this one.
+        guard index < listeners.count else { return }
         let listener = listeners[index]
         for _ in 0..<64 {
             guard engine.reserveConnection() else {
@@ -794,10 +796,13 @@ final class EventLoop: @unchecked Sendable {
         let level = engine.stopLevel.load(ordering: .sequentiallyConsistent)
         if level > 0 && !stopping {
             stopping = true
-            unregisterListeners()
-            for listener in listeners { Syscall.close(listener.fd) }
-            listeners.removeAll()
             stopDeadline = now + engine.options.shutdownTimeout
+            if !listeners.isEmpty {
+                unregisterListeners()
+                for listener in listeners { Syscall.close(listener.fd) }
+                listeners.removeAll()
+                engine.listenersClosed()
+            }
         }
         if level > 1 {
             closeAllConnections()
@@ -815,11 +820,14 @@ final class EventLoop: @unchecked Sendable {
         while let signal = Syscall.readSignal(signals) {
             switch signal {
             case SIGTERM, SIGINT:
-                let level = engine.requestStop()
-                Log.notice(
-                    level == 1
-                        ? "stopping: no new connections, \(engine.statistics.active.load(ordering: .relaxed)) still active"
-                        : "stopping now")
+                if engine.requestStop() > 1 {
+                    Log.notice("stopping now")
+                } else if listeners.isEmpty {
+                    engine.announceStop()
+                } else {
+                    // This loop's listeners close now, not at its wake-up; the last loop to close its own says so.
+                    engineChanged()
+                }
             case SIGUSR1:
                 Log.notice("statistics: \(engine.statistics.snapshot())\(engine.loadPerThread)")
             default:
