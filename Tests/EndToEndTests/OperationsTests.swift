@@ -37,18 +37,13 @@ import Testing
         }
         let relay = try Relay(remote: backend.address, ["--max-connections", "5"])
         let results = Results()
-        let group = DispatchGroup()
-        for _ in 0..<8 {
-            group.enter()
-            Thread.detachNewThread {
-                defer { group.leave() }
-                do {
-                    let connection = try TestSocket.connect(to: relay.address)
-                    try connection.send("request")
-                    results.record(try connection.receiveAll() == Array("done".utf8))
-                } catch {
-                    results.record(false)
-                }
+        let group = onThreads(8) { _ in
+            do {
+                let connection = try TestSocket.connect(to: relay.address)
+                try connection.send("request")
+                results.record(try connection.receiveAll() == Array("done".utf8))
+            } catch {
+                results.record(false)
             }
         }
         #expect(group.wait(timeout: .now() + 30) == .success)
@@ -164,18 +159,13 @@ import Testing
             let relay = try Relay(remote: backend.address, ["--threads", round % 2 == 0 ? "1" : "2"])
             let address = relay.address
             let connected = Counter()
-            let clients = DispatchGroup()
-            for _ in 0..<3 {
-                clients.enter()
-                Thread.detachNewThread {
-                    defer { clients.leave() }
-                    // Until the relay refuses: at most 2,000 connections or 10 s per client.
-                    let deadline = Date().addingTimeInterval(10)
-                    for _ in 0..<2_000 where Date() < deadline {
-                        guard let socket = try? TestSocket.connect(to: address, timeout: 2) else { return }
-                        connected.add(1)
-                        socket.close()
-                    }
+            let clients = onThreads(3) { _ in
+                // Until the relay refuses: at most 2,000 connections or 10 s per client.
+                let deadline = Date().addingTimeInterval(10)
+                for _ in 0..<2_000 where Date() < deadline {
+                    guard let socket = try? TestSocket.connect(to: address, timeout: 2) else { return }
+                    connected.add(1)
+                    socket.close()
                 }
             }
             #expect(eventually(timeout: 5) { connected.value >= 50 })

@@ -41,22 +41,17 @@ import Testing
         let backend = try Self.echoServer()
         let relay = try Relay(remote: backend.address)
         let results = Results()
-        let group = DispatchGroup()
-        for index in 0..<20 {
-            group.enter()
-            Thread.detachNewThread {
-                defer { group.leave() }
-                do {
-                    let connection = try TestSocket.connect(to: relay.address)
-                    let data = testBytes(100_000 + index * 1000, seed: UInt64(index))
-                    for start in stride(from: 0, to: data.count, by: 7000) {
-                        try connection.send(Array(data[start..<min(start + 7000, data.count)]))
-                    }
-                    try connection.shutdownWrite()
-                    results.record(try connection.receiveAll() == data)
-                } catch {
-                    results.record(false)
+        let group = onThreads(20) { index in
+            do {
+                let connection = try TestSocket.connect(to: relay.address)
+                let data = testBytes(100_000 + index * 1000, seed: UInt64(index))
+                for start in stride(from: 0, to: data.count, by: 7000) {
+                    try connection.send(Array(data[start..<min(start + 7000, data.count)]))
                 }
+                try connection.shutdownWrite()
+                results.record(try connection.receiveAll() == data)
+            } catch {
+                results.record(false)
             }
         }
         #expect(group.wait(timeout: .now() + 60) == .success)

@@ -392,6 +392,19 @@ func eventually(timeout: Double = 10, _ condition: () throws -> Bool) rethrows -
     return try condition()
 }
 
+/// Runs `body(index)` for each index in `0..<count`, each on a thread of its own; wait on the group returned.
+func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) -> DispatchGroup {
+    let group = DispatchGroup()
+    for index in 0..<count {
+        group.enter()
+        Thread.detachNewThread {
+            defer { group.leave() }
+            body(index)
+        }
+    }
+    return group
+}
+
 extension TestAddress {
     /// A sockaddr_in or sockaddr_in6, copied into the storage (in an extension: the memberwise initializer stays).
     fileprivate init<Address>(holding address: Address) {
