@@ -19,6 +19,31 @@ import Testing
         #expect(heap.earliest == deadlines.filter { $0 > 5_000 }.min())
     }
 
+    @Test func ownAddressCache_answersForAMinuteThenAsksAgain() throws {
+        func address(_ text: String) throws -> SocketAddress {
+            guard case .address(let address) = try Endpoint(parsing: text).host else { throw CancellationError() }
+            return address
+        }
+        let own = try address("192.0.2.1:25")
+        let far = try address("[2001:db8::2]:25")
+        var cache = OwnAddressCache()
+        #expect(cache.isOnThisMachine(own, now: 0) == nil)
+        // The kernel picked the remote's own address as the source: the remote is on this machine.
+        #expect(cache.learn(own, source: try address("192.0.2.1:40000"), now: 1_000))
+        #expect(!cache.learn(far, source: try address("[2001:db8::1]:40000"), now: 1_000))
+        #expect(cache.isOnThisMachine(own, now: 1_000 + OwnAddressCache.lifetime - 1) == true)
+        #expect(cache.isOnThisMachine(far, now: 1_000 + OwnAddressCache.lifetime - 1) == false)
+        #expect(cache.isOnThisMachine(own, now: 1_000 + OwnAddressCache.lifetime) == nil)
+        // Another port of the same host is another remote.
+        #expect(cache.isOnThisMachine(try address("192.0.2.1:26"), now: 1_000) == nil)
+        // Full, it starts afresh rather than grow.
+        for port in 1...OwnAddressCache.capacity {
+            _ = cache.learn(try address("198.51.100.9:\(port)"), source: try address("198.51.100.1:1"), now: 2_000)
+        }
+        #expect(cache.isOnThisMachine(own, now: 2_000) == nil)
+        #expect(cache.isOnThisMachine(try address("198.51.100.9:\(OwnAddressCache.capacity)"), now: 2_000) == false)
+    }
+
     @Test(arguments: [
         (UInt64(0), "0 B"), (999, "999 B"), (1000, "1.0 kB"), (1_234_567, "1.2 MB"), (999_999_999, "1.0 GB"),
     ])

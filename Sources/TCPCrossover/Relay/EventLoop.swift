@@ -58,6 +58,8 @@ final class EventLoop: @unchecked Sendable {
     private var stopDeadline: Int64?
     /// Periodic work of the first loop (status, watchdog); the time each is next due.
     private var periodicDue: [Int64] = []
+    /// Which remotes that are not loopback addresses are this machine's own (for `--loopback-congestion-control`).
+    private var ownAddresses = OwnAddressCache()
     /// The per-connection log lines of the current turn.
     private var logBatch = LogBatch()
     /// Connections this loop serves, plus those handed to it and not yet taken: what the other loops compare when
@@ -540,7 +542,10 @@ final class EventLoop: @unchecked Sendable {
                 if engine.exhausted.load(ordering: .relaxed) { descriptorsAvailable() }
                 // Keepalive comes later, on connections that live long enough to need it (see `keepaliveDue`).
                 try Syscall.setConnectionOptions(fd, keepalive: nil)
-                if address.isLoopback { useLoopbackCongestionControl(fd) }
+                // Nil: a remote that is not a loopback address, not known to be this machine's own or not: the
+                // connect below tells.
+                let onThisMachine = address.isLoopback ? true : ownAddresses.isOnThisMachine(address, now: now)
+                if onThisMachine == true { useLoopbackCongestionControl(fd) }
                 if connection.firstBytesHeld { try Syscall.setQuickAck(fd, false) }
                 if let source = engine.options.sources.first(where: { $0.family == address.family }) {
                     try Syscall.bindForConnect(fd, to: source)
@@ -550,9 +555,8 @@ final class EventLoop: @unchecked Sendable {
                     data: EventTag.make(EventTag.server, index: Int(connection.slot), generation: connection.generation)
                 )
                 let connectedAtOnce = try Syscall.connect(fd, to: address)
-                // A remote at one of this machine's own addresses: the kernel picked that address as the source.
-                if !address.isLoopback, engine.options.loopbackCongestionControl != nil,
-                    let source = try? Syscall.localAddress(fd), address.isOnThisMachine(localEnd: source)
+                if onThisMachine == nil, engine.options.loopbackCongestionControl != nil,
+                    let source = try? Syscall.localAddress(fd), ownAddresses.learn(address, source: source, now: now)
                 {
                     useLoopbackCongestionControl(fd)
                 }
