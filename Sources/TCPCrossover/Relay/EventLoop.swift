@@ -542,8 +542,8 @@ final class EventLoop: @unchecked Sendable {
                 if engine.exhausted.load(ordering: .relaxed) { descriptorsAvailable() }
                 // Keepalive comes later, on connections that live long enough to need it (see `keepaliveDue`).
                 try Syscall.setConnectionOptions(fd, keepalive: nil)
-                // Nil: a remote that is not a loopback address, not known to be this machine's own or not: the
-                // connect below tells.
+                // Nil for a remote that is not a loopback address and was not looked at lately: the connect below
+                // tells whether it is this machine's own.
                 let onThisMachine = address.isLoopback ? true : ownAddresses.isOnThisMachine(address, now: now)
                 if onThisMachine == true { useLoopbackCongestionControl(fd) }
                 if connection.firstBytesHeld { try Syscall.setQuickAck(fd, false) }
