@@ -225,6 +225,12 @@ public enum Launcher {
         }
         try checkEveryNameServes(services, listenerNames: configuration.locals.map(\.name), where: "--local")
 
+        if identity == nil && Syscall.identities.euid == 0 {
+            // Said before detaching, on the terminal of whoever started it, where it can be acted on.
+            Log.warning(
+                "running as root with no --user: the relay keeps root's privileges while it serves the internet; "
+                    + "give --user (for example --user nobody) to drop them once the sockets are bound")
+        }
         let background = !configuration.foreground && !configuration.debug
         var readiness: Daemon.Readiness? = nil
         if background {
