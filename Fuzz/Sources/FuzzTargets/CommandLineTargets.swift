@@ -55,6 +55,8 @@ public func fuzzOptions(_ data: [UInt8]) {
         case 21:
             options.remote = []  // no remote at all
             ownRemote = true
+        case 22: options.maxConnectionsPerClient = value
+        case 23: options.clientPrefixLength = value
         default: options.local.append(value)
         }
     }
@@ -85,6 +87,14 @@ private func checkConfiguration(_ options: Options, input: [UInt8]) {
     require(relay.idleTimeout.map { (1...86_400_000).contains($0) } ?? true, "idle timeout", input: input)
     require(configuration.exitIdleTime.map { (1...86_400_000).contains($0) } ?? true, "exit idle time", input: input)
     require(configuration.maximumConnections.map { (1...10_000_000).contains($0) } ?? true, "max", input: input)
+    require(
+        relay.maximumConnectionsPerClient.map { (1...10_000_000).contains($0) } ?? true, "max per client", input: input)
+    require(
+        (1...32).contains(relay.clientPrefixes.ipv4) && (1...128).contains(relay.clientPrefixes.ipv6),
+        "client prefix lengths \(relay.clientPrefixes.ipv4),\(relay.clientPrefixes.ipv6)", input: input)
+    require(
+        options.clientPrefixLength == nil || relay.maximumConnectionsPerClient != nil,
+        "--client-prefix-length without --max-connections-per-client", input: input)
     if let keepalive = relay.keepalive {
         require(
             (1...32767).contains(keepalive.idle) && (1...32767).contains(keepalive.interval)
@@ -116,6 +126,8 @@ private func spelling(_ options: Options) -> [String] {
     add("threads", options.threads, default: defaults.threads)
     add("exit-idle-time", options.exitIdleTime)
     add("max-connections", options.maxConnections)
+    add("max-connections-per-client", options.maxConnectionsPerClient)
+    add("client-prefix-length", options.clientPrefixLength)
     add("idle-timeout", options.idleTimeout)
     add("keepalive", options.keepalive, default: defaults.keepalive)
     add("shutdown-timeout", options.shutdownTimeout, default: defaults.shutdownTimeout)
