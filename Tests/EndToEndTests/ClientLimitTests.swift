@@ -103,8 +103,41 @@ import Testing
         let stopped = lines.firstIndex { $0.hasPrefix("stopped: ") }
         #expect(ended != nil && stopped != nil && ended! < stopped!, "\(relay.process.standardError)")
         if let ended {
-            #expect(lines[ended].contains(" connections refused over its limit of 3 in "), "\(lines[ended])")
+            #expect(
+                lines[ended].contains(" connections refused over its limit of 3 connections in "), "\(lines[ended])")
         }
+    }
+
+    /// `--max-new-connections-per-client 3/3600`: 127.0.0.2 opens three connections one after the other, each served
+    /// and ended; its fourth is reset before the backend sees it, and 127.0.0.3 is served meanwhile.
+    @Test func blockOverItsRate_isRefusedBeforeTheBackend_whileAnotherClientIsServed() throws {
+        let backend = try Self.echoBackend()
+        let relay = try Relay(
+            local: ["127.0.0.1:0"], remote: backend.address.description,
+            ["--max-new-connections-per-client", "3/3600"])
+        for index in 0..<3 {
+            let connection = try TestSocket.connect(to: relay.address, from: "127.0.0.2")
+            try connection.send("connection \(index)")
+            try connection.shutdownWrite()
+            #expect(try connection.receiveAll() == Array("connection \(index)".utf8))
+        }
+        let overRate = try TestSocket.connect(to: relay.address, from: "127.0.0.2")
+        #expect(overRate.waitForEnding() == .reset)
+        let other = try TestSocket.connect(to: relay.address, from: "127.0.0.3")
+        try other.send("another client")
+        try other.shutdownWrite()
+        #expect(try other.receiveAll() == Array("another client".utf8))
+        #expect(backend.accepted == 4)
+        #expect(
+            relay.process.waitForError(
+                containing: "client block 127.0.0.2/32 went over its rate of 3 new connections per 3600 s; refusing"),
+            "\(relay.process.standardError)")
+        #expect(relay.stop() == 0)
+        #expect(
+            relay.process.standardError.contains(
+                "client block 127.0.0.2/32: 1 connection refused over its rate of 3 new connections per 3600 s in "),
+            "\(relay.process.standardError)")
+        #expect(relay.process.standardError.contains("5 accepted, 1 refused (1 per-client rate), 0 failed connects"))
     }
 
     /// With two event loops, connections are handed from one loop to the other, and each loop gives back the
@@ -197,7 +230,7 @@ import Testing
         #expect(relay.stop() == 0)
         #expect(
             relay.process.standardError.contains(
-                "client block 2001:db8:1::/64: 2 connections refused over its limit of 2 in "),
+                "client block 2001:db8:1::/64: 2 connections refused over its limit of 2 connections in "),
             "\(relay.process.standardError)")
     }
 
@@ -231,6 +264,10 @@ extension ClientLimitTests {
         (
             ["--max-connections-per-client", "5", "--client-prefix-length", "24,129"],
             "--client-prefix-length '24,129' is not valid"
+        ),
+        (
+            ["--max-new-connections-per-client", "30"],
+            "--max-new-connections-per-client '30' is not valid; expected COUNT/SECONDS"
         ),
         (
             ["--client-prefix-length", "24,56"],

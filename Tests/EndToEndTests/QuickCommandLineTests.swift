@@ -24,6 +24,7 @@ import Testing
         ["--remote", "127.0.0.1:1", "--loopback-congestion-control", "system"],
         ["--remote", "127.0.0.1:1", "--loopback-congestion-control=cubic"],
         ["--remote", "127.0.0.1:1", "--max-connections-per-client", "20", "--client-prefix-length=24,56"],
+        ["--remote", "127.0.0.1:1", "--max-new-connections-per-client", "30/60", "--max-connections-per-client=5"],
     ]
 
     @Test(arguments: validLines)

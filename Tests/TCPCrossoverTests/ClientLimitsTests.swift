@@ -91,15 +91,15 @@ import Testing
         let block = ClientPrefixes.standard.block(of: first)
         #expect(table.admit(first, now: 0) == .admitted(block))
         #expect(table.admit(neighbour, now: 0) == .admitted(block))
-        #expect(table.admit(first, now: 1) == .refused(block, episodeStarted: true))
-        #expect(table.admit(neighbour, now: 2) == .refused(block, episodeStarted: false))
+        #expect(table.admit(first, now: 1) == .refused(block, .limit(2), episodeStarted: true))
+        #expect(table.admit(neighbour, now: 2) == .refused(block, .limit(2), episodeStarted: false))
         #expect(table.admit(other, now: 2) == .admitted(ClientPrefixes.standard.block(of: other)))
         #expect(table.openConnections(of: block) == 2)
         // A connection ends: the block may have one more, and no more.
-        _ = table.release(block)
+        _ = table.release(block, now: 0)
         #expect(table.openConnections(of: block) == 1)
         #expect(table.admit(first, now: 3) == .admitted(block))
-        #expect(table.admit(first, now: 3) == .refused(block, episodeStarted: false))
+        #expect(table.admit(first, now: 3) == .refused(block, .limit(2), episodeStarted: false))
     }
 
     @Test func counting_forgetsABlockOnceItsLastConnectionEnds() throws {
@@ -114,7 +114,7 @@ import Testing
             blocks.append(block)
         }
         #expect(table.blockCount == 1)
-        for block in blocks { #expect(table.release(block) == nil) }
+        for block in blocks { #expect(table.release(block, now: 0) == nil) }
         #expect(table.blockCount == 0)
         #expect(table.endQuietEpisodes(now: 100_000).isEmpty)
     }
@@ -128,9 +128,9 @@ import Testing
             Issue.record("refused under the limit")
             return
         }
-        #expect(table.admit(client, now: 1_000) == .refused(block, episodeStarted: true))
+        #expect(table.admit(client, now: 1_000) == .refused(block, .limit(1), episodeStarted: true))
         for time in stride(from: Int64(1_100), through: 5_000, by: 100) {
-            #expect(table.admit(client, now: time) == .refused(block, episodeStarted: false))
+            #expect(table.admit(client, now: time) == .refused(block, .limit(1), episodeStarted: false))
         }
         // 9.9 s after the last refusal: still the same episode.
         #expect(table.endQuietEpisodes(now: 14_999).isEmpty)
@@ -140,9 +140,9 @@ import Testing
         #expect(over.first?.duration == 4_000)
         #expect(
             over.first?.description
-                == "client block 2001:db8:1:2::/64: 41 connections refused over its limit of 1 in 4.0 s")
+                == "client block 2001:db8:1:2::/64: 41 connections refused over its limit of 1 connection in 4.0 s")
         // The block still holds its connection; the next refusal is a new episode.
-        #expect(table.admit(client, now: 20_000) == .refused(block, episodeStarted: true))
+        #expect(table.admit(client, now: 20_000) == .refused(block, .limit(1), episodeStarted: true))
         #expect(table.endQuietEpisodes(now: 30_000).first?.refused == 1)
         #expect(table.endQuietEpisodes(now: 40_000).isEmpty)
     }
@@ -155,12 +155,12 @@ import Testing
             return
         }
         _ = table.admit(client, now: 500)
-        #expect(table.release(block) == nil)
+        #expect(table.release(block, now: 0) == nil)
         // It lingers until its episode is over, and comes back into the same episode.
         #expect(table.blockCount == 1)
         #expect(table.admit(client, now: 600) == .admitted(block))
-        #expect(table.admit(client, now: 700) == .refused(block, episodeStarted: false))
-        #expect(table.release(block) == nil)
+        #expect(table.admit(client, now: 700) == .refused(block, .limit(1), episodeStarted: false))
+        #expect(table.release(block, now: 0) == nil)
         let over = table.endQuietEpisodes(now: 10_700)
         #expect(over.map(\.refused) == [2])
         #expect(table.blockCount == 0)
@@ -176,7 +176,7 @@ import Testing
                 return
             }
             _ = table.admit(client, now: 1)
-            if let over = table.release(block) { ended.append(over) }
+            if let over = table.release(block, now: 0) { ended.append(over) }
         }
         // Two linger until their episode is over; the other three are reported at once.
         #expect(ended.count == 3)
@@ -198,6 +198,77 @@ import Testing
         #expect(table.blockCount == 3)
     }
 
+    // MARK: rate
+
+    func rate(_ count: Int, per seconds: Int64) throws -> ConnectionRate {
+        try #require(ConnectionRate(count: count, period: seconds * 1000))
+    }
+
+    @Test func rate_letsABurstThrough_thenOneConnectionPerInterval() throws {
+        let threePerSixSeconds = try rate(3, per: 6)
+        var table = ClientConnectionTable(limit: nil, rate: threePerSixSeconds, prefixes: .standard)
+        let client = try address("2001:db8:5::1")
+        let block = ClientPrefixes.standard.block(of: client)
+        for _ in 0..<3 { #expect(table.admit(client, now: 1_000) == .admitted(block)) }
+        #expect(table.admit(client, now: 1_000) == .refused(block, .rate(threePerSixSeconds), episodeStarted: true))
+        // One connection's worth (2 s) comes back at a time.
+        #expect(table.admit(client, now: 2_999) == .refused(block, .rate(threePerSixSeconds), episodeStarted: false))
+        #expect(table.admit(client, now: 3_000) == .admitted(block))
+        #expect(table.admit(client, now: 3_000) == .refused(block, .rate(threePerSixSeconds), episodeStarted: false))
+        #expect(table.admit(client, now: 5_000) == .admitted(block))
+        // Another block has its own bucket; refusals do not use the bucket up.
+        let other = try address("2001:db8:6::1")
+        #expect(table.admit(other, now: 5_000) == .admitted(ClientPrefixes.standard.block(of: other)))
+        #expect(table.admit(client, now: 7_000) == .admitted(block))
+        // After a quiet time as long as the period the whole burst is back, and no more.
+        for _ in 0..<3 { #expect(table.admit(client, now: 13_000) == .admitted(block)) }
+        #expect(table.admit(client, now: 13_000) != .admitted(block))
+        #expect(table.openConnections(of: block) == 9)
+    }
+
+    @Test func rate_isKeptForABlockWithoutConnections_untilItsBucketIsFull() throws {
+        var table = ClientConnectionTable(limit: nil, rate: try rate(2, per: 10), prefixes: .standard)
+        let client = try address("192.0.2.50")
+        let block = ClientPrefixes.standard.block(of: client)
+        #expect(table.admit(client, now: 0) == .admitted(block))
+        #expect(table.admit(client, now: 0) == .admitted(block))
+        #expect(table.release(block, now: 100) == nil)
+        #expect(table.release(block, now: 100) == nil)
+        // No connection open, and still no room: the bucket is remembered.
+        #expect(table.blockCount == 1)
+        #expect(table.admit(client, now: 200) != .admitted(block))
+        #expect(table.endQuietEpisodes(now: 9_999).isEmpty)
+        #expect(table.blockCount == 1)
+        // Full again 10 s after the two connections, and its episode over 10 s after the refusal.
+        #expect(table.endQuietEpisodes(now: 10_200).map(\.overRate) == [1])
+        #expect(table.blockCount == 0)
+    }
+
+    @Test func limitAndRate_togetherRefuseForTheFirstThatApplies_andTheEpisodeCountsEach() throws {
+        let twoPerMinute = try rate(2, per: 60)
+        var table = ClientConnectionTable(limit: 1, rate: twoPerMinute, prefixes: .standard)
+        let client = try address("198.51.100.4")
+        let block = ClientPrefixes.standard.block(of: client)
+        #expect(table.admit(client, now: 0) == .admitted(block))
+        #expect(table.admit(client, now: 0) == .refused(block, .limit(1), episodeStarted: true))
+        #expect(table.release(block, now: 10) == nil)
+        #expect(table.admit(client, now: 20) == .admitted(block))
+        #expect(table.release(block, now: 30) == nil)
+        #expect(table.admit(client, now: 1_040) == .refused(block, .rate(twoPerMinute), episodeStarted: false))
+        let over = table.endQuietEpisodes(now: 11_040)
+        #expect(over.map(\.refused) == [2])
+        #expect(
+            over.first?.description
+                == "client block 198.51.100.4/32: 2 connections refused (1 over its limit of 1 connection, 1 over its "
+                + "rate of 2 new connections per 60 s) in 1.0 s")
+        var rateOnly = ClientConnectionTable(limit: nil, rate: twoPerMinute, prefixes: .standard)
+        for _ in 0..<3 { _ = rateOnly.admit(client, now: 0) }
+        #expect(
+            rateOnly.endQuietEpisodes(now: 10_000).first?.description
+                == "client block 198.51.100.4/32: 1 connection refused over its rate of 2 new connections per 60 s in "
+                + "0.0 s")
+    }
+
     // MARK: figures
 
     @Test func figures_breakRefusalsDownByReason_whenThereAreAny() {
@@ -209,6 +280,9 @@ import Testing
         #expect(figures.description.hasPrefix("0 active, 0 accepted, 7 refused (5 per-client limit, 2 access rules),"))
         figures.refusedByAccessRule = 0
         #expect(figures.description.hasPrefix("0 active, 0 accepted, 5 refused (5 per-client limit), 0 failed"))
+        figures.refusedOverClientRate = 3
+        #expect(
+            figures.description.hasPrefix("0 active, 0 accepted, 8 refused (5 per-client limit, 3 per-client rate),"))
     }
 
     // MARK: options
@@ -222,6 +296,15 @@ import Testing
         let chosen = try Options(remote: ["127.0.0.1:25"], maxConnectionsPerClient: "5", clientPrefixLength: "24,56")
             .configuration()
         #expect(chosen.relay.clientPrefixes == (try prefixes(24, 56)))
+        let rated = try Options(
+            remote: ["127.0.0.1:25"], maxNewConnectionsPerClient: "30/60", clientPrefixLength: "32,48"
+        )
+        .configuration()
+        #expect(rated.relay.newConnectionRatePerClient == (try rate(30, per: 60)))
+        #expect(rated.relay.maximumConnectionsPerClient == nil)
+        #expect(rated.relay.newConnectionRatePerClient?.description == "30 new connections per 60 s")
+        let fraction = try Options(remote: ["127.0.0.1:25"], maxNewConnectionsPerClient: "1/0.5").configuration()
+        #expect(fraction.relay.newConnectionRatePerClient?.description == "1 new connection per 0.5 s")
     }
 
     static let badValues: [(limit: String?, prefixes: String?, message: String)] = [
@@ -242,6 +325,18 @@ import Testing
             _ = try options.configuration()
         } throws: { error in
             "\(error)".hasPrefix(message)
+        }
+    }
+
+    @Test(arguments: ["30", "30/", "/60", "0/60", "30/0", "30/-1", "30/60/1", "1000001/1", "+3/60", "3/86401", "x/1"])
+    func options_badRates_sayWhatIsAccepted(rate: String) {
+        let options = Options(remote: ["127.0.0.1:25"], maxNewConnectionsPerClient: rate)
+        #expect {
+            _ = try options.configuration()
+        } throws: { error in
+            "\(error)".hasPrefix(
+                "--max-new-connections-per-client '\(rate)' is not valid; expected COUNT/SECONDS, 1 to 1000000 "
+                    + "connections per 0.001 to 86400 seconds (such as 30/60")
         }
     }
 }

@@ -87,113 +87,194 @@ extension SocketAddress {
     }
 }
 
-/// The connections each client block has open, against `--max-connections-per-client`, and the episodes of
-/// refusals: a block that reaches its limit is refused further connections, and is reported once when it starts
-/// being refused and once when that is over (no refusal for `quietPeriod`), with the number refused, rather than
-/// once per attempt. A pure value: the caller gives the time and logs what it returns.
+/// `--max-new-connections-per-client COUNT/SECONDS`: a client block may open `count` connections in a burst, and
+/// then one more every `period / count` (a token bucket that holds `count` and fills at `count` per `period`).
+public struct ConnectionRate: Equatable, Sendable, CustomStringConvertible {
+    public let count: Int
+    /// In milliseconds.
+    public let period: Int64
+
+    /// 1 to 1,000,000 connections per 1 ms to 1 day.
+    public init?(count: Int, period: Int64) {
+        guard (1...1_000_000).contains(count), (1...86_400_000).contains(period) else { return nil }
+        self.count = count
+        self.period = period
+    }
+
+    /// The time one connection takes from the bucket, in microseconds.
+    var interval: Int64 { max(1, period * 1000 / Int64(count)) }
+
+    /// `30 new connections per 60 s`.
+    public var description: String {
+        let seconds = period % 1000 == 0 ? "\(period / 1000)" : "\(Double(period) / 1000)"
+        return "\(count) new connection\(count == 1 ? "" : "s") per \(seconds) s"
+    }
+}
+
+/// Why a connection was refused for its client block.
+public enum ClientRefusal: Equatable, Sendable, CustomStringConvertible {
+    /// The block had `limit` connections open already (`--max-connections-per-client`).
+    case limit(Int)
+    /// The block had opened connections faster than the rate (`--max-new-connections-per-client`).
+    case rate(ConnectionRate)
+
+    /// `its limit of 20 connections`, `its rate of 30 new connections per 60 s`.
+    public var description: String {
+        switch self {
+        case .limit(let limit): "its limit of \(limit) connection\(limit == 1 ? "" : "s")"
+        case .rate(let rate): "its rate of \(rate)"
+        }
+    }
+}
+
+/// The connections each client block has open and has opened lately, against `--max-connections-per-client` and
+/// `--max-new-connections-per-client`, and the episodes of refusals: a block over its limit or its rate is refused
+/// further connections, and is reported once when it starts being refused and once when that is over (no refusal
+/// for `quietPeriod`), with the number refused, rather than once per attempt. A pure value: the caller gives the
+/// time and logs what it returns.
 ///
-/// The table holds an entry only for a block with connections open (at most the process's connection limit) or
-/// with an episode not yet over (at most `maximumLingering` of them without connections), so it stays bounded
-/// whatever the clients do.
+/// The table holds an entry only for a block with connections open (at most the process's connection limit), or
+/// without connections but with an episode not yet over or a bucket not yet full again (at most `maximumLingering`
+/// of those; past it, such a block is forgotten when its last connection ends, and its episode reported), so it
+/// stays bounded whatever the clients do.
 public struct ClientConnectionTable: Sendable {
-    /// Connections a block may have open at once.
-    public let limit: Int
+    /// Connections a block may have open at once; nil for no limit.
+    public let limit: Int?
+    /// New connections a block may open; nil for no limit.
+    public let rate: ConnectionRate?
     public let prefixes: ClientPrefixes
     /// An episode is over after this long without a refusal, in milliseconds.
     public let quietPeriod: Int64
-    /// Blocks without connections whose episode is not over yet, at most; past it, the episode of a block whose
-    /// last connection ends is over at once.
+    /// Blocks without connections the table keeps, at most.
     public let maximumLingering: Int
 
     private var blocks: [ClientBlock: Entry] = [:]
-    /// Blocks without connections whose episode is not over.
+    /// Blocks without connections in the table.
     private var lingering = 0
-    /// Episodes not over: while there are none, `endQuietEpisodes` has nothing to look at.
+    /// Episodes not over.
     private var episodes = 0
 
     private struct Entry {
         var open = 0
+        /// When the block's bucket is full again, in microseconds (the theoretical arrival time of the generic cell
+        /// rate algorithm): each new connection moves it on by `rate.interval`, and a connection that would move it
+        /// more than a full bucket ahead of now is refused.
+        var bucketFullAt: Int64 = 0
         var episode: Episode?
     }
 
     private struct Episode {
         let started: Int64
         var lastRefusal: Int64
-        var refused: Int
+        var overLimit = 0
+        var overRate = 0
     }
 
     /// What happened to a connection that asked to be counted.
     public enum Admission: Equatable, Sendable {
         /// Counted in its block: give it back with `release` when the connection ends.
         case admitted(ClientBlock)
-        /// Its block is at the limit. `episodeStarted`: the first refusal since the block was last refused, to be
-        /// reported.
-        case refused(ClientBlock, episodeStarted: Bool)
+        /// Its block is over its limit or rate. `episodeStarted`: the first refusal since the block was last
+        /// refused, to be reported.
+        case refused(ClientBlock, ClientRefusal, episodeStarted: Bool)
     }
 
-    /// An episode that is over: the block, how many connections it was refused, and how long it was refused for
-    /// (from the first refusal to the last), in milliseconds.
+    /// An episode that is over: the block, how many connections it was refused for each reason, and how long it was
+    /// refused for (from the first refusal to the last), in milliseconds.
     public struct EndedEpisode: Equatable, Sendable, CustomStringConvertible {
         public let block: ClientBlock
-        public let refused: Int
+        public let overLimit: Int
+        public let overRate: Int
         public let duration: Int64
-        public let limit: Int
+        public let limit: Int?
+        public let rate: ConnectionRate?
 
-        /// `client block 2001:db8:1:2::/64: 153 connections refused over its limit of 20 in 42.1 s`.
+        public var refused: Int { overLimit + overRate }
+
+        /// `client block 2001:db8:1:2::/64: 153 connections refused over its limit of 20 connections in 42.1 s`, or
+        /// with both reasons `...: 160 connections refused (153 over its limit of 20 connections, 7 over its rate of
+        /// 30 new connections per 60 s) in 42.1 s`.
         public var description: String {
             let tenths = (duration + 50) / 100
             let connections = refused == 1 ? "1 connection" : "\(refused) connections"
-            return "client block \(block): \(connections) refused over its limit of \(limit) in "
-                + "\(tenths / 10).\(tenths % 10) s"
+            let limitText = limit.map { ClientRefusal.limit($0).description } ?? ""
+            let rateText = rate.map { ClientRefusal.rate($0).description } ?? ""
+            let reasons: String
+            if overRate == 0 {
+                reasons = " over \(limitText)"
+            } else if overLimit == 0 {
+                reasons = " over \(rateText)"
+            } else {
+                reasons = " (\(overLimit) over \(limitText), \(overRate) over \(rateText))"
+            }
+            return "client block \(block): \(connections) refused\(reasons) in \(tenths / 10).\(tenths % 10) s"
         }
     }
 
-    public init(limit: Int, prefixes: ClientPrefixes, quietPeriod: Int64 = 10_000, maximumLingering: Int = 1024) {
+    public init(
+        limit: Int?, rate: ConnectionRate? = nil, prefixes: ClientPrefixes, quietPeriod: Int64 = 10_000,
+        maximumLingering: Int = 16_384
+    ) {
         self.limit = limit
+        self.rate = rate
         self.prefixes = prefixes
         self.quietPeriod = quietPeriod
         self.maximumLingering = maximumLingering
     }
 
-    /// Counts a new connection from `client` in its block, or refuses it when the block is at the limit.
+    /// Counts a new connection from `client` in its block, or refuses it when the block is at its limit or over its
+    /// rate. `now` in milliseconds.
     public mutating func admit(_ client: SocketAddress, now: Int64) -> Admission {
         let block = prefixes.block(of: client)
         var entry = blocks[block] ?? Entry()
         defer { blocks[block] = entry }
-        if entry.open < limit {
-            if entry.open == 0 && entry.episode != nil { lingering -= 1 }
+        var refusal: ClientRefusal?
+        if let limit, entry.open >= limit {
+            refusal = .limit(limit)
+        } else if let rate {
+            let time = now * 1000
+            let next = max(entry.bucketFullAt, time) + rate.interval
+            // A full bucket lets `count` connections through at once: the last of them moves the time on by
+            // `count` intervals.
+            if next - time > rate.interval * Int64(rate.count) {
+                refusal = .rate(rate)
+            } else {
+                entry.bucketFullAt = next
+            }
+        }
+        guard let refusal else {
+            if entry.open == 0 && blocks[block] != nil { lingering -= 1 }
             entry.open += 1
             return .admitted(block)
         }
-        if var episode = entry.episode {
-            episode.refused += 1
-            episode.lastRefusal = now
-            entry.episode = episode
-            return .refused(block, episodeStarted: false)
+        var started = false
+        var episode = entry.episode ?? Episode(started: now, lastRefusal: now)
+        if entry.episode == nil {
+            started = true
+            episodes += 1
         }
-        entry.episode = Episode(started: now, lastRefusal: now, refused: 1)
-        episodes += 1
-        return .refused(block, episodeStarted: true)
+        // The loops' clocks are read at different moments: one may be a little behind the last refusal's.
+        episode.lastRefusal = max(episode.lastRefusal, now)
+        if case .limit = refusal { episode.overLimit += 1 } else { episode.overRate += 1 }
+        entry.episode = episode
+        return .refused(block, refusal, episodeStarted: started)
     }
 
     /// Gives back the count of a connection `admit` admitted, when it ends. Returns the block's episode when it is
     /// over at once (its last connection ended and too many blocks linger already).
-    public mutating func release(_ block: ClientBlock) -> EndedEpisode? {
+    public mutating func release(_ block: ClientBlock, now: Int64) -> EndedEpisode? {
         guard var entry = blocks[block], entry.open > 0 else {
             assertionFailure("a connection of \(block) was given back that was not counted")
             return nil
         }
         entry.open -= 1
-        guard entry.open == 0 else {
-            blocks[block] = entry
-            return nil
-        }
-        guard let episode = entry.episode else {
-            blocks[block] = nil
+        if entry.open > 0 || (entry.episode == nil && entry.bucketFullAt <= now * 1000) {
+            blocks[block] = entry.open > 0 ? entry : nil
             return nil
         }
         if lingering >= maximumLingering {
             blocks[block] = nil
+            guard let episode = entry.episode else { return nil }
             episodes -= 1
             return ended(block, episode)
         }
@@ -203,29 +284,31 @@ public struct ClientConnectionTable: Sendable {
     }
 
     /// Ends the episodes without a refusal for `quietPeriod` (all of them with `all`, when the relay stops), and
-    /// forgets the blocks that hold no connection any more. Returns the episodes that are over, to be reported.
+    /// forgets the blocks that hold no connection, have no episode and have a full bucket again. Returns the
+    /// episodes that are over, to be reported.
     public mutating func endQuietEpisodes(now: Int64, all: Bool = false) -> [EndedEpisode] {
-        guard episodes > 0 else { return [] }
-        var over: [(ClientBlock, Episode)] = []
+        guard episodes > 0 || lingering > 0 else { return [] }
+        var over: [EndedEpisode] = []
+        var forgotten: [ClientBlock] = []
         for (block, entry) in blocks {
-            guard let episode = entry.episode, all || now - episode.lastRefusal >= quietPeriod else { continue }
-            over.append((block, episode))
-        }
-        for (block, _) in over {
-            if blocks[block]!.open == 0 {
-                blocks[block] = nil
-                lingering -= 1
-            } else {
-                blocks[block]!.episode = nil
+            var quiet = entry.episode == nil
+            if let episode = entry.episode, all || now - episode.lastRefusal >= quietPeriod {
+                over.append(ended(block, episode))
+                quiet = true
             }
+            if quiet && entry.open == 0 && entry.bucketFullAt <= now * 1000 { forgotten.append(block) }
         }
+        for episode in over { blocks[episode.block]?.episode = nil }
+        for block in forgotten { blocks[block] = nil }
         episodes -= over.count
-        return over.map { ended($0.0, $0.1) }
+        lingering -= forgotten.count
+        return over
     }
 
     private func ended(_ block: ClientBlock, _ episode: Episode) -> EndedEpisode {
         EndedEpisode(
-            block: block, refused: episode.refused, duration: episode.lastRefusal - episode.started, limit: limit)
+            block: block, overLimit: episode.overLimit, overRate: episode.overRate,
+            duration: episode.lastRefusal - episode.started, limit: limit, rate: rate)
     }
 
     /// Makes room for `count` blocks at once, so that admitting does not grow the table under load.
@@ -238,15 +321,13 @@ public struct ClientConnectionTable: Sendable {
     public var blockCount: Int { blocks.count }
 }
 
-/// `--max-connections-per-client`, shared by the event loops: the table behind a lock, and its log lines. The event
-/// loops call it only when the option is given.
+/// `--max-connections-per-client` and `--max-new-connections-per-client`, shared by the event loops: the table behind
+/// a lock, and its log lines. The event loops call it only when one of the options is given.
 final class ClientLimits: Sendable {
-    let limit: Int
     private let table: Mutex<ClientConnectionTable>
 
-    init(limit: Int, prefixes: ClientPrefixes, expectedBlocks: Int) {
-        self.limit = limit
-        var table = ClientConnectionTable(limit: limit, prefixes: prefixes)
+    init(limit: Int?, rate: ConnectionRate?, prefixes: ClientPrefixes, expectedBlocks: Int) {
+        var table = ClientConnectionTable(limit: limit, rate: rate, prefixes: prefixes)
         table.reserveCapacity(expectedBlocks)
         self.table = Mutex(table)
     }
@@ -254,15 +335,18 @@ final class ClientLimits: Sendable {
     /// Counts a new connection from `client`, or refuses it; the first refusal of an episode is logged.
     func admit(_ client: SocketAddress, now: Int64) -> ClientConnectionTable.Admission {
         let admission = table.withLock { $0.admit(client, now: now) }
-        if case .refused(let block, episodeStarted: true) = admission {
-            Log.warning("client block \(block) reached its limit of \(limit) connections; refusing new ones")
+        if case .refused(let block, let refusal, episodeStarted: true) = admission {
+            switch refusal {
+            case .limit: Log.warning("client block \(block) reached \(refusal); refusing new ones")
+            case .rate: Log.warning("client block \(block) went over \(refusal); refusing new ones")
+            }
         }
         return admission
     }
 
     /// Gives back the count of a connection that `admit` admitted.
-    func release(_ block: ClientBlock) {
-        if let over = table.withLock({ $0.release(block) }) { Log.notice(over.description) }
+    func release(_ block: ClientBlock, now: Int64) {
+        if let over = table.withLock({ $0.release(block, now: now) }) { Log.notice(over.description) }
     }
 
     /// Logs the episodes that are over (every one with `all`).

@@ -19,7 +19,8 @@ public final class Engine: @unchecked Sendable {
     public let options: RelayOptions
     public let services: [Service]
     public let statistics: Statistics
-    /// The connections of each client block (`--max-connections-per-client`); nil without that option.
+    /// The connections of each client block (`--max-connections-per-client`, `--max-new-connections-per-client`);
+    /// nil without those options.
     let clientLimits: ClientLimits?
     /// 0 while running; 1 after the first SIGTERM (stop accepting, let connections finish); 2 to stop at once.
     let stopLevel = Atomic<Int>(0)
@@ -43,10 +44,12 @@ public final class Engine: @unchecked Sendable {
         self.services = services
         self.options = options
         self.statistics = statistics
-        clientLimits = options.maximumConnectionsPerClient.map { limit in
-            ClientLimits(
-                limit: limit, prefixes: options.clientPrefixes,
-                expectedBlocks: min(options.maximumConnections, 4096))
+        if options.maximumConnectionsPerClient != nil || options.newConnectionRatePerClient != nil {
+            clientLimits = ClientLimits(
+                limit: options.maximumConnectionsPerClient, rate: options.newConnectionRatePerClient,
+                prefixes: options.clientPrefixes, expectedBlocks: min(options.maximumConnections, 4096))
+        } else {
+            clientLimits = nil
         }
         if let clientLimits {
             periodicTasks.append(

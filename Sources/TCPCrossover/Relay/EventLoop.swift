@@ -466,9 +466,9 @@ final class EventLoop: @unchecked Sendable {
             switch limits.admit(peer, now: now) {
             case .admitted(let block):
                 connection.clientBlock = block
-            case .refused(let block, _):
-                engine.statistics.refusedOverClientLimit.add(1, ordering: .relaxed)
-                finish(connection, .overClientLimit(block, limit: limits.limit))
+            case .refused(let block, let refusal, _):
+                engine.statistics.countRefusal(refusal)
+                finish(connection, .refusedForClient(block, refusal))
                 return
             }
         }
@@ -669,7 +669,7 @@ final class EventLoop: @unchecked Sendable {
         Syscall.close(connection.client)
         closeServer(connection)
         if let block = connection.clientBlock {
-            engine.clientLimits?.release(block)
+            engine.clientLimits?.release(block, now: now)
             connection.clientBlock = nil
         }
         connections[Int(connection.slot)] = nil
@@ -685,9 +685,9 @@ final class EventLoop: @unchecked Sendable {
             engine.statistics.failedConnects.add(1, ordering: .relaxed)
         }
         engine.connectionEnded()
-        // Refusals over the per-client limit are counted and logged once per episode (`ClientLimits`): a line each
+        // Refusals over a per-client limit are counted and logged once per episode (`ClientLimits`): a line each
         // would let one client flood the log.
-        if case .overClientLimit = ending, !Log.enabled(.debug) { return }
+        if case .refusedForClient = ending, !Log.enabled(.debug) { return }
         logBatch.info { connection.summary(ending, now: now, into: &$0) }
     }
 

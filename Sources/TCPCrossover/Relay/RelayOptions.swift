@@ -28,7 +28,10 @@ public struct RelayOptions: Sendable, Equatable {
     /// Connections one client (an address block, see `clientPrefixes`) may have open at once; nil for no such limit
     /// (`--max-connections-per-client`).
     public var maximumConnectionsPerClient: Int?
-    /// The address block that counts as one client (`--client-prefix-length`).
+    /// New connections one client may open, in bursts and over time; nil for no such limit
+    /// (`--max-new-connections-per-client`).
+    public var newConnectionRatePerClient: ConnectionRate?
+    /// The address block that counts as one client for both (`--client-prefix-length`).
     public var clientPrefixes = ClientPrefixes.standard
     /// How often host names among the remotes are looked up again, in milliseconds (`--resolve-interval`).
     public var resolveInterval: Int64 = 60_000

@@ -22,6 +22,7 @@ public struct Options: Equatable, Sendable {
     public var exitIdleTime: String?
     public var maxConnections: String?
     public var maxConnectionsPerClient: String?
+    public var maxNewConnectionsPerClient: String?
     public var clientPrefixLength: String?
     public var idleTimeout: String?
     public var keepalive: String
@@ -41,7 +42,8 @@ public struct Options: Equatable, Sendable {
         local: [String] = [], remote: [String] = [], pidfile: String? = nil, bufferSize: String = "1m",
         debug: Bool = false, foreground: Bool = false, dualStack: Bool = false, connectTimeout: String = "10",
         threads: String = "0", exitIdleTime: String? = nil, maxConnections: String? = nil,
-        maxConnectionsPerClient: String? = nil, clientPrefixLength: String? = nil, idleTimeout: String? = nil,
+        maxConnectionsPerClient: String? = nil, maxNewConnectionsPerClient: String? = nil,
+        clientPrefixLength: String? = nil, idleTimeout: String? = nil,
         keepalive: String = "120,30,4", shutdownTimeout: String = "10", user: String? = nil, group: String? = nil,
         proxyProtocol: String? = nil, source: [String] = [], allow: [String] = [], deny: [String] = [],
         resolveInterval: String = "60", loopbackCongestionControl: String = "reno"
@@ -58,6 +60,7 @@ public struct Options: Equatable, Sendable {
         self.exitIdleTime = exitIdleTime
         self.maxConnections = maxConnections
         self.maxConnectionsPerClient = maxConnectionsPerClient
+        self.maxNewConnectionsPerClient = maxNewConnectionsPerClient
         self.clientPrefixLength = clientPrefixLength
         self.idleTimeout = idleTimeout
         self.keepalive = keepalive
@@ -98,10 +101,15 @@ public struct Options: Equatable, Sendable {
         configuration.relay.maximumConnectionsPerClient = try maxConnectionsPerClient.map {
             try count($0, option: "--max-connections-per-client", range: 1...10_000_000)
         }
+        configuration.relay.newConnectionRatePerClient = try maxNewConnectionsPerClient.map(connectionRate)
         if let clientPrefixLength {
-            guard configuration.relay.maximumConnectionsPerClient != nil else {
+            guard
+                configuration.relay.maximumConnectionsPerClient != nil
+                    || configuration.relay.newConnectionRatePerClient != nil
+            else {
                 throw OptionError(
-                    "--client-prefix-length has no effect without --max-connections-per-client; give both or neither")
+                    "--client-prefix-length has no effect without --max-connections-per-client or "
+                        + "--max-new-connections-per-client")
             }
             configuration.relay.clientPrefixes = try clientPrefixes(clientPrefixLength)
         }
@@ -168,6 +176,22 @@ private func clientPrefixes(_ text: String) throws -> ClientPrefixes {
                 + "(such as 32,64)")
     }
     return prefixes
+}
+
+/// `--max-new-connections-per-client`: `COUNT/SECONDS`, such as `30/60`.
+private func connectionRate(_ text: String) throws -> ConnectionRate {
+    func bad() -> OptionError {
+        OptionError(
+            "--max-new-connections-per-client '\(text)' is not valid; expected COUNT/SECONDS, 1 to 1000000 "
+                + "connections per 0.001 to 86400 seconds (such as 30/60: 30 at once, then one every 2 seconds)")
+    }
+    let fields = text.split(separator: "/", omittingEmptySubsequences: false)
+    guard fields.count == 2, (1...7).contains(fields[0].utf8.count),
+        fields[0].utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), let count = Int(fields[0]),
+        let period = try? milliseconds(String(fields[1]), option: "--max-new-connections-per-client"),
+        let rate = ConnectionRate(count: count, period: period)
+    else { throw bad() }
+    return rate
 }
 
 /// `--source`: an IPv4 or IPv6 address, without a port.

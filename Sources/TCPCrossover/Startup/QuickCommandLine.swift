@@ -7,7 +7,8 @@ public enum QuickCommandLine {
     /// Long options that take a value (`--name VALUE` or `--name=VALUE`).
     public static let valueOptions = [
         "local", "remote", "pidfile", "bs", "connect-timeout", "threads", "exit-idle-time", "max-connections",
-        "max-connections-per-client", "client-prefix-length", "idle-timeout", "keepalive", "shutdown-timeout", "user",
+        "max-connections-per-client", "max-new-connections-per-client", "client-prefix-length", "idle-timeout",
+        "keepalive", "shutdown-timeout", "user",
         "group", "proxy-protocol", "source", "allow", "deny",
         "resolve-interval", "loopback-congestion-control",
     ]
@@ -65,6 +66,7 @@ public enum QuickCommandLine {
         case "exit-idle-time": options.exitIdleTime = value
         case "max-connections": options.maxConnections = value
         case "max-connections-per-client": options.maxConnectionsPerClient = value
+        case "max-new-connections-per-client": options.maxNewConnectionsPerClient = value
         case "client-prefix-length": options.clientPrefixLength = value
         case "idle-timeout": options.idleTimeout = value
         case "keepalive": options.keepalive = value
