@@ -78,7 +78,8 @@ import Testing
         #expect(stillOver.waitForEnding() == .reset)
 
         relay.process.kill(signal: SIGUSR1)
-        #expect(relay.process.waitForError(containing: "statistics: 3 active, "), "\(relay.process.standardError)")
+        // (Not the active count: a loop that has just accepted counts a reservation for its next accept for a moment.)
+        #expect(relay.process.waitForError(containing: "statistics: "), "\(relay.process.standardError)")
         let statistics = relay.process.standardError.split(separator: "\n").first { $0.contains("statistics: ") }
         // `... N accepted, R refused (P per-client limit, 4 access rules), ...`: R is the first number before
         // " refused".
@@ -160,7 +161,7 @@ import Testing
             if round == 4 {
                 // Both loops serve some of the block's connections: a loop with three hands the fourth over.
                 relay.process.kill(signal: SIGUSR1)
-                #expect(relay.process.waitForError(containing: "statistics: 4 active, "))
+                #expect(relay.process.waitForError(containing: "statistics: "))
                 let line = relay.process.standardError.split(separator: "\n").first { $0.contains("statistics: ") }
                 let loads = (line?.components(separatedBy: "; per thread ").last ?? "").split(separator: ", ")
                 #expect(loads.count == 2 && !loads.contains("0"), "\(line ?? "no statistics line")")
@@ -185,18 +186,23 @@ import Testing
     @Test func ipv6Slash64_isOneClient_andAnotherSlash64IsServed() throws {
         try #require(getuid() == 0, "needs root for a network namespace")
         let namespace = try NetworkNamespace()
-        try namespace.run {
-            for command in [
-                ["link", "set", "lo", "up"],
-                ["addr", "add", "2001:db8:1::1/128", "dev", "lo", "nodad"],
-                ["addr", "add", "2001:db8:1::2/128", "dev", "lo", "nodad"],
-                ["addr", "add", "2001:db8:2::1/128", "dev", "lo", "nodad"],
-                ["addr", "add", "2001:db8:ff::1/128", "dev", "lo", "nodad"],
-            ] {
+        let addresses = ["2001:db8:1::1", "2001:db8:1::2", "2001:db8:2::1", "2001:db8:ff::1"]
+        let routed = try namespace.run {
+            let commands =
+                [["link", "set", "lo", "up"]] + addresses.map { ["addr", "add", "\($0)/128", "dev", "lo", "nodad"] }
+            for command in commands {
                 let ip = try ChildProcess("/sbin/ip", command)
                 guard ip.waitForExit() == 0 else { throw TestFailure(message: "ip \(command): \(ip.standardError)") }
             }
+            // The kernel adds an address's local route after `ip addr add` returns (in a work queue): until then a
+            // connect to it fails with "Network is unreachable".
+            return try eventually {
+                let routes = try ChildProcess("/sbin/ip", ["-6", "route", "show", "table", "local"])
+                _ = routes.waitForExit()
+                return addresses.allSatisfy { routes.standardOutput.contains("local \($0) dev lo") }
+            }
         }
+        try #require(routed, "the addresses' local routes did not appear")
         let backend = try namespace.run { try Self.echoBackend() }
         let relay = try namespace.run {
             try Relay(
