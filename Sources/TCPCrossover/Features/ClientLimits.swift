@@ -30,8 +30,15 @@ public struct ClientPrefixes: Equatable, Sendable {
         if address.family == .ipv4 {
             return ClientBlock(family: .ipv4, bytes: address.bytes, mask: mask4, prefixLength: ipv4, scopeID: 0)
         }
-        if let ipv4 = address.unmappedIPv4 {
-            return ClientBlock(family: .ipv4, bytes: ipv4.bytes, mask: mask4, prefixLength: self.ipv4, scopeID: 0)
+        // `SocketAddress.unmappedIPv4` would do, but builds arrays: this runs for every connection.
+        let ipv4Bytes: (UInt64, UInt64)? = withUnsafeBytes(of: address.bytes) { raw in
+            guard raw[0..<10].allSatisfy({ $0 == 0 }) && raw[10] == 0xff && raw[11] == 0xff else { return nil }
+            var bytes: (UInt64, UInt64) = (0, 0)
+            withUnsafeMutableBytes(of: &bytes) { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: raw[12..<16])) }
+            return bytes
+        }
+        if let ipv4Bytes {
+            return ClientBlock(family: .ipv4, bytes: ipv4Bytes, mask: mask4, prefixLength: ipv4, scopeID: 0)
         }
         return ClientBlock(
             family: .ipv6, bytes: address.bytes, mask: mask6, prefixLength: ipv6,
