@@ -23,6 +23,8 @@ import Testing
         ["--keepalive=60,10,5", "--remote", "[fe80::1%lo]:22", "--connect-timeout=0.25"],
         ["--remote", "127.0.0.1:1", "--loopback-congestion-control", "system"],
         ["--remote", "127.0.0.1:1", "--loopback-congestion-control=cubic"],
+        ["--remote", "127.0.0.1:1", "--max-connections-per-client", "20", "--client-prefix-length=24,56"],
+        ["--remote", "127.0.0.1:1", "--max-new-connections-per-client", "30/60", "--max-connections-per-client=5"],
     ]
 
     @Test(arguments: validLines)

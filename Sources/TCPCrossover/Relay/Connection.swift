@@ -17,6 +17,9 @@ final class Connection {
         case connectFailed(String)
         /// `--allow`/`--deny` refused the client.
         case refused(String)
+        /// The client's block was over its limit or rate (`--max-connections-per-client`,
+        /// `--max-new-connections-per-client`).
+        case refusedForClient(ClientBlock, ClientRefusal)
         case idleTimeout
         case shutdown
     }
@@ -57,6 +60,9 @@ final class Connection {
     /// Bytes the client sent before the connect are held for the server: the connect delays its handshake's ACK to
     /// send it with them (see `EventLoop.readFirstBytes`).
     var firstBytesHeld = false
+    /// The client block the connection is counted in (`--max-connections-per-client`,
+    /// `--max-new-connections-per-client`), until `EventLoop.finish` gives the count back.
+    var clientBlock: ClientBlock?
 
     init(
         slot: Int32,
@@ -109,6 +115,11 @@ final class Connection {
         case .refused(let reason):
             line.append("not relayed, ")
             line.append(reason)
+        case .refusedForClient(let block, let refusal):
+            line.append("not relayed, refused: client block ")
+            line.append(block.description)
+            if case .limit = refusal { line.append(" reached ") } else { line.append(" went over ") }
+            line.append(refusal.description)
         case .idleTimeout: line.append("closed after the idle timeout")
         case .shutdown: line.append("closed at shutdown")
         }

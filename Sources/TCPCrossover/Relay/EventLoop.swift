@@ -458,9 +458,19 @@ final class EventLoop: @unchecked Sendable {
         liveConnections += 1
         if Log.enabled(.debug) { Log.debug("accepted \(peer) on \(local)") }
         if !engine.options.access.isEmpty, let reason = engine.options.access.refusal(of: peer) {
-            engine.statistics.refused.add(1, ordering: .relaxed)
+            engine.statistics.refusedByAccessRule.add(1, ordering: .relaxed)
             finish(connection, .refused(reason))
             return
+        }
+        if let limits = engine.clientLimits {
+            switch limits.admit(peer, now: now) {
+            case .admitted(let block):
+                connection.clientBlock = block
+            case .refused(let block, let refusal, _):
+                engine.statistics.countRefusal(refusal)
+                finish(connection, .refusedForClient(block, refusal))
+                return
+            }
         }
         guard readFirstBytes(connection) else { return }
         do {
@@ -658,6 +668,10 @@ final class EventLoop: @unchecked Sendable {
         }
         Syscall.close(connection.client)
         closeServer(connection)
+        if let block = connection.clientBlock {
+            engine.clientLimits?.release(block, now: now)
+            connection.clientBlock = nil
+        }
         connections[Int(connection.slot)] = nil
         freeSlots.append(connection.slot)
         liveConnections -= 1
@@ -671,6 +685,9 @@ final class EventLoop: @unchecked Sendable {
             engine.statistics.failedConnects.add(1, ordering: .relaxed)
         }
         engine.connectionEnded()
+        // Refusals over a per-client limit are counted and logged once per episode (`ClientLimits`): a line each
+        // would let one client flood the log.
+        if case .refusedForClient = ending, !Log.enabled(.debug) { return }
         logBatch.info { connection.summary(ending, now: now, into: &$0) }
     }
 

@@ -7,7 +7,9 @@ public enum QuickCommandLine {
     /// Long options that take a value (`--name VALUE` or `--name=VALUE`).
     public static let valueOptions = [
         "local", "remote", "pidfile", "bs", "connect-timeout", "threads", "exit-idle-time", "max-connections",
-        "idle-timeout", "keepalive", "shutdown-timeout", "user", "group", "proxy-protocol", "source", "allow", "deny",
+        "max-connections-per-client", "max-new-connections-per-client", "client-prefix-length", "idle-timeout",
+        "keepalive", "shutdown-timeout", "user",
+        "group", "proxy-protocol", "source", "allow", "deny",
         "resolve-interval", "loopback-congestion-control",
     ]
     /// Long flags; `-f` is `--foreground`.
@@ -63,6 +65,9 @@ public enum QuickCommandLine {
         case "threads": options.threads = value
         case "exit-idle-time": options.exitIdleTime = value
         case "max-connections": options.maxConnections = value
+        case "max-connections-per-client": options.maxConnectionsPerClient = value
+        case "max-new-connections-per-client": options.maxNewConnectionsPerClient = value
+        case "client-prefix-length": options.clientPrefixLength = value
         case "idle-timeout": options.idleTimeout = value
         case "keepalive": options.keepalive = value
         case "shutdown-timeout": options.shutdownTimeout = value
