@@ -144,6 +144,11 @@ struct TCPCrossoverCommand: ParsableCommand {
             valueName: "algorithm"))
     var loopbackCongestionControl: String = Options.defaults.loopbackCongestionControl
 
+    @Flag(
+        name: .long,
+        help: "No warning at start when relaying to an address of this machine without --proxy-protocol.")
+    var noProxyWarning = false
+
     /// The parsed options, as the quick parser gives them too.
     var options: Options {
         Options(
@@ -152,7 +157,7 @@ struct TCPCrossoverCommand: ParsableCommand {
             exitIdleTime: exitIdleTime, maxConnections: maxConnections, idleTimeout: idleTimeout,
             keepalive: keepalive, shutdownTimeout: shutdownTimeout, user: user, group: group,
             proxyProtocol: proxyProtocol, source: source, allow: allow, deny: deny, resolveInterval: resolveInterval,
-            loopbackCongestionControl: loopbackCongestionControl)
+            loopbackCongestionControl: loopbackCongestionControl, noProxyWarning: noProxyWarning)
     }
 
     func validate() throws {

@@ -23,6 +23,7 @@ import Testing
         ["--keepalive=60,10,5", "--remote", "[fe80::1%lo]:22", "--connect-timeout=0.25"],
         ["--remote", "127.0.0.1:1", "--loopback-congestion-control", "system"],
         ["--remote", "127.0.0.1:1", "--loopback-congestion-control=cubic"],
+        ["--remote", "127.0.0.1:1", "--no-proxy-warning", "--proxy-protocol", "v2"],
     ]
 
     @Test(arguments: validLines)
@@ -36,6 +37,7 @@ import Testing
     @Test(arguments: [
         ["--help"], ["-h"], ["--version"], ["--remote", "127.0.0.1:1", "--help"], ["--local", "[::]:80"],
         ["--remote"], ["--remote", "--debug"], ["--remote", "-x"], ["--remote", "127.0.0.1:1", "--debug=yes"],
+        ["--remote", "127.0.0.1:1", "--no-proxy-warning=yes"],
         ["--remote", "127.0.0.1:1", "--frobnicate", "1"], ["--remote", "127.0.0.1:1", "extra"],
         ["--pidfile=", "--remote", "127.0.0.1:1"], ["--remote", "127.0.0.1:1", "-fd"],
         ["--generate-completion-script", "bash"], ["--experimental-dump-help"], [],

@@ -52,6 +52,9 @@ public struct Configuration: Sendable, Equatable {
     /// The user and group to run as once the sockets are bound (`--user`, `--group`).
     public var user: String?
     public var group: String?
+    /// Warn at start when relaying to an address of this machine without PROXY protocol (off with
+    /// `--no-proxy-warning`).
+    public var localRemoteWarning = true
 
     public init(remotes: [NamedEndpoint]) {
         self.remotes = remotes
