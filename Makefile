@@ -43,9 +43,11 @@ RELEASE_FLAGS = -c release --static-swift-stdlib --disable-local-rpath \
 RELEASE_BINARY = .build/release/tcp-crossover
 BINARY ?= $(RELEASE_BINARY)
 
-# Debian packages the build needs, and those the tests start.
+# Debian packages the build needs, and those the tests start. Postfix's installation questions are answered first
+# (.ci/preseed-mail-server: "Internet Site"), so that it installs without asking; the mail server tests run Postfix
+# and Dovecot in namespaces of their own and neither use nor change a Postfix or Dovecot of the host.
 BUILD_PACKAGES = libsystemd-dev pkg-config
-TEST_PACKAGES = systemd xinetd nginx-light util-linux mount iproute2
+TEST_PACKAGES = systemd xinetd nginx-light util-linux mount iproute2 postfix dovecot-imapd python3
 
 BENCHMARK_PACKAGES = nginx-light iperf3 wrk haproxy 6tunnel socat hyperfine systemd
 
@@ -59,6 +61,7 @@ deps:
 	@pkg-config --exists libsystemd || { echo "pkg-config does not find libsystemd (libsystemd-dev)" >&2; exit 1; }
 
 test-deps: deps
+	@./.ci/preseed-mail-server
 	@./.ci/install-packages $(TEST_PACKAGES)
 
 build: deps
