@@ -17,6 +17,7 @@ public struct Options: Equatable, Sendable {
     public var debug: Bool
     public var foreground: Bool
     public var dualStack: Bool
+    public var noProxyWarning: Bool
     public var connectTimeout: String
     public var threads: String
     public var exitIdleTime: String?
@@ -32,7 +33,6 @@ public struct Options: Equatable, Sendable {
     public var deny: [String]
     public var resolveInterval: String
     public var loopbackCongestionControl: String
-    public var noProxyWarning: Bool
 
     public static let defaults = Options()
 
