@@ -43,11 +43,12 @@ RELEASE_FLAGS = -c release --static-swift-stdlib --disable-local-rpath \
 RELEASE_BINARY = .build/release/tcp-crossover
 BINARY ?= $(RELEASE_BINARY)
 
-# Debian packages the build needs, and those the tests start. Postfix's installation questions are answered first
-# (.ci/preseed-mail-server: "Internet Site"), so that it installs without asking; the mail server tests run Postfix
-# and Dovecot in namespaces of their own and neither use nor change a Postfix or Dovecot of the host.
+# Debian packages the build needs, and those the tests start. The mail servers (postfix, dovecot-imapd) install
+# through .ci/install-mail-servers: without questions (Postfix as an "Internet Site") and without being started on
+# the machine; the mail server tests run instances of their own in namespaces, and neither use nor change the
+# machine's.
 BUILD_PACKAGES = libsystemd-dev pkg-config
-TEST_PACKAGES = systemd xinetd nginx-light util-linux mount iproute2 postfix dovecot-imapd python3
+TEST_PACKAGES = systemd xinetd nginx-light util-linux mount iproute2 python3
 
 BENCHMARK_PACKAGES = nginx-light iperf3 wrk haproxy 6tunnel socat hyperfine systemd
 
@@ -61,8 +62,8 @@ deps:
 	@pkg-config --exists libsystemd || { echo "pkg-config does not find libsystemd (libsystemd-dev)" >&2; exit 1; }
 
 test-deps: deps
-	@./.ci/preseed-mail-server
 	@./.ci/install-packages $(TEST_PACKAGES)
+	@./.ci/install-mail-servers
 
 build: deps
 	$(SWIFT) build
