@@ -50,9 +50,12 @@ NOPIE_BINARY = .build-nopie/release/tcp-crossover
 RELEASE_BINARY = .build/release/tcp-crossover
 BINARY ?= $(RELEASE_BINARY)
 
-# Debian packages the build needs, and those the tests start.
+# Debian packages the build needs, and those the tests start. The mail servers (postfix, dovecot-imapd) install
+# through .ci/install-mail-servers: without questions (Postfix as an "Internet Site") and without being started on
+# the machine; the mail server tests run instances of their own in namespaces, and neither use nor change the
+# machine's.
 BUILD_PACKAGES = libsystemd-dev pkg-config
-TEST_PACKAGES = systemd xinetd nginx-light util-linux mount iproute2
+TEST_PACKAGES = systemd xinetd nginx-light util-linux mount iproute2 python3
 
 BENCHMARK_PACKAGES = nginx-light iperf3 wrk haproxy 6tunnel socat hyperfine systemd
 
@@ -67,6 +70,7 @@ deps:
 
 test-deps: deps
 	@./.ci/install-packages $(TEST_PACKAGES)
+	@./.ci/install-mail-servers
 
 build: deps
 	$(SWIFT) build

@@ -168,6 +168,11 @@ struct TCPCrossoverCommand: ParsableCommand {
             valueName: "algorithm"))
     var loopbackCongestionControl: String = Options.defaults.loopbackCongestionControl
 
+    @Flag(
+        name: .long,
+        help: "No warning at start when relaying to an address of this machine without --proxy-protocol.")
+    var noProxyWarning = false
+
     /// The parsed options, as the quick parser gives them too.
     var options: Options {
         Options(
@@ -179,7 +184,7 @@ struct TCPCrossoverCommand: ParsableCommand {
             idleTimeout: idleTimeout,
             keepalive: keepalive, shutdownTimeout: shutdownTimeout, user: user, group: group,
             proxyProtocol: proxyProtocol, source: source, allow: allow, deny: deny, resolveInterval: resolveInterval,
-            loopbackCongestionControl: loopbackCongestionControl)
+            loopbackCongestionControl: loopbackCongestionControl, noProxyWarning: noProxyWarning)
     }
 
     func validate() throws {

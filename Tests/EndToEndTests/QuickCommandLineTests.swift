@@ -25,6 +25,7 @@ import Testing
         ["--remote", "127.0.0.1:1", "--loopback-congestion-control=cubic"],
         ["--remote", "127.0.0.1:1", "--max-connections-per-client", "20", "--client-prefix-length=24,56"],
         ["--remote", "127.0.0.1:1", "--max-new-connections-per-client", "30/60", "--max-connections-per-client=5"],
+        ["--remote", "127.0.0.1:1", "--no-proxy-warning", "--proxy-protocol", "v2"],
     ]
 
     @Test(arguments: validLines)
@@ -38,6 +39,7 @@ import Testing
     @Test(arguments: [
         ["--help"], ["-h"], ["--version"], ["--remote", "127.0.0.1:1", "--help"], ["--local", "[::]:80"],
         ["--remote"], ["--remote", "--debug"], ["--remote", "-x"], ["--remote", "127.0.0.1:1", "--debug=yes"],
+        ["--remote", "127.0.0.1:1", "--no-proxy-warning=yes"],
         ["--remote", "127.0.0.1:1", "--frobnicate", "1"], ["--remote", "127.0.0.1:1", "extra"],
         ["--pidfile=", "--remote", "127.0.0.1:1"], ["--remote", "127.0.0.1:1", "-fd"],
         ["--generate-completion-script", "bash"], ["--experimental-dump-help"], [],

@@ -17,6 +17,7 @@ public struct Options: Equatable, Sendable {
     public var debug: Bool
     public var foreground: Bool
     public var dualStack: Bool
+    public var noProxyWarning: Bool
     public var connectTimeout: String
     public var threads: String
     public var exitIdleTime: String?
@@ -46,7 +47,8 @@ public struct Options: Equatable, Sendable {
         clientPrefixLength: String? = nil, idleTimeout: String? = nil,
         keepalive: String = "120,30,4", shutdownTimeout: String = "10", user: String? = nil, group: String? = nil,
         proxyProtocol: String? = nil, source: [String] = [], allow: [String] = [], deny: [String] = [],
-        resolveInterval: String = "60", loopbackCongestionControl: String = "reno"
+        resolveInterval: String = "60", loopbackCongestionControl: String = "reno",
+        noProxyWarning: Bool = false
     ) {
         self.local = local
         self.remote = remote
@@ -73,6 +75,7 @@ public struct Options: Equatable, Sendable {
         self.deny = deny
         self.resolveInterval = resolveInterval
         self.loopbackCongestionControl = loopbackCongestionControl
+        self.noProxyWarning = noProxyWarning
     }
 
     /// The options as a configuration; throws a `ValidationError` naming the bad value and what is accepted.
@@ -140,6 +143,7 @@ public struct Options: Equatable, Sendable {
         configuration.relay.resolveInterval = try milliseconds(
             resolveInterval, option: "--resolve-interval", zero: true)
         configuration.relay.loopbackCongestionControl = try congestionControl(loopbackCongestionControl)
+        configuration.localRemoteWarning = !noProxyWarning
         return configuration
     }
 }

@@ -176,6 +176,8 @@ public enum Launcher {
             try identity.assume()
             try checkCongestionControl(configuration.relay.loopbackCongestionControl)
         }
+        // Only where listeners are served: a process per connection would say it for every client.
+        if !listeners.isEmpty { LocalRemoteWarning.check(configuration, served(by: listeners, services)) }
         let engine = Engine(services: services, options: configuration.relay)
         let notifier = ServiceNotifier(
             engine: engine, exitIdleTime: listeners.isEmpty ? nil : configuration.exitIdleTime)
@@ -249,6 +251,8 @@ public enum Launcher {
                 try checkCongestionControl(configuration.relay.loopbackCongestionControl)
             }
             try pidfile?.record(Syscall.processID)
+            // Logged where the start line goes (syslog in the background), so that it stays with it.
+            LocalRemoteWarning.check(configuration, served(by: listeners, services))
             let engine = Engine(services: services, options: configuration.relay)
             let notifier = ServiceNotifier(engine: engine, exitIdleTime: configuration.exitIdleTime)
             let threads = configuration.relay.threads
@@ -321,6 +325,11 @@ public enum Launcher {
                     ExitStatus.usage, "--remote \(name)=... names no listener among the \(place)")
             }
         }
+    }
+
+    /// The services that `listeners` serve.
+    static func served(by listeners: [ListeningSocket], _ services: [Service]) -> [Service] {
+        services.indices.filter { index in listeners.contains { $0.service == index } }.map { services[$0] }
     }
 
     /// `[::]:25, relaying to 127.0.0.1:25`, or with names `[::]:25 (smtp), [::]:80 (http), relaying smtp to ...;

@@ -13,7 +13,7 @@ public enum QuickCommandLine {
         "resolve-interval", "loopback-congestion-control",
     ]
     /// Long flags; `-f` is `--foreground`.
-    public static let flags = ["debug", "foreground", "dual-stack"]
+    public static let flags = ["debug", "foreground", "dual-stack", "no-proxy-warning"]
 
     public static func parse(_ arguments: [String]) -> Options? {
         var options = Options()
@@ -34,11 +34,12 @@ public enum QuickCommandLine {
                 if value!.isEmpty { return nil }
             }
             switch name {
-            case "debug", "foreground", "dual-stack":
+            case "debug", "foreground", "dual-stack", "no-proxy-warning":
                 guard value == nil else { return nil }
                 if name == "debug" { options.debug = true }
                 if name == "foreground" { options.foreground = true }
                 if name == "dual-stack" { options.dualStack = true }
+                if name == "no-proxy-warning" { options.noProxyWarning = true }
                 continue
             default:
                 break

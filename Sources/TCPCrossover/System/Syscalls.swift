@@ -308,6 +308,15 @@ public enum Syscall {
         try bind(fd, to: local)
     }
 
+    /// Whether `address` is one of this machine's own: a socket of its family, bound to it with
+    /// `bindForConnect` (port 0, no port taken), which the kernel allows for its own addresses only. False when the
+    /// socket cannot be made.
+    static func isOwnAddress(_ address: SocketAddress) -> Bool {
+        guard let fd = try? streamSocket(family: address.addressFamily) else { return false }
+        defer { close(fd) }
+        return (try? bindForConnect(fd, to: address)) != nil
+    }
+
     /// listen(2).
     static func listen(_ fd: CInt, backlog: CInt) throws(Errno) {
         _ = try valueOrErrno { Glibc.listen(fd, backlog) }
