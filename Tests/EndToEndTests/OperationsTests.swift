@@ -346,7 +346,9 @@ import Testing
         // the connection has lived 10 s (most connections end sooner and are spared the calls).
         #expect(keepalives().count == 1, "\(keepalives())")
         #expect(eventually(timeout: 15) { keepalives().count == 2 }, "\(keepalives())")
-        #expect(keepalives().allSatisfy { $0.seconds > 60 && $0.seconds <= 77 }, "\(keepalives())")
+        // Timers of the idle time given (77 s), counting down: not the kernel's default (7,200 s), nor yet the
+        // probe interval (7 s). How far down they are depends on how busy the machine was while the test waited.
+        #expect(keepalives().allSatisfy { $0.seconds > 7 && $0.seconds <= 77 }, "\(keepalives())")
     }
 
     @Test func keepaliveOff_leavesNoTimer() throws {
