@@ -459,7 +459,7 @@ final class EventLoop: @unchecked Sendable {
         if Log.enabled(.debug) { Log.debug("accepted \(peer) on \(local)") }
         if !engine.options.access.isEmpty, let reason = engine.options.access.refusal(of: peer) {
             engine.statistics.refused.add(1, ordering: .relaxed)
-            finish(connection, .refused(reason))
+            finish(connection, .refused(.accessRule, reason))
             return
         }
         guard readFirstBytes(connection) else { return }
