@@ -50,9 +50,10 @@ NOPIE_BINARY = .build-nopie/release/tcp-crossover
 RELEASE_BINARY = .build/release/tcp-crossover
 BINARY ?= $(RELEASE_BINARY)
 
-# Debian packages the build needs, and those the tests start.
+# Debian packages the build needs, and those the tests start (python3-prometheus-client: the Prometheus parser that
+# reads the metrics in the tests).
 BUILD_PACKAGES = libsystemd-dev pkg-config
-TEST_PACKAGES = systemd xinetd nginx-light util-linux mount iproute2
+TEST_PACKAGES = systemd xinetd nginx-light util-linux mount iproute2 python3 python3-prometheus-client
 
 BENCHMARK_PACKAGES = nginx-light iperf3 wrk haproxy 6tunnel socat hyperfine systemd
 

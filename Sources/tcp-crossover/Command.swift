@@ -144,6 +144,14 @@ struct TCPCrossoverCommand: ParsableCommand {
             valueName: "algorithm"))
     var loopbackCongestionControl: String = Options.defaults.loopbackCongestionControl
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Serve Prometheus metrics at http://ADDRESS:PORT/metrics (never on a relayed port). Under systemd, a "
+                + "passed socket with FileDescriptorName=metrics does the same.",
+            valueName: "address:port"))
+    var metrics: String?
+
     /// The parsed options, as the quick parser gives them too.
     var options: Options {
         Options(
@@ -152,7 +160,7 @@ struct TCPCrossoverCommand: ParsableCommand {
             exitIdleTime: exitIdleTime, maxConnections: maxConnections, idleTimeout: idleTimeout,
             keepalive: keepalive, shutdownTimeout: shutdownTimeout, user: user, group: group,
             proxyProtocol: proxyProtocol, source: source, allow: allow, deny: deny, resolveInterval: resolveInterval,
-            loopbackCongestionControl: loopbackCongestionControl)
+            loopbackCongestionControl: loopbackCongestionControl, metrics: metrics)
     }
 
     func validate() throws {

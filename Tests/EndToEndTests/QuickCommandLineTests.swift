@@ -23,6 +23,8 @@ import Testing
         ["--keepalive=60,10,5", "--remote", "[fe80::1%lo]:22", "--connect-timeout=0.25"],
         ["--remote", "127.0.0.1:1", "--loopback-congestion-control", "system"],
         ["--remote", "127.0.0.1:1", "--loopback-congestion-control=cubic"],
+        ["--remote", "127.0.0.1:1", "--metrics", "[::1]:9100", "--local", "[::]:25"],
+        ["--remote", "127.0.0.1:1", "--metrics=127.0.0.1:0"],
     ]
 
     @Test(arguments: validLines)

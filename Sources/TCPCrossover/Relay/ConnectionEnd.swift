@@ -1,8 +1,8 @@
 import Glibc
 
-/// How a connection ended, in the fixed vocabulary of its log line (`end=client-closed`): a log search or an alert
-/// can rely on these tokens; the detail after them (an error text, the rule that refused a client) is for people
-/// and may change.
+/// How a connection ended, in the fixed vocabulary of its log line (`end=client-closed`) and of the `end` label of
+/// the metrics: a log search or an alert can rely on these tokens; the detail after them (an error text, the rule
+/// that refused a client) is for people and may change.
 public enum ConnectionEnd: Int, CaseIterable, Sendable {
     /// Both sides ended their stream cleanly; the client ended its side first.
     case clientClosed
@@ -27,7 +27,7 @@ public enum ConnectionEnd: Int, CaseIterable, Sendable {
     /// Still open when the relay stopped.
     case shutdown
 
-    /// The token of the log line.
+    /// The token of the log line and the metrics' label value.
     public var token: StaticString {
         switch self {
         case .clientClosed: "client-closed"
@@ -60,7 +60,8 @@ public enum ConnectionEnd: Int, CaseIterable, Sendable {
     }
 }
 
-/// Why a client was refused before any connection to the remote.
+/// Why a client was refused before any connection to the remote: the `reason` label of
+/// `tcp_crossover_connections_refused_total`.
 public enum Refusal: Int, CaseIterable, Sendable {
     /// `--allow` or `--deny`.
     case accessRule
@@ -71,6 +72,40 @@ public enum Refusal: Int, CaseIterable, Sendable {
         switch self {
         case .accessRule: "access-rule"
         case .clientLimit: "client-limit"
+        }
+    }
+}
+
+/// Why one connect to a remote address failed: the `reason` label of `tcp_crossover_connect_failures_total`.
+public enum ConnectFailure: Int, CaseIterable, Sendable {
+    /// The remote answered with a reset: nothing listens there.
+    case refused
+    /// No answer within `--connect-timeout` (or the kernel's own timeout).
+    case timeout
+    /// No route to the address, or the network or host is down.
+    case unreachable
+    /// This process had no descriptor (or memory) for the socket within the connect timeout.
+    case noDescriptor
+    /// Anything else, such as a `--source` address that cannot be bound.
+    case other
+
+    public var token: StaticString {
+        switch self {
+        case .refused: "refused"
+        case .timeout: "timeout"
+        case .unreachable: "unreachable"
+        case .noDescriptor: "no-descriptor"
+        case .other: "other"
+        }
+    }
+
+    /// The class of a connect's errno.
+    public init(_ errno: Errno) {
+        switch errno.rawValue {
+        case ECONNREFUSED: self = .refused
+        case ETIMEDOUT: self = .timeout
+        case EHOSTUNREACH, ENETUNREACH, EHOSTDOWN, ENETDOWN, ENONET: self = .unreachable
+        default: self = errno.isResourceExhaustion ? .noDescriptor : .other
         }
     }
 }

@@ -32,6 +32,7 @@ public struct Options: Equatable, Sendable {
     public var deny: [String]
     public var resolveInterval: String
     public var loopbackCongestionControl: String
+    public var metrics: String?
 
     public static let defaults = Options()
 
@@ -41,7 +42,7 @@ public struct Options: Equatable, Sendable {
         threads: String = "0", exitIdleTime: String? = nil, maxConnections: String? = nil, idleTimeout: String? = nil,
         keepalive: String = "120,30,4", shutdownTimeout: String = "10", user: String? = nil, group: String? = nil,
         proxyProtocol: String? = nil, source: [String] = [], allow: [String] = [], deny: [String] = [],
-        resolveInterval: String = "60", loopbackCongestionControl: String = "reno"
+        resolveInterval: String = "60", loopbackCongestionControl: String = "reno", metrics: String? = nil
     ) {
         self.local = local
         self.remote = remote
@@ -65,6 +66,7 @@ public struct Options: Equatable, Sendable {
         self.deny = deny
         self.resolveInterval = resolveInterval
         self.loopbackCongestionControl = loopbackCongestionControl
+        self.metrics = metrics
     }
 
     /// The options as a configuration; throws a `ValidationError` naming the bad value and what is accepted.
@@ -117,6 +119,13 @@ public struct Options: Equatable, Sendable {
         configuration.relay.resolveInterval = try milliseconds(
             resolveInterval, option: "--resolve-interval", zero: true)
         configuration.relay.loopbackCongestionControl = try congestionControl(loopbackCongestionControl)
+        configuration.metrics = try metrics.map { text in
+            do {
+                return try Endpoint(parsing: text, portZero: .allowed)
+            } catch {
+                throw OptionError("--metrics: \(error)")
+            }
+        }
         return configuration
     }
 }
