@@ -152,6 +152,14 @@ struct TCPCrossoverCommand: ParsableCommand {
             valueName: "address:port"))
     var metrics: String?
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Log a line for every finished connection ('no' for very busy relays; the figures are counted "
+                + "either way).",
+            valueName: "yes|no"))
+    var logConnections: String = Options.defaults.logConnections
+
     /// The parsed options, as the quick parser gives them too.
     var options: Options {
         Options(
@@ -160,7 +168,7 @@ struct TCPCrossoverCommand: ParsableCommand {
             exitIdleTime: exitIdleTime, maxConnections: maxConnections, idleTimeout: idleTimeout,
             keepalive: keepalive, shutdownTimeout: shutdownTimeout, user: user, group: group,
             proxyProtocol: proxyProtocol, source: source, allow: allow, deny: deny, resolveInterval: resolveInterval,
-            loopbackCongestionControl: loopbackCongestionControl, metrics: metrics)
+            loopbackCongestionControl: loopbackCongestionControl, metrics: metrics, logConnections: logConnections)
     }
 
     func validate() throws {

@@ -25,6 +25,7 @@ import Testing
         ["--remote", "127.0.0.1:1", "--loopback-congestion-control=cubic"],
         ["--remote", "127.0.0.1:1", "--metrics", "[::1]:9100", "--local", "[::]:25"],
         ["--remote", "127.0.0.1:1", "--metrics=127.0.0.1:0"],
+        ["--remote", "127.0.0.1:1", "--log-connections", "no"],
     ]
 
     @Test(arguments: validLines)

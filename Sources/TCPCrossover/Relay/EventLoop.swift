@@ -681,7 +681,7 @@ final class EventLoop: @unchecked Sendable {
         }
         engine.connectionEnded()
         if let meter { meter.ended(connection, ending, now: now) }
-        logBatch.info { connection.summary(ending, now: now, into: &$0) }
+        if engine.options.logConnections { logBatch.info { connection.summary(ending, now: now, into: &$0) } }
     }
 
     // MARK: timers

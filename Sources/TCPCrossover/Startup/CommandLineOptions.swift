@@ -33,6 +33,7 @@ public struct Options: Equatable, Sendable {
     public var resolveInterval: String
     public var loopbackCongestionControl: String
     public var metrics: String?
+    public var logConnections: String
 
     public static let defaults = Options()
 
@@ -42,7 +43,8 @@ public struct Options: Equatable, Sendable {
         threads: String = "0", exitIdleTime: String? = nil, maxConnections: String? = nil, idleTimeout: String? = nil,
         keepalive: String = "120,30,4", shutdownTimeout: String = "10", user: String? = nil, group: String? = nil,
         proxyProtocol: String? = nil, source: [String] = [], allow: [String] = [], deny: [String] = [],
-        resolveInterval: String = "60", loopbackCongestionControl: String = "reno", metrics: String? = nil
+        resolveInterval: String = "60", loopbackCongestionControl: String = "reno", metrics: String? = nil,
+        logConnections: String = "yes"
     ) {
         self.local = local
         self.remote = remote
@@ -67,6 +69,7 @@ public struct Options: Equatable, Sendable {
         self.resolveInterval = resolveInterval
         self.loopbackCongestionControl = loopbackCongestionControl
         self.metrics = metrics
+        self.logConnections = logConnections
     }
 
     /// The options as a configuration; throws a `ValidationError` naming the bad value and what is accepted.
@@ -126,6 +129,7 @@ public struct Options: Equatable, Sendable {
                 throw OptionError("--metrics: \(error)")
             }
         }
+        configuration.relay.logConnections = try yesOrNo(logConnections, option: "--log-connections")
         return configuration
     }
 }
@@ -135,6 +139,15 @@ private func checkAccountName(_ name: String?, option: String) throws {
     guard let name else { return }
     if name.isEmpty || name.utf8.contains(where: { $0 < 0x21 || $0 == 0x3a }) {
         throw OptionError("\(option) '\(name)' is not a user or group name")
+    }
+}
+
+/// `yes` or `no`.
+private func yesOrNo(_ text: String, option: String) throws -> Bool {
+    switch text {
+    case "yes": return true
+    case "no": return false
+    default: throw OptionError("\(option) '\(text)' is not valid; expected yes or no")
     }
 }
 

@@ -8,7 +8,7 @@ public enum QuickCommandLine {
     public static let valueOptions = [
         "local", "remote", "pidfile", "bs", "connect-timeout", "threads", "exit-idle-time", "max-connections",
         "idle-timeout", "keepalive", "shutdown-timeout", "user", "group", "proxy-protocol", "source", "allow", "deny",
-        "resolve-interval", "loopback-congestion-control", "metrics",
+        "resolve-interval", "loopback-congestion-control", "metrics", "log-connections",
     ]
     /// Long flags; `-f` is `--foreground`.
     public static let flags = ["debug", "foreground", "dual-stack"]
@@ -75,6 +75,7 @@ public enum QuickCommandLine {
         case "resolve-interval": options.resolveInterval = value
         case "loopback-congestion-control": options.loopbackCongestionControl = value
         case "metrics": options.metrics = value
+        case "log-connections": options.logConnections = value
         default: return false
         }
         return true
