@@ -95,6 +95,8 @@ public final class MetricsServer: @unchecked Sendable {
         var scrapers: [Scraper] = []
         var descriptors: [pollfd] = []
         var buffer = [UInt8](repeating: 0, count: 4096)
+        /// accept(2) failed for want of descriptors or memory: the listeners rest until then, rather than spin.
+        var acceptResumeAt: Int64 = 0
         defer { for scraper in scrapers { Syscall.close(scraper.fd) } }
         while true {
             descriptors.removeAll(keepingCapacity: true)
@@ -102,15 +104,17 @@ public final class MetricsServer: @unchecked Sendable {
             for scraper in scrapers {
                 descriptors.append(pollfd(fd: scraper.fd, events: scraper.events, revents: 0))
             }
-            let accepting = scrapers.count < Self.maximumScrapers
+            var now = Syscall.monotonicMilliseconds()
+            let accepting = scrapers.count < Self.maximumScrapers && now >= acceptResumeAt
             let listenersAt = descriptors.count
             if accepting {
                 for listener in listeners {
                     descriptors.append(pollfd(fd: listener.fd, events: Int16(POLLIN), revents: 0))
                 }
             }
-            var now = Syscall.monotonicMilliseconds()
-            let timeout = scrapers.map(\.deadline).min().map { CInt(clamping: max(0, $0 - now)) } ?? -1
+            var wakeAt = scrapers.map(\.deadline).min()
+            if now < acceptResumeAt { wakeAt = min(wakeAt ?? acceptResumeAt, acceptResumeAt) }
+            let timeout = wakeAt.map { CInt(clamping: max(0, $0 - now)) } ?? -1
             Syscall.poll(&descriptors, timeout: timeout)
             if descriptors[0].revents != 0 { return }
             now = Syscall.monotonicMilliseconds()
@@ -134,11 +138,15 @@ public final class MetricsServer: @unchecked Sendable {
 
             guard accepting else { continue }
             for (position, listener) in listeners.enumerated() where descriptors[listenersAt + position].revents != 0 {
-                while scrapers.count < Self.maximumScrapers {
-                    guard case .processed(let accepted) = (try? Syscall.accept(listener.fd)) ?? .wouldBlock else {
-                        break
+                accepting: while scrapers.count < Self.maximumScrapers {
+                    do throws(Errno) {
+                        guard case .processed(let accepted) = try Syscall.accept(listener.fd) else { break }
+                        scrapers.append(Scraper(fd: accepted.fd, deadline: now + Self.requestTimeout))
+                    } catch {
+                        if error.isAcceptAgain { continue }
+                        acceptResumeAt = now + 100
+                        break accepting
                     }
-                    scrapers.append(Scraper(fd: accepted.fd, deadline: now + Self.requestTimeout))
                 }
             }
         }

@@ -103,10 +103,12 @@ public final class Engine: @unchecked Sendable {
                 throw SystemError("pthread_create", error)
             }
         }
-        let metricsSource = MetricsServer.Source(
-            serviceNames: services.map(\.name), meters: loops.compactMap(\.meter),
-            connectionLimit: options.maximumConnections)
-        metrics?.start(metricsSource)
+        if let metrics {
+            metrics.start(
+                MetricsServer.Source(
+                    serviceNames: services.map(\.name), meters: loops.compactMap(\.meter),
+                    connectionLimit: options.maximumConnections))
+        }
         defer { metrics?.stop() }
         onReady()
         loops[0].run()
