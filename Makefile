@@ -55,7 +55,7 @@ BINARY ?= $(RELEASE_BINARY)
 BUILD_PACKAGES = libsystemd-dev pkg-config
 TEST_PACKAGES = systemd xinetd nginx-light util-linux mount iproute2 python3 python3-prometheus-client
 
-BENCHMARK_PACKAGES = nginx-light iperf3 wrk haproxy 6tunnel socat hyperfine systemd
+BENCHMARK_PACKAGES = nginx-light iperf3 wrk haproxy 6tunnel socat hyperfine systemd curl
 
 .PHONY: all build release release-nopie run check test deps test-deps install install-files uninstall lint clean benchmark \
 	reliability startup-order
