@@ -55,6 +55,8 @@ public func fuzzOptions(_ data: [UInt8]) {
         case 21:
             options.remote = []  // no remote at all
             ownRemote = true
+        case 22: options.metrics = value
+        case 23: options.logConnections = value
         default: options.local.append(value)
         }
     }
