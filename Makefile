@@ -50,14 +50,14 @@ NOPIE_BINARY = .build-nopie/release/tcp-crossover
 RELEASE_BINARY = .build/release/tcp-crossover
 BINARY ?= $(RELEASE_BINARY)
 
-# Debian packages the build needs, and those the tests start. The mail servers (postfix, dovecot-imapd) install
-# through .ci/install-mail-servers: without questions (Postfix as an "Internet Site") and without being started on
-# the machine; the mail server tests run instances of their own in namespaces, and neither use nor change the
-# machine's.
+# Debian packages the build needs, and those the tests start (python3-prometheus-client: the Prometheus parser that
+# reads the metrics in the tests). The mail servers (postfix, dovecot-imapd) install through .ci/install-mail-servers:
+# without questions (Postfix as an "Internet Site") and without being started on the machine; the mail server tests
+# run instances of their own in namespaces, and neither use nor change the machine's.
 BUILD_PACKAGES = libsystemd-dev pkg-config
-TEST_PACKAGES = systemd xinetd nginx-light util-linux mount iproute2 python3
+TEST_PACKAGES = systemd xinetd nginx-light util-linux mount iproute2 python3 python3-prometheus-client
 
-BENCHMARK_PACKAGES = nginx-light iperf3 wrk haproxy 6tunnel socat hyperfine systemd
+BENCHMARK_PACKAGES = nginx-light iperf3 wrk haproxy 6tunnel socat hyperfine systemd curl
 
 .PHONY: all build release release-nopie run check test deps test-deps install install-files uninstall lint clean benchmark \
 	reliability startup-order

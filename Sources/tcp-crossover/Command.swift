@@ -173,6 +173,22 @@ struct TCPCrossoverCommand: ParsableCommand {
         help: "No warning at start when relaying to an address of this machine without --proxy-protocol.")
     var noProxyWarning = false
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Serve Prometheus metrics at http://ADDRESS:PORT/metrics (never on a relayed port). Under systemd, a "
+                + "passed socket with FileDescriptorName=metrics does the same.",
+            valueName: "address:port"))
+    var metrics: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Log a line for every finished connection ('no' for very busy relays; the figures are counted "
+                + "either way).",
+            valueName: "yes|no"))
+    var logConnections: String = Options.defaults.logConnections
+
     /// The parsed options, as the quick parser gives them too.
     var options: Options {
         Options(
@@ -184,7 +200,8 @@ struct TCPCrossoverCommand: ParsableCommand {
             idleTimeout: idleTimeout,
             keepalive: keepalive, shutdownTimeout: shutdownTimeout, user: user, group: group,
             proxyProtocol: proxyProtocol, source: source, allow: allow, deny: deny, resolveInterval: resolveInterval,
-            loopbackCongestionControl: loopbackCongestionControl, noProxyWarning: noProxyWarning)
+            loopbackCongestionControl: loopbackCongestionControl, noProxyWarning: noProxyWarning, metrics: metrics,
+            logConnections: logConnections)
     }
 
     func validate() throws {

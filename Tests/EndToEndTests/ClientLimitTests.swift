@@ -93,7 +93,7 @@ import Testing
         // more), and no per-connection line for them: the episode's lines count them.
         #expect(perClient >= 3)
         #expect(relay.connectionLines.filter { $0.contains("client block") }.isEmpty, "\(relay.connectionLines)")
-        #expect(relay.connectionLines.filter { $0.contains("refused by --deny 127.0.0.9/32") }.count == 4)
+        #expect(relay.connectionLines.filter { $0.contains("end=refused: by --deny 127.0.0.9/32") }.count == 4)
         #expect(relay.process.standardError.components(separatedBy: refusing).count == 2)
 
         // On stop, the episode still running is reported with its count, before the stop line.

@@ -26,6 +26,9 @@ import Testing
         ["--remote", "127.0.0.1:1", "--max-connections-per-client", "20", "--client-prefix-length=24,56"],
         ["--remote", "127.0.0.1:1", "--max-new-connections-per-client", "30/60", "--max-connections-per-client=5"],
         ["--remote", "127.0.0.1:1", "--no-proxy-warning", "--proxy-protocol", "v2"],
+        ["--remote", "127.0.0.1:1", "--metrics", "[::1]:9100", "--local", "[::]:25"],
+        ["--remote", "127.0.0.1:1", "--metrics=127.0.0.1:0"],
+        ["--remote", "127.0.0.1:1", "--log-connections", "no"],
     ]
 
     @Test(arguments: validLines)

@@ -28,7 +28,7 @@ public func fuzzOptions(_ data: [UInt8]) {
     for field in data.split(separator: 0, omittingEmptySubsequences: false) {
         guard let selector = field.first else { continue }
         let value = String(decoding: field.dropFirst(), as: UTF8.self)
-        switch selector % 24 {
+        switch selector % 26 {
         case 0: options.local.append(value)
         case 1:
             options.remote = (ownRemote ? options.remote : []) + [value]
@@ -55,10 +55,12 @@ public func fuzzOptions(_ data: [UInt8]) {
         case 21:
             options.remote = []  // no remote at all
             ownRemote = true
-        // The per-client limit, or with a '/' the per-client rate (selectors stay modulo 24 for the committed seeds).
+        // The per-client limit, or with a '/' the per-client rate.
         case 22 where value.contains("/"): options.maxNewConnectionsPerClient = value
         case 22: options.maxConnectionsPerClient = value
         case 23: options.clientPrefixLength = value
+        case 24: options.metrics = value
+        case 25: options.logConnections = value
         default: options.local.append(value)
         }
     }

@@ -35,6 +35,8 @@ public final class Engine: @unchecked Sendable {
     var periodicTasks: [PeriodicTask] = []
     /// Called once, on the first stop request (SIGTERM, SIGINT, the idle exit); set before `run`.
     var onStop: (@Sendable () -> Void)?
+    /// The metrics endpoint (`--metrics`); set before `run`. Without it the loops count nothing for it.
+    public var metrics: MetricsServer?
     private var loops: [EventLoop] = []
 
     /// The signals the engine takes through a signalfd; they are blocked in every thread.
@@ -115,6 +117,13 @@ public final class Engine: @unchecked Sendable {
                 throw SystemError("pthread_create", error)
             }
         }
+        if let metrics {
+            metrics.start(
+                MetricsServer.Source(
+                    serviceNames: services.map(\.name), meters: loops.compactMap(\.meter),
+                    connectionLimit: options.maximumConnections))
+        }
+        defer { metrics?.stop() }
         onReady()
         loops[0].run()
         // The first loop ends after a stop request once its own connections are done (the other loops finish

@@ -40,6 +40,8 @@ public struct RelayOptions: Sendable, Equatable {
     /// The congestion control algorithm of the sockets whose peer is on this machine; nil leaves them the system's
     /// (`--loopback-congestion-control`, see `Syscall.useCongestionControl`).
     public var loopbackCongestionControl: CongestionControl? = .reno
+    /// Each finished connection gets its log line (`--log-connections`); the figures are counted either way.
+    public var logConnections = true
 
     public init() {}
 }

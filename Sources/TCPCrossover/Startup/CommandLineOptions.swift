@@ -36,6 +36,8 @@ public struct Options: Equatable, Sendable {
     public var deny: [String]
     public var resolveInterval: String
     public var loopbackCongestionControl: String
+    public var metrics: String?
+    public var logConnections: String
 
     public static let defaults = Options()
 
@@ -48,7 +50,7 @@ public struct Options: Equatable, Sendable {
         keepalive: String = "120,30,4", shutdownTimeout: String = "10", user: String? = nil, group: String? = nil,
         proxyProtocol: String? = nil, source: [String] = [], allow: [String] = [], deny: [String] = [],
         resolveInterval: String = "60", loopbackCongestionControl: String = "reno",
-        noProxyWarning: Bool = false
+        noProxyWarning: Bool = false, metrics: String? = nil, logConnections: String = "yes"
     ) {
         self.local = local
         self.remote = remote
@@ -76,6 +78,8 @@ public struct Options: Equatable, Sendable {
         self.resolveInterval = resolveInterval
         self.loopbackCongestionControl = loopbackCongestionControl
         self.noProxyWarning = noProxyWarning
+        self.metrics = metrics
+        self.logConnections = logConnections
     }
 
     /// The options as a configuration; throws a `ValidationError` naming the bad value and what is accepted.
@@ -144,6 +148,14 @@ public struct Options: Equatable, Sendable {
             resolveInterval, option: "--resolve-interval", zero: true)
         configuration.relay.loopbackCongestionControl = try congestionControl(loopbackCongestionControl)
         configuration.localRemoteWarning = !noProxyWarning
+        configuration.metrics = try metrics.map { text in
+            do {
+                return try Endpoint(parsing: text, portZero: .allowed)
+            } catch {
+                throw OptionError("--metrics: \(error)")
+            }
+        }
+        configuration.relay.logConnections = try yesOrNo(logConnections, option: "--log-connections")
         return configuration
     }
 }
@@ -153,6 +165,15 @@ private func checkAccountName(_ name: String?, option: String) throws {
     guard let name else { return }
     if name.isEmpty || name.utf8.contains(where: { $0 < 0x21 || $0 == 0x3a }) {
         throw OptionError("\(option) '\(name)' is not a user or group name")
+    }
+}
+
+/// `yes` or `no`.
+private func yesOrNo(_ text: String, option: String) throws -> Bool {
+    switch text {
+    case "yes": return true
+    case "no": return false
+    default: throw OptionError("\(option) '\(text)' is not valid; expected yes or no")
     }
 }
 

@@ -55,6 +55,9 @@ public struct Configuration: Sendable, Equatable {
     /// The user and group to run as once the sockets are bound (`--user`, `--group`).
     public var user: String?
     public var group: String?
+    /// Where the metrics endpoint listens (`--metrics`); nil for none, unless systemd passes a socket named
+    /// `metrics`.
+    public var metrics: Endpoint?
 
     public init(remotes: [NamedEndpoint]) {
         self.remotes = remotes

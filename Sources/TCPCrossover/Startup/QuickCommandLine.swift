@@ -8,9 +8,8 @@ public enum QuickCommandLine {
     public static let valueOptions = [
         "local", "remote", "pidfile", "bs", "connect-timeout", "threads", "exit-idle-time", "max-connections",
         "max-connections-per-client", "max-new-connections-per-client", "client-prefix-length", "idle-timeout",
-        "keepalive", "shutdown-timeout", "user",
-        "group", "proxy-protocol", "source", "allow", "deny",
-        "resolve-interval", "loopback-congestion-control",
+        "keepalive", "shutdown-timeout", "user", "group", "proxy-protocol", "source", "allow", "deny",
+        "resolve-interval", "loopback-congestion-control", "metrics", "log-connections",
     ]
     /// Long flags; `-f` is `--foreground`.
     public static let flags = ["debug", "foreground", "dual-stack", "no-proxy-warning"]
@@ -80,6 +79,8 @@ public enum QuickCommandLine {
         case "deny": options.deny.append(value)
         case "resolve-interval": options.resolveInterval = value
         case "loopback-congestion-control": options.loopbackCongestionControl = value
+        case "metrics": options.metrics = value
+        case "log-connections": options.logConnections = value
         default: return false
         }
         return true
