@@ -45,7 +45,7 @@ BINARY ?= $(RELEASE_BINARY)
 
 # Debian packages the build needs, and those the tests start.
 BUILD_PACKAGES = libsystemd-dev pkg-config
-TEST_PACKAGES = systemd xinetd nginx-light util-linux mount iproute2
+TEST_PACKAGES = systemd xinetd nginx-light util-linux mount iproute2 python3
 
 BENCHMARK_PACKAGES = nginx-light iperf3 wrk haproxy 6tunnel socat hyperfine systemd
 

@@ -348,6 +348,39 @@ import Testing
         #expect(keepalives().allSatisfy { $0.seconds > 60 && $0.seconds <= 77 }, "\(keepalives())")
     }
 
+    /// Once the server has ended its stream, keepalive towards it stops: its probes could only draw a reset from a
+    /// server's machine that has forgotten the finished connection. The client's socket keeps its keepalive.
+    @Test func keepalive_stopsTowardsAServerThatHasEnded() throws {
+        let ended = DispatchSemaphore(value: 0)
+        let backend = try TestServer { connection in
+            try connection.send("held\n")
+            _ = ended.wait(timeout: .now() + 30)
+            try connection.shutdownWrite()
+            _ = try connection.receiveAll()
+        }
+        let relay = try Relay(remote: backend.address, ["--keepalive", "77,7,3", "--threads", "1"])
+        let connection = try TestSocket.connect(to: relay.address)
+        #expect(try connection.receive(exactly: 5) == Array("held\n".utf8))
+        func keepalives() -> [(kind: Int, seconds: Double)] {
+            let timers = Self.socketTimers()
+            return Self.socketInodes(relay.process.pid).compactMap { timers[$0] }.filter { $0.kind == 2 }
+        }
+        #expect(eventually(timeout: 15) { keepalives().count == 2 }, "\(keepalives())")
+        // The relay's socket to the server: the one of its sockets whose peer's port is the server's.
+        let towardsServer = String(format: ":%04X", backend.address.port)
+        let inodes = Set(Self.socketInodes(relay.process.pid))
+        let serverSocket = readWholeFile("/proc/net/tcp")?.split(separator: "\n").map { $0.split(separator: " ") }
+            .first { $0.count > 9 && $0[2].hasSuffix(towardsServer) && inodes.contains(String($0[9])) }?[9]
+        let inode = try #require(serverSocket.map(String.init))
+        #expect(Self.socketTimers()[inode]?.kind == 2)
+        ended.signal()
+        #expect(try connection.receiveAll().isEmpty)
+        // Nothing is sent to the server, so no other timer can stand in for its keepalive timer there.
+        #expect(eventually { Self.socketTimers()[inode].map { $0.kind != 2 } ?? false }, "\(keepalives())")
+        try connection.shutdownWrite()
+        #expect(eventually { relay.connectionLines.first?.hasSuffix("server closed first") == true })
+    }
+
     @Test func keepaliveOff_leavesNoTimer() throws {
         let backend = try Self.holdingServer()
         let relay = try Relay(remote: backend.address, ["--keepalive", "off", "--threads", "1"])

@@ -286,6 +286,19 @@ public enum Syscall {
         try setOption(fd, CInt(IPPROTO_TCP), TCP_KEEPCNT, CInt(keepalive.count))
     }
 
+    /// setsockopt(2) SO_KEEPALIVE off: no more probes on a socket whose peer has ended its stream (see
+    /// `EventLoop.stopKeepalive`).
+    static func stopKeepalive(_ fd: CInt) throws(Errno) {
+        try setOption(fd, SOL_SOCKET, SO_KEEPALIVE, 0)
+    }
+
+    /// ioctl(2) SIOCOUTQ: the bytes sent on a TCP socket that its peer has not acknowledged yet (its FIN counts as
+    /// one). It still answers after a reset, for the bytes the reset discarded. 0 when the call fails.
+    static func unacknowledgedBytes(_ fd: CInt) -> Int {
+        var count: CInt = 0
+        return tcx_unacknowledged(fd, &count) == 0 ? Int(count) : 0
+    }
+
     /// setsockopt(2) SO_LINGER {on, 0 s}: close(2) then sends a reset instead of a FIN.
     static func setResetOnClose(_ fd: CInt) {
         var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
