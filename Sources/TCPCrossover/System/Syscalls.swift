@@ -135,6 +135,13 @@ public enum Syscall {
         return .socket(family: family, stream: type == CInt(SOCK_STREAM.rawValue), listening: listening)
     }
 
+    /// fstat(2): whether `fd` is a regular file, and how many names (hard links) it has.
+    static func regularFile(_ fd: CInt) throws(Errno) -> (regular: Bool, links: UInt64) {
+        var status = stat()
+        _ = try valueOrErrno { Glibc.fstat(fd, &status) }
+        return (status.st_mode & S_IFMT == S_IFREG, UInt64(status.st_nlink))
+    }
+
     /// fstat(2): device and inode, to compare two descriptors or one with $JOURNAL_STREAM.
     static func identity(_ fd: CInt) -> (device: UInt64, inode: UInt64)? {
         var status = stat()
