@@ -283,6 +283,45 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: pidfile))
     }
 
+    /// `--group` alone leaves the relay root, which can take any group back: nothing would be dropped, so it is
+    /// refused at start, before anything is bound, with one line.
+    @Test func group_withoutUser_asRoot_isRefusedAtStart() throws {
+        try #require(getuid() == 0, "the refusal concerns root")
+        let process = try ChildProcess(
+            relayBinary, ["--local", "127.0.0.1:0", "--remote", "127.0.0.1:1", "--foreground", "--group", "nogroup"])
+        #expect(process.waitForExit() == 64)
+        #expect(
+            process.standardError
+                == "tcp-crossover: --group without --user: the relay would still run as root, which can take any "
+                + "group back; give --user as well\n")
+    }
+
+    /// `--user nobody --group users`: the group replaces the user's own in every group ID and is the only
+    /// supplementary group (nobody belongs to no other), and neither root's user nor its group can be regained.
+    @Test func group_withUser_isTheGroupOfEveryGroupID() throws {
+        try #require(getuid() == 0, "needs root to drop privileges")
+        let users = try #require(getgrnam("users")).pointee.gr_gid
+        let nobody = try #require(getpwnam("nobody")).pointee
+        let backend = try RelayTests.echoServer()
+        let relay = try Relay(
+            local: ["127.0.0.1:0"], remote: backend.address.description, ["--user", "nobody", "--group", "users"])
+        let status = try #require(readWholeFile("/proc/\(relay.process.pid)/status"))
+        func field(_ name: String) -> String {
+            status.split(separator: "\n").first { $0.hasPrefix(name + ":") }.map {
+                $0.dropFirst(name.count + 1).split(whereSeparator: { $0 == " " || $0 == "\t" }).joined(separator: " ")
+            } ?? ""
+        }
+        #expect(field("Uid") == Array(repeating: "\(nobody.pw_uid)", count: 4).joined(separator: " "))
+        #expect(field("Gid") == Array(repeating: "\(users)", count: 4).joined(separator: " "))
+        #expect(field("Groups") == "\(users)")
+        #expect(field("CapEff") == "0000000000000000")
+        let connection = try TestSocket.connect(to: relay.address)
+        try connection.send("as nobody:users")
+        try connection.shutdownWrite()
+        #expect(try connection.receiveAll() == Array("as nobody:users".utf8))
+        #expect(relay.stop() == 0)
+    }
+
     @Test func user_whenUnknown_failsAtStartWithStatus67() throws {
         let result = try ChildProcess(
             relayBinary, ["--local", "127.0.0.1:0", "--remote", "127.0.0.1:1", "-f", "--user", "no-such-user-xyz"])
