@@ -650,7 +650,10 @@ final class EventLoop: @unchecked Sendable {
         connection.phase = .relaying
         connection.relay.readiness.server.writable = true
         connection.lastActivity = now
-        if engine.options.keepalive != nil { connection.keepaliveDue = now + Self.keepaliveDelay }
+        // Not for a server whose end of stream came with the connect (see `stopKeepalive`).
+        if engine.options.keepalive != nil && !connection.relay.readiness.server.endReported {
+            connection.keepaliveDue = now + Self.keepaliveDelay
+        }
         engine.services[connection.service].pool.succeeded(connection.remoteAddress!)
         if Log.enabled(.debug) {
             Log.debug("relaying \(connection.clientAddress) to \(connection.remoteAddress!)")
