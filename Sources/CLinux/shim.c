@@ -2,6 +2,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
+#include <linux/sockios.h>
 #include <netinet/in.h>
 #include "CLinux.h"
 
@@ -30,6 +32,10 @@ int tcx_set_pipe_size(int fd, int size) {
 
 int tcx_get_pipe_size(int fd) {
     return fcntl(fd, F_GETPIPE_SZ);
+}
+
+int tcx_unacknowledged(int fd, int *count) {
+    return ioctl(fd, SIOCOUTQ, count);
 }
 
 int tcx_lock(int fd) {

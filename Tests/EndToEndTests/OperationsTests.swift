@@ -284,6 +284,45 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: pidfile))
     }
 
+    /// `--group` alone leaves the relay root, which can take any group back: nothing would be dropped, so it is
+    /// refused at start, before anything is bound, with one line.
+    @Test func group_withoutUser_asRoot_isRefusedAtStart() throws {
+        try #require(getuid() == 0, "the refusal concerns root")
+        let process = try ChildProcess(
+            relayBinary, ["--local", "127.0.0.1:0", "--remote", "127.0.0.1:1", "--foreground", "--group", "nogroup"])
+        #expect(process.waitForExit() == 64)
+        #expect(
+            process.standardError
+                == "tcp-crossover: --group without --user: the relay would still run as root, which can take any "
+                + "group back; give --user as well\n")
+    }
+
+    /// `--user nobody --group users`: the group replaces the user's own in every group ID and is the only
+    /// supplementary group (nobody belongs to no other), and neither root's user nor its group can be regained.
+    @Test func group_withUser_isTheGroupOfEveryGroupID() throws {
+        try #require(getuid() == 0, "needs root to drop privileges")
+        let users = try #require(getgrnam("users")).pointee.gr_gid
+        let nobody = try #require(getpwnam("nobody")).pointee
+        let backend = try RelayTests.echoServer()
+        let relay = try Relay(
+            local: ["127.0.0.1:0"], remote: backend.address.description, ["--user", "nobody", "--group", "users"])
+        let status = try #require(readWholeFile("/proc/\(relay.process.pid)/status"))
+        func field(_ name: String) -> String {
+            status.split(separator: "\n").first { $0.hasPrefix(name + ":") }.map {
+                $0.dropFirst(name.count + 1).split(whereSeparator: { $0 == " " || $0 == "\t" }).joined(separator: " ")
+            } ?? ""
+        }
+        #expect(field("Uid") == Array(repeating: "\(nobody.pw_uid)", count: 4).joined(separator: " "))
+        #expect(field("Gid") == Array(repeating: "\(users)", count: 4).joined(separator: " "))
+        #expect(field("Groups") == "\(users)")
+        #expect(field("CapEff") == "0000000000000000")
+        let connection = try TestSocket.connect(to: relay.address)
+        try connection.send("as nobody:users")
+        try connection.shutdownWrite()
+        #expect(try connection.receiveAll() == Array("as nobody:users".utf8))
+        #expect(relay.stop() == 0)
+    }
+
     @Test func user_whenUnknown_failsAtStartWithStatus67() throws {
         let result = try ChildProcess(
             relayBinary, ["--local", "127.0.0.1:0", "--remote", "127.0.0.1:1", "-f", "--user", "no-such-user-xyz"])
@@ -349,6 +388,42 @@ import Testing
         // Timers of the idle time given (77 s), counting down: not the kernel's default (7,200 s), nor yet the
         // probe interval (7 s). How far down they are depends on how busy the machine was while the test waited.
         #expect(keepalives().allSatisfy { $0.seconds > 7 && $0.seconds <= 77 }, "\(keepalives())")
+    }
+
+    /// Once the server has ended its stream, keepalive towards it stops: its probes could only draw a reset from a
+    /// server's machine that has forgotten the finished connection. The client's socket keeps its keepalive.
+    @Test func keepalive_stopsTowardsAServerThatHasEnded() throws {
+        let ended = DispatchSemaphore(value: 0)
+        let backend = try TestServer { connection in
+            // The server ends when told, not on its own: not after 20 s, the sockets' default timeout, when a loaded
+            // machine makes the test slow.
+            connection.setTimeout(120)
+            try connection.send("held\n")
+            _ = ended.wait(timeout: .now() + 120)
+            try connection.shutdownWrite()
+            _ = try connection.receiveAll()
+        }
+        let relay = try Relay(remote: backend.address, ["--keepalive", "77,7,3", "--threads", "1"])
+        let connection = try TestSocket.connect(to: relay.address)
+        #expect(try connection.receive(exactly: 5) == Array("held\n".utf8))
+        func keepalives() -> [(kind: Int, seconds: Double)] {
+            let timers = Self.socketTimers()
+            return Self.socketInodes(relay.process.pid).compactMap { timers[$0] }.filter { $0.kind == 2 }
+        }
+        #expect(eventually(timeout: 15) { keepalives().count == 2 }, "\(keepalives())")
+        // The relay's socket to the server: the one of its sockets whose peer's port is the server's.
+        let towardsServer = String(format: ":%04X", backend.address.port)
+        let inodes = Set(Self.socketInodes(relay.process.pid))
+        let serverSocket = readWholeFile("/proc/net/tcp")?.split(separator: "\n").map { $0.split(separator: " ") }
+            .first { $0.count > 9 && $0[2].hasSuffix(towardsServer) && inodes.contains(String($0[9])) }?[9]
+        let inode = try #require(serverSocket.map(String.init))
+        #expect(eventually { Self.socketTimers()[inode]?.kind == 2 }, "\(Self.socketTimers()[inode].debugDescription)")
+        ended.signal()
+        #expect(try connection.receiveAll().isEmpty)
+        // Nothing is sent to the server, so no other timer can stand in for its keepalive timer there.
+        #expect(eventually { Self.socketTimers()[inode].map { $0.kind != 2 } ?? false }, "\(keepalives())")
+        try connection.shutdownWrite()
+        #expect(eventually { relay.connectionLines.first?.hasSuffix("end=server-closed") == true })
     }
 
     @Test func keepaliveOff_leavesNoTimer() throws {

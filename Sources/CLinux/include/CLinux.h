@@ -29,6 +29,9 @@ int tcx_set_pipe_size(int fd, int size);
 /// fcntl(2) F_GETPIPE_SZ.
 int tcx_get_pipe_size(int fd);
 
+/// ioctl(2) SIOCOUTQ on a TCP socket: bytes sent and not yet acknowledged by the peer (a FIN counts as one).
+int tcx_unacknowledged(int fd, int *count);
+
 /// flock(2) LOCK_EX | LOCK_NB.
 int tcx_lock(int fd);
 

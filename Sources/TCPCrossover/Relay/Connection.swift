@@ -55,8 +55,14 @@ final class Connection {
     var remoteAddress: SocketAddress?
     let startedAt: Int64
     var connectDeadline: Int64 = 0
-    /// When keepalive is set on the socket to the server (see `EventLoop.keepaliveDelay`); nil once it is.
+    /// When keepalive is set on the socket to the server (see `EventLoop.keepaliveDelay`); nil once it is, or once
+    /// the server has ended its stream (see `EventLoop.stopKeepalive`).
     var keepaliveDue: Int64?
+    /// Keepalive is on on the socket to the server.
+    var keepaliveOnServer = false
+    /// When to ask again whether the client or the server has acknowledged everything sent to it, for a connection
+    /// that waits to reset it (`RelayState.Step.failedOnceAcknowledged`).
+    var acknowledgementCheckAt: Int64?
     /// Out of descriptors: when the wait for one began, and when the socket is tried again.
     var waitingSince: Int64?
     var retryAt: Int64?

@@ -288,6 +288,10 @@ final class EventLoop: @unchecked Sendable {
             if events & (EPOLLRDHUP.rawValue | EPOLLHUP.rawValue) != 0 || error {
                 connection.relay.readiness[side].hungUp = true
             }
+            if events & (EPOLLRDHUP.rawValue | EPOLLHUP.rawValue) != 0 && !error {
+                connection.relay.readiness[side].endReported = true
+                if side == .server { stopKeepalive(connection) }
+            }
             if error { connection.relay.readiness[side].failed = true }
             if events & EPOLLPRI.rawValue != 0 { connection.relay.readiness[side].urgent = true }
         }
@@ -303,12 +307,30 @@ final class EventLoop: @unchecked Sendable {
             return
         }
         service(connection)
-        // An error that no call has reported yet (nothing was left to read or write on that socket).
+        // An error that no call has reported yet (nothing was left to read or write on that socket, or no room to
+        // read into): the relay judges whether it ends the connection (see `RelayState`).
         if error, connections[Int(connection.slot)] === connection {
             let fd = side == .client ? connection.client : connection.server
             if let failure = Syscall.pendingError(fd) {
-                finish(connection, .failed(side, failure))
+                connection.relay.reportFailure(of: side, failure)
+                service(connection)
             }
+        }
+    }
+
+    /// The server has ended its stream: keepalive towards it is turned off, or never set. Probes could only find out
+    /// that the server's machine has forgotten the finished connection (after `tcp_fin_timeout` once the server
+    /// closed its socket) and draw a reset, while what the server sent may still be on its way to a slow client.
+    /// Bytes the client sends later find out for themselves whether the server is still there. The client's socket
+    /// keeps its keepalive: it tells whether a client that is still owed bytes, or still waited for, has vanished.
+    private func stopKeepalive(_ connection: Connection) {
+        connection.keepaliveDue = nil
+        guard connection.keepaliveOnServer else { return }
+        connection.keepaliveOnServer = false
+        do {
+            try Syscall.stopKeepalive(connection.server)
+        } catch {
+            if Log.enabled(.debug) { Log.debug("cannot stop keepalive towards \(connection.remoteAddress!): \(error)") }
         }
     }
 
@@ -343,6 +365,16 @@ final class EventLoop: @unchecked Sendable {
             finish(
                 connection, .failed(side, cause(of: errno, on: side == .client ? connection.client : connection.server))
             )
+        case .failedOnceAcknowledged(let side, let errno):
+            // The reset waits until the other side has acknowledged all it was sent: a reset discards what is still
+            // unacknowledged. No event says when, so it is asked again every 100 ms.
+            let other = side == .client ? connection.server : connection.client
+            if Syscall.unacknowledgedBytes(other) == 0 {
+                finish(connection, .failed(side, errno))
+            } else if connection.acknowledgementCheckAt == nil {
+                connection.acknowledgementCheckAt = now + 100
+                armTimer(connection)
+            }
         }
     }
 
@@ -637,7 +669,10 @@ final class EventLoop: @unchecked Sendable {
         meter?.connected(connection.service, after: now - connection.startedAt)
         connection.relay.readiness.server.writable = true
         connection.lastActivity = now
-        if engine.options.keepalive != nil { connection.keepaliveDue = now + Self.keepaliveDelay }
+        // Not for a server whose end of stream came with the connect (see `stopKeepalive`).
+        if engine.options.keepalive != nil && !connection.relay.readiness.server.endReported {
+            connection.keepaliveDue = now + Self.keepaliveDelay
+        }
         engine.services[connection.service].pool.succeeded(connection.remoteAddress!)
         if Log.enabled(.debug) {
             Log.debug("relaying \(connection.clientAddress) to \(connection.remoteAddress!)")
@@ -717,9 +752,14 @@ final class EventLoop: @unchecked Sendable {
         case .connecting: return connection.retryAt ?? connection.connectDeadline
         case .relaying:
             let idle = engine.options.idleTimeout.map { connection.lastActivity + $0 }
-            guard let keepalive = connection.keepaliveDue else { return idle }
-            return min(keepalive, idle ?? .max)
+            return earlier(earlier(idle, connection.keepaliveDue), connection.acknowledgementCheckAt)
         }
+    }
+
+    /// The earlier of two times, either of which may be missing.
+    private func earlier(_ first: Int64?, _ second: Int64?) -> Int64? {
+        guard let first, let second else { return first ?? second }
+        return min(first, second)
     }
 
     /// How long a connection lives before keepalive is set on its socket to the server. Most connections end
@@ -746,11 +786,16 @@ final class EventLoop: @unchecked Sendable {
                 let seconds = Double(engine.options.connectTimeout) / 1000
                 connectFailed(
                     connection, "connect to \(connection.remoteAddress!) timed out after \(seconds) s", .timeout)
+            case .relaying where connection.acknowledgementCheckAt.map({ $0 <= now }) ?? false:
+                connection.acknowledgementCheckAt = nil
+                service(connection)
+                if connections[Int(connection.slot)] === connection { armTimer(connection) }
             case .relaying where connection.keepaliveDue.map({ $0 <= now }) ?? false:
                 connection.keepaliveDue = nil
                 if let keepalive = engine.options.keepalive {
                     do {
                         try Syscall.setKeepalive(connection.server, keepalive)
+                        connection.keepaliveOnServer = true
                     } catch {
                         if Log.enabled(.debug) {
                             Log.debug("cannot set keepalive towards \(connection.remoteAddress!): \(error)")

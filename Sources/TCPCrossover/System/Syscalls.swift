@@ -135,6 +135,13 @@ public enum Syscall {
         return .socket(family: family, stream: type == CInt(SOCK_STREAM.rawValue), listening: listening)
     }
 
+    /// fstat(2): whether `fd` is a regular file, and how many names (hard links) it has.
+    static func regularFile(_ fd: CInt) throws(Errno) -> (regular: Bool, links: UInt64) {
+        var status = stat()
+        _ = try valueOrErrno { Glibc.fstat(fd, &status) }
+        return (status.st_mode & S_IFMT == S_IFREG, UInt64(status.st_nlink))
+    }
+
     /// fstat(2): device and inode, to compare two descriptors or one with $JOURNAL_STREAM.
     static func identity(_ fd: CInt) -> (device: UInt64, inode: UInt64)? {
         var status = stat()
@@ -284,6 +291,19 @@ public enum Syscall {
         try setOption(fd, CInt(IPPROTO_TCP), TCP_KEEPIDLE, CInt(keepalive.idle))
         try setOption(fd, CInt(IPPROTO_TCP), TCP_KEEPINTVL, CInt(keepalive.interval))
         try setOption(fd, CInt(IPPROTO_TCP), TCP_KEEPCNT, CInt(keepalive.count))
+    }
+
+    /// setsockopt(2) SO_KEEPALIVE off: no more probes on a socket whose peer has ended its stream (see
+    /// `EventLoop.stopKeepalive`).
+    static func stopKeepalive(_ fd: CInt) throws(Errno) {
+        try setOption(fd, SOL_SOCKET, SO_KEEPALIVE, 0)
+    }
+
+    /// ioctl(2) SIOCOUTQ: the bytes sent on a TCP socket that its peer has not acknowledged yet (its FIN counts as
+    /// one). It still answers after a reset, for the bytes the reset discarded. 0 when the call fails.
+    static func unacknowledgedBytes(_ fd: CInt) -> Int {
+        var count: CInt = 0
+        return tcx_unacknowledged(fd, &count) == 0 ? Int(count) : 0
     }
 
     /// setsockopt(2) SO_LINGER {on, 0 s}: close(2) then sends a reset instead of a FIN.
