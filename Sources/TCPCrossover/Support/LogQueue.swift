@@ -1,0 +1,136 @@
+import Glibc
+
+/// Log lines on their way out while the relay runs: the event loops (and any other thread) append them to one
+/// bounded buffer and a single writer thread writes them, so that a log reader that stops reading (a journal that
+/// does not keep up, a standard error pipe nobody reads, a full /dev/log) blocks that thread only, never relaying.
+/// When the buffer is full, lines are dropped and counted; once the writer can write again, it says how many
+/// ("N log lines dropped").
+///
+/// Lines arrive already rendered for the target (see `Log.render`), so the writer does no formatting of its own.
+/// A thread's lines keep their order. The writer thread starts with the first line, so a process that logs
+/// nothing (inetd, one connection, until it ends) starts no thread.
+final class LogQueue: @unchecked Sendable {
+    /// Bytes of lines that may wait: about 1,700 connection lines; the writer holds as much again while it writes.
+    static let capacity = 256 * 1024
+
+    private enum WriterState {
+        /// No line yet.
+        case notStarted
+        /// Asleep until a line arrives.
+        case waiting
+        /// Awake: writing, or about to take more lines.
+        case running
+        /// pthread_create failed: lines are written by the thread that logs them, as before the relay ran.
+        case unavailable
+        /// Asked to stop, and stopped.
+        case stopped
+    }
+
+    private let lock = ConditionLock()
+    // Guarded by `lock`:
+    private var pending: [UInt8] = []
+    private var dropped = 0
+    private var writer = WriterState.notStarted
+    /// The writer holds lines it has taken but not yet written.
+    private var writing = false
+    private var stopRequested = false
+    private var thread: pthread_t?
+
+    /// Hands `bytes` (whole lines, `lines` of them, each ending in a newline) to the writer; the lines that do not
+    /// fit are dropped and counted. False when there is no writer: the caller writes them itself.
+    func submit(_ bytes: UnsafeRawBufferPointer, lines: Int) -> Bool {
+        lock.withLock {
+            switch writer {
+            case .notStarted:
+                do {
+                    thread = try Syscall.startThread { [self] in runWriter() }
+                    writer = .running
+                } catch {
+                    writer = .unavailable
+                    return false
+                }
+            case .waiting:
+                writer = .running
+                lock.broadcast()
+            case .running:
+                break
+            case .unavailable, .stopped:
+                return false
+            }
+            let (kept, droppedLines) = Self.wholeLines(of: bytes, lines: lines, room: Self.capacity - pending.count)
+            pending.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[..<kept]))
+            dropped += droppedLines
+            return true
+        }
+    }
+
+    /// How many of `bytes` (`lines` whole lines) fit in `room` bytes without cutting a line, and how many lines are
+    /// left out.
+    static func wholeLines(of bytes: UnsafeRawBufferPointer, lines: Int, room: Int) -> (bytes: Int, dropped: Int) {
+        if bytes.count <= room { return (bytes.count, 0) }
+        var end = max(0, room)
+        while end > 0 && bytes[end - 1] != UInt8(ascii: "\n") { end -= 1 }
+        let kept = bytes[..<end].reduce(0) { $0 + ($1 == UInt8(ascii: "\n") ? 1 : 0) }
+        return (end, lines - kept)
+    }
+
+    /// The writer thread: takes every pending line at once and writes them (blocking is fine here), then the
+    /// count of lines dropped meanwhile, until asked to stop with nothing left.
+    private func runWriter() {
+        var batch: [UInt8] = []
+        while true {
+            var droppedNow = 0
+            let stop: Bool = lock.withLock {
+                while pending.isEmpty && dropped == 0 && !stopRequested {
+                    writer = .waiting
+                    lock.wait()
+                }
+                if pending.isEmpty && dropped == 0 {
+                    writer = .stopped
+                    lock.broadcast()
+                    return true
+                }
+                writer = .running
+                writing = true
+                swap(&pending, &batch)
+                (droppedNow, dropped) = (dropped, 0)
+                return false
+            }
+            if stop { return }
+            batch.withUnsafeBytes { Log.output($0) }
+            batch.removeAll(keepingCapacity: true)
+            if droppedNow > 0 {
+                Log.render(.warning, "\(droppedNow) log lines dropped") { Log.output($0) }
+            }
+            lock.withLock {
+                writing = false
+                lock.broadcast()
+            }
+        }
+    }
+
+    /// Waits until every line handed over so far is written, or until `deadline` (monotonic milliseconds); whether
+    /// all were written.
+    func drain(until deadline: Int64) -> Bool {
+        lock.withLock {
+            while writer != .notStarted && (!pending.isEmpty || dropped > 0 || writing) {
+                if !lock.wait(until: deadline) { break }
+            }
+            return pending.isEmpty && dropped == 0 && !writing
+        }
+    }
+
+    /// Stops the writer thread once it has nothing left, and waits for it when `join` (not when it may be blocked
+    /// in a write that never ends: the process exits around it).
+    func stop(join: Bool) {
+        let thread: pthread_t? = lock.withLock {
+            stopRequested = true
+            if writer == .waiting {
+                writer = .running
+                lock.broadcast()
+            }
+            return self.thread
+        }
+        if join, let thread { Syscall.joinThread(thread) }
+    }
+}

@@ -1,0 +1,26 @@
+import Testing
+
+@testable import TCPCrossover
+
+@Suite struct LogQueueTests {
+    /// Three lines of 6, 4 and 8 bytes.
+    static let lines = Array("first\nsec\nthird!!\n".utf8)
+
+    static func fit(_ room: Int) -> (bytes: Int, dropped: Int) {
+        lines.withUnsafeBytes { LogQueue.wholeLines(of: $0, lines: 3, room: room) }
+    }
+
+    @Test func wholeLines_whenAllFit_keepsEverything() {
+        #expect(Self.fit(18) == (18, 0))
+        #expect(Self.fit(1000) == (18, 0))
+    }
+
+    @Test func wholeLines_neverCutsALine_andCountsTheLinesLeftOut() {
+        #expect(Self.fit(17) == (10, 1))
+        #expect(Self.fit(10) == (10, 1))
+        #expect(Self.fit(9) == (6, 2))
+        #expect(Self.fit(6) == (6, 2))
+        #expect(Self.fit(5) == (0, 3))
+        #expect(Self.fit(0) == (0, 3))
+    }
+}
