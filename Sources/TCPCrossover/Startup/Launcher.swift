@@ -193,7 +193,9 @@ public enum Launcher {
         let startLine =
             listeners.isEmpty
             ? nil : "tcp-crossover \(tcpCrossoverVersion) serving \(describe(listeners, services))"
-        Log.startQueueing()
+        // One connection (inetd, Accept=yes) logs its line when it has ended: written at exit, without a thread,
+        // unless --debug writes lines while it lasts.
+        Log.startQueueing(writerThread: !listeners.isEmpty || configuration.debug)
         do {
             try engine.run(listeners: listeners, connections: accepted) {
                 if let startLine { Log.notice(startLine) }
@@ -262,7 +264,7 @@ public enum Launcher {
                 "tcp-crossover \(tcpCrossoverVersion) listening on \(describe(listeners, services)) "
                 + "(pid \(Syscall.processID), \(threads) threads)"
             ownsListeners = false
-            Log.startQueueing()
+            Log.startQueueing(writerThread: true)
             do {
                 try engine.run(listeners: listeners, connections: []) {
                     Log.notice(startLine)

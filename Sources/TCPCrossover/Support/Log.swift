@@ -42,14 +42,15 @@ public enum Log {
 
     public static var currentTarget: LogTarget { target }
 
-    /// From now on lines go through a writer thread (started with the first line). Call before the relay's
-    /// threads start, after any fork.
-    public static func startQueueing() {
-        if queue == nil { queue = LogQueue() }
+    /// From now on lines go through a `LogQueue`: written by a thread of their own (started with the first line)
+    /// when `writerThread`, or else at `finish`. Call before the relay's threads start, after any fork.
+    public static func startQueueing(writerThread: Bool) {
+        if queue == nil { queue = LogQueue(writerThread: writerThread) }
     }
 
-    /// Writes what is still queued, waiting at most `milliseconds` for a log that does not take it (lines still
-    /// waiting then are lost), and goes back to writing lines at once. Call when no other thread logs any more.
+    /// Writes what is still queued, waiting at most `milliseconds` for a writer thread that a log does not let
+    /// write (lines still waiting then are lost), and goes back to writing lines at once. Call when no other thread
+    /// logs any more.
     public static func finish(within milliseconds: Int64) {
         guard let queue else { return }
         Self.queue = nil
