@@ -71,6 +71,35 @@ import Testing
         #expect(log.text.contains("stopped: "), "\(log.text.suffix(500))")
     }
 
+    /// At exit the relay waits a bounded time for a log that takes nothing, then exits without the lines still
+    /// queued.
+    @Test func foregroundRelay_whoseStandardErrorNobodyReads_stillStopsOnSIGTERM() throws {
+        let backend = try RelayTests.echoServer()
+        var ends: [Int32] = [0, 0]
+        try #require(pipe(&ends) == 0)
+        for fd in ends { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        let log = LogReader(ends[0])
+        let process = try ChildProcess(
+            relayBinary, ["--local", "[::1]:0", "--remote", backend.address.description, "--foreground"],
+            standardError: ends[1])
+        Glibc.close(ends[1])
+        defer { process.kill(signal: SIGKILL) }
+        try #require(log.read(timeout: 10) { $0.text.contains("listening on ") }, "\(log.text)")
+        let port = try #require(
+            UInt16(log.text.components(separatedBy: "listening on [::1]:")[1].prefix(while: \.isNumber)))
+        // About 200 KB of lines: more than the pipe holds.
+        let relayed = Self.exchanges(Self.someConnections, to: .ipv6("::1", port))
+        #expect(relayed == Self.someConnections)
+
+        process.kill(signal: SIGTERM)
+        #expect(process.waitForExit(timeout: 30) == 0)
+        // What the pipe held when the relay exited: the first lines, not the last ones.
+        _ = log.read(timeout: 10) { _ in false }
+        #expect(log.connectionLines > 0)
+        #expect(log.connectionLines < relayed)
+        #expect(!log.text.contains("stopped: "))
+    }
+
     /// /dev/log is the test's own datagram socket (in a mount namespace of the relay's own, over a /dev of the
     /// test's), which it does not read until every connection is done: syslog(3) blocks once it holds 10 messages.
     @Test func backgroundRelay_whoseSyslogSocketIsFull_relaysEveryConnection() throws {
