@@ -14,8 +14,8 @@ final class LogQueue: @unchecked Sendable {
     /// Bytes of lines that may wait: about 1,700 connection lines; the writer holds as much again while it writes.
     static let capacity = 256 * 1024
     /// How long the writer, woken by a line, waits for more before it writes: one write(2) and two wakes for all
-    /// the lines of that time, where a wake per line cost a relay that logs every connection a quarter more CPU
-    /// per connection (connections one at a time).
+    /// the lines of that time. A wake for every line cost a relay that logs each connection a fifth more CPU per
+    /// connection (connections one at a time).
     static let gatherMilliseconds: Int64 = 20
     /// Lines waiting that end the gathering at once, so that a fast log never drops lines for want of room.
     static let gatherBytes = capacity / 4
@@ -45,8 +45,10 @@ final class LogQueue: @unchecked Sendable {
     /// The writer holds lines it has taken but not yet written.
     private var writing = false
     private var stopRequested = false
-    /// Write without gathering: the buffer fills, or the process exits.
+    /// Write without gathering: the buffer fills.
     private var hurry = false
+    /// Write without gathering from now on: the process exits.
+    private var draining = false
     private var thread: pthread_t?
 
     init(writerThread: Bool) {
@@ -115,7 +117,7 @@ final class LogQueue: @unchecked Sendable {
                 }
                 let deadline = Syscall.monotonicMilliseconds() + Self.gatherMilliseconds
                 writer = .gathering
-                while !hurry && !stopRequested && pending.count < Self.gatherBytes {
+                while !hurry && !draining && !stopRequested && pending.count < Self.gatherBytes {
                     if !lock.wait(until: deadline) { break }
                 }
                 hurry = false
@@ -152,7 +154,7 @@ final class LogQueue: @unchecked Sendable {
                 (droppedNow, dropped) = (dropped, 0)
                 return true
             }
-            hurry = true
+            draining = true
             lock.broadcast()
             while !pending.isEmpty || dropped > 0 || writing {
                 if !lock.wait(until: deadline) { break }
