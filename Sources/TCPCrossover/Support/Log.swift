@@ -68,7 +68,7 @@ public enum Log {
         var text = "\(identifier): \(printable(line))\n"
         if target != .syslog, let queue {
             // After the lines queued before it, on the same descriptor.
-            let queued = text.withUTF8 { queue.submit(UnsafeRawBufferPointer($0), lines: 1) }
+            let queued = text.withUTF8 { queue.submit(UnsafeRawBufferPointer($0), lines: 1, important: true) }
             if queued { return }
         }
         try? Syscall.writeAll(STDERR_FILENO, &text)
@@ -82,7 +82,7 @@ public enum Log {
 
     private static func write(_ level: LogLevel, _ message: () -> String) {
         guard enabled(level) else { return }
-        render(level, printable(message())) { emit($0, lines: 1) }
+        render(level, printable(message())) { emit($0, lines: 1, important: level <= .notice) }
     }
 
     /// `text` (printable, no newline) as the target takes it: `text\n` on standard error, `<level>text\n` for the
@@ -92,9 +92,10 @@ public enum Log {
         line.withUTF8 { body(UnsafeRawBufferPointer($0)) }
     }
 
-    /// Hands rendered lines to the writer thread while the relay runs, or writes them now.
-    static func emit(_ lines: UnsafeRawBufferPointer, lines count: Int) {
-        if let queue, queue.submit(lines, lines: count) { return }
+    /// Hands rendered lines to the writer thread while the relay runs, or writes them now. `important` lines
+    /// (notice and above) are the last to be dropped.
+    static func emit(_ lines: UnsafeRawBufferPointer, lines count: Int, important: Bool = false) {
+        if let queue, queue.submit(lines, lines: count, important: important) { return }
         output(lines)
     }
 

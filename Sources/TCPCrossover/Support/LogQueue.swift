@@ -19,6 +19,10 @@ final class LogQueue: @unchecked Sendable {
     static let gatherMilliseconds: Int64 = 20
     /// Lines waiting that end the gathering at once, so that a fast log never drops lines for want of room.
     static let gatherBytes = capacity / 4
+    /// Room beyond `capacity` that only lines of notice level and above (the start and stop lines, warnings,
+    /// errors) may take: a flood of connection lines that fills the queue does not cost the line that says the
+    /// relay stops.
+    static let reserve = 16 * 1024
 
     private enum WriterState {
         /// No line yet.
@@ -56,8 +60,9 @@ final class LogQueue: @unchecked Sendable {
     }
 
     /// Hands `bytes` (whole lines, `lines` of them, each ending in a newline) to the writer; the lines that do not
-    /// fit are dropped and counted. False when there is no writer: the caller writes them itself.
-    func submit(_ bytes: UnsafeRawBufferPointer, lines: Int) -> Bool {
+    /// fit are dropped and counted. `important` lines may take the `reserve`. False when there is no writer: the
+    /// caller writes them itself.
+    func submit(_ bytes: UnsafeRawBufferPointer, lines: Int, important: Bool = false) -> Bool {
         lock.withLock {
             switch writer {
             case .notStarted:
@@ -82,7 +87,8 @@ final class LogQueue: @unchecked Sendable {
             case .unavailable, .stopped:
                 return false
             }
-            let (kept, droppedLines) = Self.wholeLines(of: bytes, lines: lines, room: Self.capacity - pending.count)
+            let room = Self.capacity + (important ? Self.reserve : 0) - pending.count
+            let (kept, droppedLines) = Self.wholeLines(of: bytes, lines: lines, room: room)
             pending.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[..<kept]))
             dropped += droppedLines
             return true
@@ -150,8 +156,7 @@ final class LogQueue: @unchecked Sendable {
         var droppedNow = 0
         let drained: Bool = lock.withLock {
             if writer == .notStarted {
-                swap(&pending, &unwritten)
-                (droppedNow, dropped) = (dropped, 0)
+                (unwritten, droppedNow) = takeWaiting()
                 return true
             }
             draining = true
@@ -163,6 +168,16 @@ final class LogQueue: @unchecked Sendable {
         }
         Self.write(unwritten, dropped: droppedNow)
         return drained
+    }
+
+    /// The lines waiting and the count of those dropped, taken out of the queue (with `lock` held, or in a test
+    /// of a queue without a writer).
+    func takeWaiting() -> (lines: [UInt8], dropped: Int) {
+        defer {
+            pending = []
+            dropped = 0
+        }
+        return (pending, dropped)
     }
 
     /// Stops the writer thread once it has nothing left, and waits for it when `join` (not when it may be blocked
