@@ -170,7 +170,9 @@ import Testing
             }
             #expect(eventually(timeout: 5) { connected.value >= 50 })
             relay.process.kill(signal: SIGTERM)
-            #expect(relay.process.waitForError(containing: "stopping: no new connections"))
+            #expect(
+                relay.process.waitForError(containing: "stopping: no new connections"),
+                "\(relay.process.standardError.split(separator: "\n").filter { !$0.contains(" bytes up, ") })")
             #expect(throws: TestFailure.self) { try TestSocket.connect(to: address, timeout: 2) }
             #expect(clients.wait(timeout: .now() + 15) == .success)
             #expect(relay.process.waitForExit() == 0, "round \(round): \(relay.process.standardError)")
