@@ -45,3 +45,7 @@ int tcx_lock(int fd) {
 void tcx_syslog(int priority, const char *message) {
     syslog(priority, "%s", message);
 }
+
+void tcx_syslog_bytes(int priority, const char *message, size_t length) {
+    syslog(priority, "%.*s", (int)length, message);
+}

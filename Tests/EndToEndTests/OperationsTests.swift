@@ -86,7 +86,7 @@ import Testing
         #expect(try fresh.receive(exactly: 5) == Array("held\n".utf8))
         try fresh.shutdownWrite()
         #expect(try fresh.receiveAll().isEmpty)
-        #expect(process.standardError.contains("descriptors are available again: accepting on every listener"))
+        #expect(process.waitForError(containing: "descriptors are available again: accepting on every listener"))
         // No client was dropped for want of a descriptor: each waited, then was relayed.
         let lines = { process.standardError.split(separator: "\n").filter { $0.contains(" bytes up, ") } }
         #expect(eventually { lines().count == 61 }, "\(lines().count) connections logged")
@@ -170,7 +170,9 @@ import Testing
             }
             #expect(eventually(timeout: 5) { connected.value >= 50 })
             relay.process.kill(signal: SIGTERM)
-            #expect(relay.process.waitForError(containing: "stopping: no new connections"))
+            #expect(
+                relay.process.waitForError(containing: "stopping: no new connections"),
+                "\(relay.process.standardError.split(separator: "\n").filter { !$0.contains(" bytes up, ") })")
             #expect(throws: TestFailure.self) { try TestSocket.connect(to: address, timeout: 2) }
             #expect(clients.wait(timeout: .now() + 15) == .success)
             #expect(relay.process.waitForExit() == 0, "round \(round): \(relay.process.standardError)")

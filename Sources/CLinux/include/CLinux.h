@@ -38,6 +38,9 @@ int tcx_lock(int fd);
 /// syslog(3) with a fixed "%s" format, so a message is never read as a format.
 void tcx_syslog(int priority, const char *message);
 
+/// syslog(3) of `length` bytes that need no terminating NUL (a line inside a buffer of lines).
+void tcx_syslog_bytes(int priority, const char *message, size_t length);
+
 /// Loads libsystemd.so.0 (once); NULL on success, otherwise why it could not be loaded.
 const char *tcx_systemd_load(void);
 

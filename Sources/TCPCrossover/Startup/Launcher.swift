@@ -6,6 +6,17 @@ public enum Launcher {
     /// Runs until the relay stops; returns the exit status. Failures at start are reported in one line: on
     /// standard error when that is safe, to syslog when standard error may be the client's connection (inetd).
     public static func run(_ configuration: Configuration) -> CInt {
+        let status = start(configuration)
+        // Lines still queued (the "stopped" line) get a bounded time: a log reader that stopped must not keep the
+        // process from exiting.
+        Log.finish(within: finalLogMilliseconds)
+        return status
+    }
+
+    /// How long the process waits at exit for a log that does not take its last lines.
+    static let finalLogMilliseconds: Int64 = 1000
+
+    private static func start(_ configuration: Configuration) -> CInt {
         Engine.prepareProcess()
         let level: LogLevel = configuration.debug ? .debug : .info
         let standardInput = Syscall.describe(STDIN_FILENO)
@@ -204,6 +215,9 @@ public enum Launcher {
             listeners.isEmpty
             ? nil
             : "tcp-crossover \(tcpCrossoverVersion) serving \(describe(listeners, services))\(describe(metrics))"
+        // One connection (inetd, Accept=yes) logs its line when it has ended: written at exit, without a thread,
+        // unless --debug writes lines while it lasts.
+        Log.startQueueing(writerThread: !listeners.isEmpty || configuration.debug)
         do {
             try engine.run(listeners: listeners, connections: accepted) {
                 if let startLine { Log.notice(startLine) }
@@ -283,6 +297,7 @@ public enum Launcher {
                 "tcp-crossover \(tcpCrossoverVersion) listening on \(describe(listeners, services)) "
                 + "(pid \(Syscall.processID), \(threads) threads)\(describe(metrics))"
             ownsListeners = false
+            Log.startQueueing(writerThread: true)
             do {
                 try engine.run(listeners: listeners, connections: []) {
                     Log.notice(startLine)
