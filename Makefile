@@ -1,7 +1,8 @@
 # tcp-crossover: build, test, install.
 #
 #   make run LOCAL='[::1]:8080' REMOTE=127.0.0.1:8000   build and run the relay in the foreground
-#   make check                                          run every test (unit and end-to-end)
+#   make check                                          run every test (unit, end-to-end, under systemd)
+#   make check-systemd                                  the shipped units under systemd as process 1 (a container)
 #   make install [PREFIX=/usr] [DESTDIR=...]            install a release build with the units and xinetd entry
 #
 # `run` and `check` first install the system packages they need (with apt-get, as root) when they are missing.
@@ -45,12 +46,12 @@ BINARY ?= $(RELEASE_BINARY)
 
 # Debian packages the build needs, and those the tests start.
 BUILD_PACKAGES = libsystemd-dev pkg-config
-TEST_PACKAGES = systemd xinetd nginx-light util-linux mount iproute2
+TEST_PACKAGES = systemd xinetd nginx-light util-linux mount iproute2 systemd-container python3 procps
 
 BENCHMARK_PACKAGES = nginx-light iperf3 wrk haproxy 6tunnel socat hyperfine systemd
 
-.PHONY: all build release run check test deps test-deps install install-files uninstall lint clean benchmark \
-	reliability startup-order
+.PHONY: all build release run check check-systemd test deps test-deps install install-files uninstall lint clean \
+	benchmark reliability startup-order
 
 all: build
 
@@ -87,6 +88,13 @@ check: test-deps lint
 	$(SWIFT) test --skip-build
 	$(MAKE) --no-print-directory release
 	TCP_CROSSOVER_BINARY=$(CURDIR)/$(RELEASE_BINARY) $(SWIFT) test --skip-build --filter EndToEndTests
+	$(MAKE) --no-print-directory check-systemd
+
+# The release binary, the units and the xinetd entry under a real systemd as process 1: a container booted from an
+# overlay of this machine's root (Tests/systemd/run; as root, about a minute). xinetd must be installed in the
+# machine's root before, since the container sees that root.
+check-systemd: test-deps release
+	Tests/systemd/run --binary $(RELEASE_BINARY)
 
 test: check
 
