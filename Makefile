@@ -17,7 +17,8 @@ BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 ZSHCOMPDIR ?= $(PREFIX)/share/zsh/vendor-completions
 FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
 UNITS = units/tcp-crossover-smtp.socket units/tcp-crossover-smtp.service \
-	units/tcp-crossover-http.socket units/tcp-crossover-http@.service
+	units/tcp-crossover-http.socket units/tcp-crossover-http@.service \
+	units/tcp-crossover@.socket units/tcp-crossover@.service
 SWIFT ?= swift
 LOCAL ?= [::1]:8080
 REMOTE ?= 127.0.0.1:8000
