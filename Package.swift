@@ -15,7 +15,11 @@ let package = Package(
         // The Linux calls that Swift's Glibc module does not expose (epoll, splice, pipe2, accept4, F_SETPIPE_SZ,
         // signalfd, eventfd, syslog), and libsystemd's sd-daemon calls, loaded when first needed. `_GNU_SOURCE` is
         // defined inside the C files only: passed to Swift it would change the signatures of bind/accept.
-        .target(name: "CLinux", dependencies: ["CSystemd"]),
+        // Release builds fortify the C calls (glibc's checked variants, such as __syslog_chk): Swift's own calls
+        // into libc cannot be fortified, since the checks are inline wrappers in C headers.
+        .target(
+            name: "CLinux", dependencies: ["CSystemd"],
+            cSettings: [.define("_FORTIFY_SOURCE", to: "2", .when(configuration: .release))]),
         // libsystemd's sd-daemon header (libsystemd-dev). Deliberately without `pkgConfig: "libsystemd"`, whose
         // `-lsystemd` would make every process load libsystemd and the six libraries it needs (+0.6 ms measured per
         // start): CLinux loads it with dlopen only when systemd started the process. `make deps` checks for it with
