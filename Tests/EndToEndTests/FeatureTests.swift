@@ -197,7 +197,7 @@ final class ProxyProtocolNginx {
         #expect(try allowed.receiveAll() == Array("v6".utf8))
         #expect(backend.accepted == 1)
         #expect(
-            eventually { relay.connectionLines.contains { $0.contains("not relayed, refused by --deny 127.0.0.0/8") } })
+            eventually { relay.connectionLines.contains { $0.contains("end=refused: by --deny 127.0.0.0/8") } })
     }
 
     @Test func allow_servesOnlyThoseBlocksAndMatchesMappedAddressesAsIPv4() throws {
@@ -210,7 +210,7 @@ final class ProxyProtocolNginx {
         #expect(try mapped.receiveAll() == Array("v4".utf8))
         let notAllowed = try TestSocket.connect(to: .ipv6("::1", relay.address.port))
         #expect(notAllowed.waitForEnding() == .reset)
-        #expect(eventually { relay.connectionLines.contains { $0.contains("refused: not in any --allow") } })
+        #expect(eventually { relay.connectionLines.contains { $0.contains("end=refused: not in any --allow") } })
         #expect(backend.accepted == 1)
     }
 

@@ -90,7 +90,7 @@ import Testing
         // No client was dropped for want of a descriptor: each waited, then was relayed.
         let lines = { process.standardError.split(separator: "\n").filter { $0.contains(" bytes up, ") } }
         #expect(eventually { lines().count == 61 }, "\(lines().count) connections logged")
-        #expect(!lines().contains { $0.contains("not relayed") })
+        #expect(!lines().contains { $0.contains("end=connect-failed") })
         process.kill(signal: SIGTERM)
         #expect(process.waitForExit() == 0)
     }
@@ -118,7 +118,7 @@ import Testing
         #expect(idle.waitForEnding() == .reset)
         try active.send("still here")
         #expect(try active.receive(exactly: 10) == Array("still here".utf8))
-        #expect(relay.connectionLines.contains { $0.contains("closed after the idle timeout") })
+        #expect(relay.connectionLines.contains { $0.contains("end=idle-timeout") })
         #expect(relay.connectionLines.count == 1)
     }
 
@@ -147,7 +147,7 @@ import Testing
         connection.close()
         #expect(relay.process.waitForExit() == 0)
         #expect(!FileManager.default.fileExists(atPath: pidfile))
-        #expect(relay.connectionLines.first?.contains("server closed first") == true)
+        #expect(relay.connectionLines.first?.contains("end=server-closed") == true)
     }
 
     /// Connections keep arriving while SIGTERM does: some land in the same turn of a loop as the stop request,
@@ -187,7 +187,7 @@ import Testing
         relay.process.kill(signal: SIGTERM)
         #expect(relay.process.waitForExit(timeout: 5) == 0)
         #expect(connection.waitForEnding() == .reset)
-        #expect(relay.connectionLines.first?.contains("closed at shutdown") == true)
+        #expect(relay.connectionLines.first?.contains("end=shutdown") == true)
     }
 
     @Test func shutdownTimeout_endsConnectionsThatDoNotFinish() throws {
@@ -277,6 +277,7 @@ import Testing
         try connection.send("as nobody")
         try connection.shutdownWrite()
         #expect(try connection.receiveAll() == Array("as nobody".utf8))
+        #expect(!keeper.standardError.contains("running as root"), "\(keeper.standardError)")
         // SIGTERM to the pid in the pidfile, as an init script sends it.
         kill(relayPID, SIGTERM)
         #expect(keeper.waitForExit() == 0)
@@ -345,7 +346,9 @@ import Testing
         // the connection has lived 10 s (most connections end sooner and are spared the calls).
         #expect(keepalives().count == 1, "\(keepalives())")
         #expect(eventually(timeout: 15) { keepalives().count == 2 }, "\(keepalives())")
-        #expect(keepalives().allSatisfy { $0.seconds > 60 && $0.seconds <= 77 }, "\(keepalives())")
+        // Timers of the idle time given (77 s), counting down: not the kernel's default (7,200 s), nor yet the
+        // probe interval (7 s). How far down they are depends on how busy the machine was while the test waited.
+        #expect(keepalives().allSatisfy { $0.seconds > 7 && $0.seconds <= 77 }, "\(keepalives())")
     }
 
     @Test func keepaliveOff_leavesNoTimer() throws {

@@ -53,4 +53,16 @@ extern const int tcx_ip_bind_address_no_port;
 /// SOCK_NONBLOCK | SOCK_CLOEXEC, for socket(2).
 extern const int tcx_sock_flags;
 
+/// A counter of the metrics that one thread (an event loop) adds to while another (the metrics thread) reads it: a
+/// relaxed atomic load and store, which compile to plain moves, so that counting costs the loop no more than a plain
+/// add (no locked instruction, as only its own thread writes) and a reader never sees a torn value.
+static inline void tcx_counter_add(uint64_t *counter, uint64_t amount) {
+    __atomic_store_n(counter, __atomic_load_n(counter, __ATOMIC_RELAXED) + amount, __ATOMIC_RELAXED);
+}
+
+/// Reads a counter that `tcx_counter_add` updates in another thread.
+static inline uint64_t tcx_counter_load(const uint64_t *counter) {
+    return __atomic_load_n(counter, __ATOMIC_RELAXED);
+}
+
 #endif

@@ -62,6 +62,8 @@ final class EventLoop: @unchecked Sendable {
     private var ownAddresses = OwnAddressCache()
     /// The per-connection log lines of the current turn.
     private var logBatch = LogBatch()
+    /// This loop's counters for the metrics endpoint; nil without one.
+    let meter: LoopMeter?
     /// Connections this loop serves, plus those handed to it and not yet taken: what the other loops compare when
     /// they even out the load (see `acceptConnections`).
     let load = Atomic<Int>(0)
@@ -100,6 +102,7 @@ final class EventLoop: @unchecked Sendable {
         resources = LoopResources(
             copyChunk: min(engine.options.copyChunk, engine.options.pipeSize), pipeSize: engine.options.pipeSize)
         now = Syscall.monotonicMilliseconds()
+        meter = engine.metrics == nil ? nil : LoopMeter(serviceCount: engine.services.count)
         try control(EPOLL_CTL_ADD, wake, EPOLLIN.rawValue, EventTag.make(EventTag.control, index: EventTag.wake))
     }
 
@@ -317,6 +320,7 @@ final class EventLoop: @unchecked Sendable {
         if up != connection.accountedUp || down != connection.accountedDown {
             engine.statistics.bytesUp.add(up - connection.accountedUp, ordering: .relaxed)
             engine.statistics.bytesDown.add(down - connection.accountedDown, ordering: .relaxed)
+            meter?.moved(connection.service, up: up - connection.accountedUp, down: down - connection.accountedDown)
             connection.accountedUp = up
             connection.accountedDown = down
             connection.lastActivity = now
@@ -442,6 +446,7 @@ final class EventLoop: @unchecked Sendable {
     private func admit(_ incoming: IncomingConnection) {
         let (fd, peer, local, service) = (incoming.fd, incoming.peer, incoming.local, incoming.service)
         engine.statistics.accepted.add(1, ordering: .relaxed)
+        meter?.accepted(service)
         let slot: Int32
         if let free = freeSlots.popLast() {
             slot = free
@@ -458,9 +463,19 @@ final class EventLoop: @unchecked Sendable {
         liveConnections += 1
         if Log.enabled(.debug) { Log.debug("accepted \(peer) on \(local)") }
         if !engine.options.access.isEmpty, let reason = engine.options.access.refusal(of: peer) {
-            engine.statistics.refused.add(1, ordering: .relaxed)
-            finish(connection, .refused(reason))
+            engine.statistics.refusedByAccessRule.add(1, ordering: .relaxed)
+            finish(connection, .refused(.accessRule, reason))
             return
+        }
+        if let limits = engine.clientLimits {
+            switch limits.admit(peer, now: now) {
+            case .admitted(let block):
+                connection.clientBlock = block
+            case .refused(let block, let refusal, _):
+                engine.statistics.countRefusal(refusal)
+                finish(connection, .refusedForClient(block, refusal))
+                return
+            }
         }
         guard readFirstBytes(connection) else { return }
         do {
@@ -581,9 +596,11 @@ final class EventLoop: @unchecked Sendable {
                         return
                     }
                     connection.connectError = "no descriptor to connect to \(address) within the connect timeout"
+                    meter?.connectFailed(connection.service, remote: address, .noDescriptor)
                     break
                 }
                 engine.services[connection.service].pool.failed(address, now: now)
+                meter?.connectFailed(connection.service, remote: address, ConnectFailure(error))
                 connection.attempt += 1
             }
         }
@@ -595,17 +612,18 @@ final class EventLoop: @unchecked Sendable {
     private func connectProgressed(_ connection: Connection, events: UInt32) {
         if events & (EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0 {
             let error = Syscall.pendingError(connection.server) ?? .connectionRefused
-            connectFailed(connection, "connect to \(connection.remoteAddress!) failed: \(error)")
+            connectFailed(connection, "connect to \(connection.remoteAddress!) failed: \(error)", ConnectFailure(error))
         } else if events & EPOLLOUT.rawValue != 0 {
             connected(connection)
         }
     }
 
-    private func connectFailed(_ connection: Connection, _ reason: String) {
+    private func connectFailed(_ connection: Connection, _ reason: String, _ failure: ConnectFailure) {
         connection.connectError = reason
         if Log.enabled(.debug) { Log.debug(reason) }
         if let address = connection.remoteAddress {
             engine.services[connection.service].pool.failed(address, now: now)
+            meter?.connectFailed(connection.service, remote: address, failure)
         }
         closeServer(connection)
         connection.relay.readiness.server.readable = false
@@ -616,6 +634,7 @@ final class EventLoop: @unchecked Sendable {
 
     private func connected(_ connection: Connection) {
         connection.phase = .relaying
+        meter?.connected(connection.service, after: now - connection.startedAt)
         connection.relay.readiness.server.writable = true
         connection.lastActivity = now
         if engine.options.keepalive != nil { connection.keepaliveDue = now + Self.keepaliveDelay }
@@ -658,6 +677,10 @@ final class EventLoop: @unchecked Sendable {
         }
         Syscall.close(connection.client)
         closeServer(connection)
+        if let block = connection.clientBlock {
+            engine.clientLimits?.release(block, now: now)
+            connection.clientBlock = nil
+        }
         connections[Int(connection.slot)] = nil
         freeSlots.append(connection.slot)
         liveConnections -= 1
@@ -671,7 +694,11 @@ final class EventLoop: @unchecked Sendable {
             engine.statistics.failedConnects.add(1, ordering: .relaxed)
         }
         engine.connectionEnded()
-        logBatch.info { connection.summary(ending, now: now, into: &$0) }
+        if let meter { meter.ended(connection, ending, now: now) }
+        // Refusals over a per-client limit are counted and logged once per episode (`ClientLimits`): a line each
+        // would let one client flood the log.
+        if case .refusedForClient = ending, !Log.enabled(.debug) { return }
+        if engine.options.logConnections { logBatch.info { connection.summary(ending, now: now, into: &$0) } }
     }
 
     // MARK: timers
@@ -717,7 +744,8 @@ final class EventLoop: @unchecked Sendable {
                 connect(connection)
             case .connecting:
                 let seconds = Double(engine.options.connectTimeout) / 1000
-                connectFailed(connection, "connect to \(connection.remoteAddress!) timed out after \(seconds) s")
+                connectFailed(
+                    connection, "connect to \(connection.remoteAddress!) timed out after \(seconds) s", .timeout)
             case .relaying where connection.keepaliveDue.map({ $0 <= now }) ?? false:
                 connection.keepaliveDue = nil
                 if let keepalive = engine.options.keepalive {
@@ -756,6 +784,7 @@ final class EventLoop: @unchecked Sendable {
         pausedForLimit = true
         unregisterListeners()
         engine.pausedForLimit.add(1, ordering: .sequentiallyConsistent)
+        meter?.acceptPaused(.connectionLimit)
         if Log.enabled(.debug) { Log.debug("connection limit reached; accepting pauses") }
         // A connection may have ended between the failed reservation and the count above, with no loop to wake.
         if engine.hasCapacity { resumeAfterLimit() }
@@ -777,6 +806,7 @@ final class EventLoop: @unchecked Sendable {
     /// episode, for the whole process.
     private func outOfResources(_ operation: String, _ error: Errno) {
         resources.trimPipes()
+        meter?.acceptPaused(.noDescriptor)
         if !engine.exhausted.exchange(true, ordering: .relaxed) {
             Log.warning("\(operation) failed: \(error); accepting pauses until descriptors are free")
         }
