@@ -1,7 +1,9 @@
 # tcp-crossover: build, test, install.
 #
 #   make run LOCAL='[::1]:8080' REMOTE=127.0.0.1:8000   build and run the relay in the foreground
-#   make check                                          run every test (unit and end-to-end)
+#   make check                                          run every test (unit, end-to-end, under systemd)
+#   make check-systemd                                  the shipped units under systemd as process 1 (a container)
+#   make deb                                            the Debian package (check-deb: lintian, installed and purged)
 #   make install [PREFIX=/usr] [DESTDIR=...]            install a release build with the units and xinetd entry
 #
 # `run` and `check` first install the system packages they need (with apt-get, as root) when they are missing.
@@ -16,7 +18,8 @@ BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 ZSHCOMPDIR ?= $(PREFIX)/share/zsh/vendor-completions
 FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
 UNITS = units/tcp-crossover-smtp.socket units/tcp-crossover-smtp.service \
-	units/tcp-crossover-http.socket units/tcp-crossover-http@.service
+	units/tcp-crossover-http.socket units/tcp-crossover-http@.service \
+	units/tcp-crossover@.socket units/tcp-crossover@.service
 SWIFT ?= swift
 LOCAL ?= [::1]:8080
 REMOTE ?= 127.0.0.1:8000
@@ -55,12 +58,13 @@ BINARY ?= $(RELEASE_BINARY)
 # without questions (Postfix as an "Internet Site") and without being started on the machine; the mail server tests
 # run instances of their own in namespaces, and neither use nor change the machine's.
 BUILD_PACKAGES = libsystemd-dev pkg-config
-TEST_PACKAGES = systemd xinetd nginx-light util-linux mount iproute2 python3 python3-prometheus-client
+TEST_PACKAGES = systemd xinetd nginx-light util-linux mount iproute2 python3 python3-prometheus-client \
+	systemd-container procps
 
 BENCHMARK_PACKAGES = nginx-light iperf3 wrk haproxy 6tunnel socat hyperfine systemd curl
 
-.PHONY: all build release release-nopie run check test deps test-deps install install-files uninstall lint clean benchmark \
-	reliability startup-order
+.PHONY: all build release release-nopie run check check-systemd deb check-deb test deps test-deps install \
+	install-files uninstall lint clean benchmark reliability startup-order
 
 all: build
 
@@ -103,6 +107,40 @@ check: test-deps lint
 	$(SWIFT) test --skip-build
 	$(MAKE) --no-print-directory release
 	TCP_CROSSOVER_BINARY=$(CURDIR)/$(RELEASE_BINARY) $(SWIFT) test --skip-build --filter EndToEndTests
+	$(MAKE) --no-print-directory check-systemd
+
+# The Debian package, tcp-crossover_VERSION_ARCH.deb in this directory, built by debian/rules with this Makefile's
+# release build (always position-independent here) and install-files. Swift must be on the PATH: it is a build
+# dependency that Debian does not package. check-deb also runs lintian (no error, no warning that debian/ does not
+# explain with an override) and hardening-check on it, then installs, uses, removes and purges it under systemd.
+DEB_PACKAGES = debhelper devscripts lintian dpkg-dev
+DEB_VERSION = $(shell dpkg-parsechangelog -S Version 2>/dev/null)
+DEB_FILE = tcp-crossover_$(DEB_VERSION)_$(shell dpkg --print-architecture).deb
+
+deb: deps
+	@./.ci/install-packages $(DEB_PACKAGES)
+	rm -rf .build/deb
+	mkdir -p .build/deb
+	DEB_DESTDIR=$(CURDIR)/.build/deb dpkg-buildpackage -b -us -uc \
+		--buildinfo-option=-u$(CURDIR)/.build/deb --buildinfo-file=.build/deb/$(DEB_FILE:.deb=.buildinfo) \
+		--changes-option=-u$(CURDIR)/.build/deb --changes-file=.build/deb/$(DEB_FILE:.deb=.changes)
+	cp .build/deb/$(DEB_FILE) $(DEB_FILE)
+	@echo "built $(DEB_FILE)"
+
+check-deb: deb test-deps
+	lintian --fail-on error,warning --info $(DEB_FILE)
+	@# Control-flow integrity (-fcf-protection, CET) needs every object built for it; neither swiftc nor the static
+	@# Swift runtime is, so it cannot be had. Everything else is checked: PIE, stack protector, fortify, RELRO, BIND_NOW.
+	hardening-check --nocfprotection $(CURDIR)/debian/tcp-crossover/usr/bin/tcp-crossover
+	@test "$$(dpkg-deb -f $(DEB_FILE) Version)" = "$$(debian/tcp-crossover/usr/bin/tcp-crossover --version)" || \
+		{ echo "debian/changelog's version is not the binary's (--version)" >&2; exit 1; }
+	Tests/systemd/run --deb $(DEB_FILE)
+
+# The release binary, the units and the xinetd entry under a real systemd as process 1: a container booted from an
+# overlay of this machine's root (Tests/systemd/run; as root, about a minute). xinetd must be installed in the
+# machine's root before, since the container sees that root.
+check-systemd: test-deps release
+	Tests/systemd/run --binary $(RELEASE_BINARY)
 
 test: check
 
@@ -115,7 +153,8 @@ install-files:
 	install -D -m 0755 $(BINARY) $(DESTDIR)$(BINDIR)/tcp-crossover
 	install -D -m 0644 man/tcp-crossover.8 $(DESTDIR)$(MANDIR)/man8/tcp-crossover.8
 	install -d $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR)
-	$(BINARY) --generate-completion-script bash > $(DESTDIR)$(BASHCOMPDIR)/tcp-crossover
+	@# A bash completion is sourced, not run: no #! line (lintian's bash-completion-with-hashbang).
+	$(BINARY) --generate-completion-script bash | sed '1{/^#!/d}' > $(DESTDIR)$(BASHCOMPDIR)/tcp-crossover
 	$(BINARY) --generate-completion-script zsh > $(DESTDIR)$(ZSHCOMPDIR)/_tcp-crossover
 	$(BINARY) --generate-completion-script fish > $(DESTDIR)$(FISHCOMPDIR)/tcp-crossover.fish
 	install -d $(DESTDIR)$(UNITDIR)

@@ -23,6 +23,7 @@ import Testing
             "/usr/bin/tcp-crossover", "/usr/share/man/man8/tcp-crossover.8", "/etc/xinetd.d/tcp-crossover-smtp",
             "/lib/systemd/system/tcp-crossover-smtp.socket", "/lib/systemd/system/tcp-crossover-smtp.service",
             "/lib/systemd/system/tcp-crossover-http.socket", "/lib/systemd/system/tcp-crossover-http@.service",
+            "/lib/systemd/system/tcp-crossover@.socket", "/lib/systemd/system/tcp-crossover@.service",
             "/usr/share/bash-completion/completions/tcp-crossover", "/usr/share/zsh/vendor-completions/_tcp-crossover",
             "/usr/share/fish/vendor_completions.d/tcp-crossover.fish",
         ]
