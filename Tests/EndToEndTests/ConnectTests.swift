@@ -1,0 +1,116 @@
+import Foundation
+import Glibc
+import Testing
+
+/// The relay with a private /etc/hosts: started through unshare(1) in a mount namespace of its own, where the test's
+/// hosts file is bind-mounted over /etc/hosts, and an nsswitch.conf that looks host names up in that file only (a
+/// name the file lacks fails at once, with no query to the machine's DNS server).
+final class RelayWithHosts {
+    let process: ChildProcess
+    let port: UInt16
+    private let directory = TemporaryDirectory()
+    private var hostsPath: String { "\(directory.path)/hosts" }
+
+    init(hosts: String, _ arguments: [String]) throws {
+        try #require(getuid() == 0, "needs root for a mount namespace")
+        let nsswitch = "\(directory.path)/nsswitch.conf"
+        try "hosts: files\n".write(toFile: nsswitch, atomically: false, encoding: .utf8)
+        try hosts.write(toFile: "\(directory.path)/hosts", atomically: false, encoding: .utf8)
+        process = try ChildProcess(
+            "/usr/bin/unshare",
+            [
+                "-m", "/bin/sh", "-c",
+                "mount --bind \"$0\" /etc/hosts && mount --bind \"$1\" /etc/nsswitch.conf && shift && exec \"$@\"",
+                "\(directory.path)/hosts", nsswitch, relayBinary, "--local", "127.0.0.1:0", "--foreground",
+            ] + arguments)
+        guard process.waitForError(containing: "listening on 127.0.0.1:") else {
+            process.kill(signal: SIGKILL)
+            _ = process.waitForExit()
+            throw TestFailure(message: "the relay did not start: \(process.standardError)")
+        }
+        let line = process.standardError.split(separator: "\n").first { $0.contains("listening on ") }!
+        port = UInt16(line.components(separatedBy: "listening on 127.0.0.1:")[1].prefix { $0.isNumber })!
+    }
+
+    deinit {
+        process.kill(signal: SIGTERM)
+        if process.waitForExit() == nil {
+            process.kill(signal: SIGKILL)
+            _ = process.waitForExit()
+        }
+    }
+
+    /// Rewrites the hosts file in place: the bind mount keeps showing the same file.
+    func rewriteHosts(_ text: String) throws {
+        let handle = try #require(FileHandle(forWritingAtPath: hostsPath))
+        handle.truncateFile(atOffset: 0)
+        handle.write(Data(text.utf8))
+        try handle.close()
+    }
+
+    /// Connects through the relay and reads what the backend says first, up to its end.
+    func answer() throws -> String {
+        let connection = try TestSocket.connect(to: .ipv4("127.0.0.1", port))
+        try connection.shutdownWrite()
+        return String(decoding: try connection.receiveAll(), as: UTF8.self)
+    }
+}
+
+/// The connect phase end to end: what a refresh of the remotes' addresses keeps, the source address, the overall
+/// connect deadline.
+@Suite struct ConnectTests {
+    /// A server that answers each connection with `name` and the address the connection came from.
+    static func namedServer(_ name: String, host: String, port: UInt16 = 0) throws -> TestServer {
+        try TestServer(host: host, port: port) { connection in
+            var storage = sockaddr_storage()
+            var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            _ = withUnsafeMutablePointer(to: &storage) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(connection.fd, $0, &length) }
+            }
+            let peer = TestAddress(storage: storage, length: length).description
+            try connection.send("\(name) from \(peer.hasPrefix("[") ? peer : String(peer.prefix { $0 != ":" }))")
+        }
+    }
+
+    /// Issue 16, bug 1: with `--source 127.0.0.1`, a host name that also has an IPv6 address is used through its
+    /// IPv4 addresses only, at start and after every new lookup alike (the refresh used to take the IPv6 address
+    /// too, and connect to it with no source).
+    @Test func source_refreshKeepsOnlyAddressesOfASourceFamily() throws {
+        let first = try Self.namedServer("first", host: "127.0.0.2")
+        let second = try Self.namedServer("second", host: "127.0.0.3", port: first.port)
+        // Where the relay would wrongly go: also answers, so that the test says where the connection went.
+        let ipv6 = try? Self.namedServer("ipv6", host: "::1", port: first.port)
+        let relay = try RelayWithHosts(
+            hosts: "127.0.0.2 both.tcx-test\n",
+            ["--remote", "both.tcx-test:\(first.port)", "--source", "127.0.0.1", "--resolve-interval", "0.2"])
+        #expect(try relay.answer().hasPrefix("first from 127.0.0.1"))
+        try relay.rewriteHosts("::1 both.tcx-test\n127.0.0.3 both.tcx-test\n")
+        #expect(relay.process.waitForError(containing: " now at "), "\(relay.process.standardError)")
+        let line = relay.process.standardError.split(separator: "\n").first { $0.contains(" now at ") } ?? ""
+        #expect(line.hasSuffix("now at 127.0.0.3:\(first.port)"), "\(line)")
+        let answer = try relay.answer()
+        #expect(answer.hasPrefix("second from 127.0.0.1"), "\(answer)")
+        withExtendedLifetime((second, ipv6)) {}
+    }
+
+    /// Issue 16, bug 2: a host name that stops resolving keeps its last addresses for real: connections still go to
+    /// it, not to the next remote in the list.
+    @Test func failedLookup_remoteKeepsItsLastAddresses() throws {
+        let primary = try Self.namedServer("primary", host: "127.0.0.2")
+        let backup = try Self.namedServer("backup", host: "127.0.0.1")
+        let relay = try RelayWithHosts(
+            hosts: "127.0.0.2 primary.tcx-test\n",
+            [
+                "--remote", "primary.tcx-test:\(primary.port)", "--remote", backup.address.description,
+                "--resolve-interval", "0.2",
+            ])
+        #expect(try relay.answer().hasPrefix("primary"))
+        try relay.rewriteHosts("")
+        #expect(
+            relay.process.waitForError(containing: "the remote keeps its last addresses"),
+            "\(relay.process.standardError)")
+        let answer = try relay.answer()
+        #expect(answer.hasPrefix("primary"), "\(answer)")
+        #expect(backup.accepted == 0)
+    }
+}
