@@ -114,3 +114,41 @@ final class RelayWithHosts {
         #expect(backup.accepted == 0)
     }
 }
+
+extension ConnectTests {
+    /// A listener whose backlog is full drops further handshakes: a black hole on loopback; the fillers keep the
+    /// backlog full until the test ends.
+    final class BlackHole {
+        let server: TestServer
+        private var fillers: [TestSocket] = []
+
+        init() throws {
+            server = try TestServer(backlog: 0, accepting: false) { _ in }
+            for _ in 0..<8 {
+                if let socket = try? TestSocket.connect(to: server.address, timeout: 0.3) { fillers.append(socket) }
+            }
+        }
+    }
+
+    /// Issue 16: every address of a failing remote got the whole --connect-timeout, with no overall deadline
+    /// (three unreachable addresses: three timeouts). With `--connect-deadline`, the client is given up when it
+    /// passes, and the log line says what each address did, the ones left untried too.
+    @Test func connectDeadline_endsTheWholeConnectPhase() throws {
+        let holes = try (0..<3).map { _ in try BlackHole() }
+        let relay = try Relay(
+            local: ["127.0.0.1:0"], remote: holes[0].server.address.description,
+            [
+                "--remote", holes[1].server.address.description, "--remote", holes[2].server.address.description,
+                "--connect-timeout", "1", "--connect-deadline", "1.5",
+            ])
+        let connection = try TestSocket.connect(to: relay.address)
+        #expect(connection.waitForEnding() == .reset)
+        #expect(eventually { relay.connectionLines.count == 1 })
+        let line = relay.connectionLines.first ?? ""
+        let (first, second, third) = (holes[0].server.address, holes[1].server.address, holes[2].server.address)
+        #expect(line.contains("not relayed, connect to \(first) timed out after 1 s; "), "\(line)")
+        // The second attempt had what the deadline left it.
+        #expect(line.contains("; connect to \(second) timed out after "), "\(line)")
+        #expect(line.hasSuffix("; \(third) not tried within the connect deadline of 1.5 s"), "\(line)")
+    }
+}

@@ -18,21 +18,24 @@ public final class RemotePool: Sendable {
     private struct State {
         /// Per endpoint, in the configured order: the usable addresses of its last successful lookup.
         var perEndpoint: [[SocketAddress]]
-        /// Every endpoint's addresses in order, without repeats: what connects try.
-        var addresses: [SocketAddress] = []
+        /// Every endpoint's addresses in order, without repeats, each with its endpoint's position: what connects
+        /// try.
+        var targets: [ConnectTarget] = []
         var failedUntil: [SocketAddress: Int64] = [:]
 
         init(perEndpoint: [[SocketAddress]]) {
             self.perEndpoint = perEndpoint
-            addresses = Self.flatten(perEndpoint)
+            targets = Self.flatten(perEndpoint)
         }
 
-        static func flatten(_ perEndpoint: [[SocketAddress]]) -> [SocketAddress] {
-            var addresses: [SocketAddress] = []
-            for found in perEndpoint {
-                for address in found where !addresses.contains(address) { addresses.append(address) }
+        static func flatten(_ perEndpoint: [[SocketAddress]]) -> [ConnectTarget] {
+            var targets: [ConnectTarget] = []
+            for (remote, found) in perEndpoint.enumerated() {
+                for address in found where !targets.contains(where: { $0.address == address }) {
+                    targets.append(ConnectTarget(address, remote: remote))
+                }
             }
-            return addresses
+            return targets
         }
     }
 
@@ -59,7 +62,7 @@ public final class RemotePool: Sendable {
     }
 
     /// The current addresses, in the configured order.
-    public var addresses: [SocketAddress] { state.withLock { $0.addresses } }
+    public var addresses: [SocketAddress] { state.withLock { $0.targets.map(\.address) } }
 
     /// The addresses among `found` that an outgoing connection can use: all of them without `--source`, else
     /// those of a family that has a `--source` address (a connection of another family would leave from whatever
@@ -125,27 +128,28 @@ public final class RemotePool: Sendable {
             for (index, addresses) in found.enumerated() {
                 if let addresses { perEndpoint[index] = addresses }
             }
-            let addresses = State.flatten(perEndpoint)
-            refresh.changed = addresses != state.addresses
+            let targets = State.flatten(perEndpoint)
+            refresh.changed = targets != state.targets
             state.perEndpoint = perEndpoint
-            state.addresses = addresses
-            state.failedUntil = state.failedUntil.filter { addresses.contains($0.key) }
+            state.targets = targets
+            state.failedUntil = state.failedUntil.filter { failed in targets.contains { $0.address == failed.key } }
         }
         return refresh
     }
 
     /// The addresses to try for a new connection: those not in back-off first, in the configured order, then
-    /// those in back-off (rather than no connection at all when every remote failed lately).
-    public func candidates(now: Int64) -> [SocketAddress] {
+    /// those in back-off (rather than no connection at all when every remote failed lately). `AddressOrder` then
+    /// interleaves the families within each remote's addresses.
+    public func candidates(now: Int64) -> [ConnectTarget] {
         state.withLock { state in
-            if state.failedUntil.isEmpty { return state.addresses }
+            if state.failedUntil.isEmpty { return state.targets }
             state.failedUntil = state.failedUntil.filter { $0.value > now }
             if state.failedUntil.isEmpty {
                 anyFailed.store(false, ordering: .relaxed)
-                return state.addresses
+                return state.targets
             }
-            let ready = state.addresses.filter { state.failedUntil[$0] == nil }
-            let waiting = state.addresses.filter { state.failedUntil[$0] != nil }
+            let ready = state.targets.filter { state.failedUntil[$0.address] == nil }
+            let waiting = state.targets.filter { state.failedUntil[$0.address] != nil }
             return ready + waiting
         }
     }
