@@ -279,6 +279,11 @@ public struct ConnectFailure: Error, Equatable, Sendable, CustomStringConvertibl
     /// The overall deadline, in milliseconds, for the addresses it left untried.
     public let deadline: Int64
 
+    public init(attempts: [(target: ConnectTarget, failure: AttemptFailure)], deadline: Int64) {
+        self.attempts = attempts
+        self.deadline = deadline
+    }
+
     public static func == (left: Self, right: Self) -> Bool {
         left.description == right.description
     }
