@@ -124,8 +124,10 @@ extension ConnectTests {
 
         init() throws {
             server = try TestServer(backlog: 0, accepting: false) { _ in }
+            // Until one handshake is dropped: the backlog is full.
             for _ in 0..<8 {
-                if let socket = try? TestSocket.connect(to: server.address, timeout: 0.3) { fillers.append(socket) }
+                guard let socket = try? TestSocket.connect(to: server.address, timeout: 0.3) else { break }
+                fillers.append(socket)
             }
         }
     }
@@ -150,5 +152,69 @@ extension ConnectTests {
         // The second attempt had what the deadline left it.
         #expect(line.contains("; connect to \(second) timed out after "), "\(line)")
         #expect(line.hasSuffix("; \(third) not tried within the connect deadline of 1.5 s"), "\(line)")
+    }
+}
+
+extension ConnectTests {
+    /// A black hole on [::1] (a listener with a full backlog): IPv6 handshakes to it are dropped.
+    final class BlackHole6 {
+        let server: TestServer
+        private var fillers: [TestSocket] = []
+
+        init(port: UInt16) throws {
+            server = try TestServer(host: "::1", port: port, backlog: 0, accepting: false) { _ in }
+            // Until one handshake is dropped: the backlog is full.
+            for _ in 0..<8 {
+                guard let socket = try? TestSocket.connect(to: server.address, timeout: 0.3) else { break }
+                fillers.append(socket)
+            }
+        }
+    }
+
+    /// Happy Eyeballs (RFC 8305) within one host name's addresses: its IPv6 address does not answer, and its IPv4
+    /// address is tried alongside after 250 ms, long before the per-attempt timeout; the deadline, shorter than that
+    /// timeout, shows that the client did not wait for it.
+    @Test func happyEyeballs_aSilentAddressDoesNotHoldTheClientUntilItsTimeout() throws {
+        let server = try Self.namedServer("v4", host: "127.0.0.2")
+        let hole = try BlackHole6(port: server.port)
+        let relay = try RelayWithHosts(
+            hosts: "::1 mixed.tcx-test\n127.0.0.2 mixed.tcx-test\n",
+            [
+                "--remote", "mixed.tcx-test:\(server.port)", "--connect-timeout", "60", "--connect-deadline", "20",
+                "--debug",
+            ])
+        // getaddrinfo puts ::1 first here (RFC 6724): else there would be nothing to show.
+        try #require(
+            relay.process.standardError.contains("([::1]:\(server.port), 127.0.0.2:\(server.port))"),
+            "\(relay.process.standardError)")
+        let answer = try relay.answer()
+        #expect(answer.hasPrefix("v4 from 127.0.0.1"), "\(answer)")
+        #expect(eventually { relay.process.standardError.contains("relaying 127.0.0.1:") })
+        withExtendedLifetime(hole) {}
+    }
+
+    /// Issue 16: a failure of this machine's own (here the IPv6 --source, which is no address of this machine,
+    /// cannot be bound) used to put a healthy backend in back-off. It does not: each connection tries that remote
+    /// first again, then the next one.
+    @Test func localFailure_putsNoRemoteInBackOff() throws {
+        let unreachable = try TestServer(host: "::1") { _ in }
+        let backend = try RelayTests.echoServer()
+        let relay = try Relay(
+            local: ["127.0.0.1:0"], remote: unreachable.address.description,
+            [
+                "--remote", backend.address.description, "--source", "2001:db8::5", "--source", "127.0.0.1",
+                "--debug",
+            ])
+        for index in 0..<2 {
+            let connection = try TestSocket.connect(to: relay.address)
+            try connection.send("local \(index)")
+            try connection.shutdownWrite()
+            #expect(try connection.receiveAll() == Array("local \(index)".utf8))
+        }
+        #expect(eventually { relay.connectionLines.count == 2 })
+        let failures = relay.process.standardError.components(separatedBy: "connect to \(unreachable.address) failed")
+        #expect(failures.count - 1 == 2, "\(relay.process.standardError)")
+        #expect(relay.process.standardError.contains("bind to the source address: Cannot assign requested address"))
+        #expect(unreachable.accepted == 0)
     }
 }
