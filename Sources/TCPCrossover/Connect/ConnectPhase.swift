@@ -128,9 +128,11 @@ public struct ConnectPhase: Sendable {
         case (.connecting, .failed(let attempt, let error, let now)):
             guard let index = inFlight.firstIndex(where: { $0.attempt == attempt }) else { return }
             inFlight.remove(at: index)
-            actions.append(.close(attempt, failure: error.isResourceExhaustion ? nil : .error(error)))
-            if error.isResourceExhaustion {
-                // Not the address's fault: the same target again in a moment, nothing else meanwhile.
+            // Out of descriptors (or memory) when opening the last attempt begun: not the address's fault.
+            let waitForResources = error.isResourceExhaustion && attempt == next - 1
+            actions.append(.close(attempt, failure: waitForResources ? nil : .error(error)))
+            if waitForResources {
+                // The same target again in a moment, nothing else meanwhile.
                 next = attempt
                 exhaustion = error
                 nextAttemptAt = nil
