@@ -55,6 +55,7 @@ public func fuzzOptions(_ data: [UInt8]) {
         case 21:
             options.remote = []  // no remote at all
             ownRemote = true
+        case 22: options.connectDeadline = value
         default: options.local.append(value)
         }
     }
