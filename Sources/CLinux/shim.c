@@ -2,6 +2,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
+#include <linux/sockios.h>
 #include <netinet/in.h>
 #include "CLinux.h"
 
@@ -32,10 +34,18 @@ int tcx_get_pipe_size(int fd) {
     return fcntl(fd, F_GETPIPE_SZ);
 }
 
+int tcx_unacknowledged(int fd, int *count) {
+    return ioctl(fd, SIOCOUTQ, count);
+}
+
 int tcx_lock(int fd) {
     return flock(fd, LOCK_EX | LOCK_NB);
 }
 
 void tcx_syslog(int priority, const char *message) {
     syslog(priority, "%s", message);
+}
+
+void tcx_syslog_bytes(int priority, const char *message, size_t length) {
+    syslog(priority, "%.*s", (int)length, message);
 }

@@ -88,6 +88,30 @@ struct TCPCrossoverCommand: ParsableCommand {
     @Option(
         name: .long,
         help: ArgumentHelp(
+            "Connections one client (an address block, see --client-prefix-length) may have open at once; more are "
+                + "reset before any connection to the remote. Default: no such limit.",
+            valueName: "count"))
+    var maxConnectionsPerClient: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "New connections one client may open: COUNT at once, then COUNT per SECONDS (a token bucket); more are "
+                + "reset before any connection to the remote. Default: no such limit.",
+            valueName: "count/seconds"))
+    var maxNewConnectionsPerClient: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "The address block that counts as one client for the per-client limits: IPv4 and IPv6 prefix "
+                + "lengths (default 32,64). IPv4 clients of a dual-stack listener count as IPv4.",
+            valueName: "ipv4,ipv6"))
+    var clientPrefixLength: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
             "Close a connection after this long with no bytes either way (default: never).",
             valueName: "seconds"))
     var idleTimeout: String?
@@ -151,16 +175,41 @@ struct TCPCrossoverCommand: ParsableCommand {
             valueName: "algorithm"))
     var loopbackCongestionControl: String = Options.defaults.loopbackCongestionControl
 
+    @Flag(
+        name: .long,
+        help: "No warning at start when relaying to an address of this machine without --proxy-protocol.")
+    var noProxyWarning = false
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Serve Prometheus metrics at http://ADDRESS:PORT/metrics (never on a relayed port). Under systemd, a "
+                + "passed socket with FileDescriptorName=metrics does the same.",
+            valueName: "address:port"))
+    var metrics: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Log a line for every finished connection ('no' for very busy relays; the figures are counted "
+                + "either way).",
+            valueName: "yes|no"))
+    var logConnections: String = Options.defaults.logConnections
+
     /// The parsed options, as the quick parser gives them too.
     var options: Options {
         Options(
             local: local, remote: remote, pidfile: pidfile, bufferSize: bufferSize, debug: debug,
             foreground: foreground, dualStack: dualStack, connectTimeout: connectTimeout,
             connectDeadline: connectDeadline, threads: threads,
-            exitIdleTime: exitIdleTime, maxConnections: maxConnections, idleTimeout: idleTimeout,
+            exitIdleTime: exitIdleTime, maxConnections: maxConnections,
+            maxConnectionsPerClient: maxConnectionsPerClient,
+            maxNewConnectionsPerClient: maxNewConnectionsPerClient, clientPrefixLength: clientPrefixLength,
+            idleTimeout: idleTimeout,
             keepalive: keepalive, shutdownTimeout: shutdownTimeout, user: user, group: group,
             proxyProtocol: proxyProtocol, source: source, allow: allow, deny: deny, resolveInterval: resolveInterval,
-            loopbackCongestionControl: loopbackCongestionControl)
+            loopbackCongestionControl: loopbackCongestionControl, noProxyWarning: noProxyWarning, metrics: metrics,
+            logConnections: logConnections)
     }
 
     func validate() throws {

@@ -27,7 +27,13 @@ import Testing
 
         let first = try Self.run(arguments)
         #expect(first.status == 0, "\(first.error)")
-        #expect(first.error.isEmpty, "\(first.error)")
+        // Started as root without --user (as the old tool was), it says so once, on the terminal, before detaching.
+        if getuid() == 0 {
+            #expect(first.error.split(separator: "\n").count == 1, "\(first.error)")
+            #expect(first.error.hasPrefix("running as root with no --user: "), "\(first.error)")
+        } else {
+            #expect(first.error.isEmpty, "\(first.error)")
+        }
         let text = try String(contentsOfFile: pidfile, encoding: .utf8)
         let pid = try #require(pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)))
         defer { kill(pid, SIGKILL) }
@@ -47,6 +53,41 @@ import Testing
         kill(pid, SIGTERM)
         #expect(eventually { !Self.isRunning(pid) })
         #expect(!FileManager.default.fileExists(atPath: pidfile))
+    }
+
+    /// The pidfile is written as root, often in a directory others can write to: a symbolic link (to a file, or to
+    /// one that does not exist yet), another name of a file (a hard link) or a FIFO planted at its path is refused
+    /// with one line and the pidfile's exit status, and what it leads to is left as it was.
+    @Test(arguments: ["symbolic link", "dangling symbolic link", "hard link", "fifo"])
+    func pidfile_whenNotAPlainFileOfItsOwn_isRefusedAndWhatItLeadsToIsLeftAlone(kind: String) throws {
+        let directory = TemporaryDirectory()
+        let target = "\(directory.path)/precious"
+        if kind != "dangling symbolic link" {
+            try "precious\n".write(toFile: target, atomically: false, encoding: .utf8)
+        }
+        let pidfile = "\(directory.path)/relay.pid"
+        let planted: Int32
+        switch kind {
+        case "hard link": planted = link(target, pidfile)
+        case "fifo": planted = mkfifo(pidfile, 0o644)
+        default: planted = symlink(target, pidfile)
+        }
+        try #require(planted == 0)
+        let result = try Self.run(
+            ["--local", "127.0.0.1:0", "--remote", "127.0.0.1:1", "--foreground", "--pidfile", pidfile])
+        let problem =
+            switch kind {
+            case "hard link": "has other names (hard links): refused"
+            case "fifo": "is not a regular file: refused"
+            default: "is a symbolic link: refused, a pidfile is never followed"
+            }
+        #expect(result.status == 73, "\(result.error)")
+        #expect(result.error == "tcp-crossover: the pidfile \(pidfile) \(problem)\n")
+        if kind == "dangling symbolic link" {
+            #expect(!FileManager.default.fileExists(atPath: target))
+        } else if kind != "fifo" {
+            #expect(try String(contentsOfFile: target, encoding: .utf8) == "precious\n")
+        }
     }
 
     @Test func pidfile_whenStaleAndUnlocked_isTakenOver() throws {

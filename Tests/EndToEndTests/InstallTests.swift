@@ -36,7 +36,7 @@ import Testing
         }
         let service = try String(
             contentsOfFile: root + "/lib/systemd/system/tcp-crossover-smtp.service", encoding: .utf8)
-        #expect(service.contains("ExecStart=/usr/bin/tcp-crossover --remote 127.0.0.1:25"))
+        #expect(service.contains("ExecStart=/usr/bin/tcp-crossover --remote 127.0.0.1:10125 --proxy-protocol v2"))
     }
 
     @Test func makeInstall_withAnotherPrefix_pointsTheUnitsAtIt() throws {

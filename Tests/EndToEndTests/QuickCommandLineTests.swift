@@ -23,6 +23,12 @@ import Testing
         ["--keepalive=60,10,5", "--remote", "[fe80::1%lo]:22", "--connect-timeout=0.25"],
         ["--remote", "127.0.0.1:1", "--loopback-congestion-control", "system"],
         ["--remote", "127.0.0.1:1", "--loopback-congestion-control=cubic"],
+        ["--remote", "127.0.0.1:1", "--max-connections-per-client", "20", "--client-prefix-length=24,56"],
+        ["--remote", "127.0.0.1:1", "--max-new-connections-per-client", "30/60", "--max-connections-per-client=5"],
+        ["--remote", "127.0.0.1:1", "--no-proxy-warning", "--proxy-protocol", "v2"],
+        ["--remote", "127.0.0.1:1", "--metrics", "[::1]:9100", "--local", "[::]:25"],
+        ["--remote", "127.0.0.1:1", "--metrics=127.0.0.1:0"],
+        ["--remote", "127.0.0.1:1", "--log-connections", "no"],
     ]
 
     @Test(arguments: validLines)
@@ -36,6 +42,7 @@ import Testing
     @Test(arguments: [
         ["--help"], ["-h"], ["--version"], ["--remote", "127.0.0.1:1", "--help"], ["--local", "[::]:80"],
         ["--remote"], ["--remote", "--debug"], ["--remote", "-x"], ["--remote", "127.0.0.1:1", "--debug=yes"],
+        ["--remote", "127.0.0.1:1", "--no-proxy-warning=yes"],
         ["--remote", "127.0.0.1:1", "--frobnicate", "1"], ["--remote", "127.0.0.1:1", "extra"],
         ["--pidfile=", "--remote", "127.0.0.1:1"], ["--remote", "127.0.0.1:1", "-fd"],
         ["--generate-completion-script", "bash"], ["--experimental-dump-help"], [],

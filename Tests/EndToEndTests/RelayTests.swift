@@ -33,7 +33,7 @@ import Testing
         let line = relay.connectionLines.first ?? ""
         #expect(line.contains("1048576 bytes up, 1048576 bytes down"), "\(line)")
         #expect(line.contains("-> \(backend.address)"), "\(line)")
-        #expect(line.contains("client closed first"), "\(line)")
+        #expect(line.contains("end=client-closed"), "\(line)")
         #expect(relay.stop() == 0)
     }
 
@@ -74,7 +74,7 @@ import Testing
         let reply = try connection.receiveAll()
         #expect(reply.starts(with: Array("got 50000 bytes".utf8)))
         #expect(reply.count == "got 50000 bytes".utf8.count + 300_000)
-        #expect(eventually { relay.connectionLines.first?.contains("client closed first") == true })
+        #expect(eventually { relay.connectionLines.first?.contains("end=client-closed") == true })
     }
 
     @Test func relay_whenServerHalfCloses_clientBytesStillArrive() throws {
@@ -94,7 +94,7 @@ import Testing
         try connection.shutdownWrite()
         #expect(connection.waitForEnding() == .endOfStream)
         #expect(eventually { received.successes == 1 })
-        #expect(eventually { relay.connectionLines.first?.contains("server closed first") == true })
+        #expect(eventually { relay.connectionLines.first?.contains("end=server-closed") == true })
     }
 
     @Test func relay_whenRemoteRefuses_closesClientAndLogsTheReason() throws {
@@ -151,9 +151,9 @@ import Testing
         #expect(backend.accepted == 2)
         let lines = relay.connectionLines
         #expect(
-            lines.contains { $0.contains("-> -: 0 bytes up, 0 bytes down") && $0.contains("aborted, client error") },
+            lines.contains { $0.contains("-> -: 0 bytes up, 0 bytes down") && $0.contains("end=client-reset") },
             "\(lines)")
-        #expect(lines.contains { $0.contains("22 bytes up, 22 bytes down") && $0.contains("client closed first") })
+        #expect(lines.contains { $0.contains("22 bytes up, 22 bytes down") && $0.contains("end=client-closed") })
     }
 
     /// With a pause, the relay has passed the bytes on before the reset comes; without one, the bytes and the reset
@@ -187,7 +187,7 @@ import Testing
         }
         #expect(ending == .reset)
         #expect(received == Array("partial".utf8))
-        #expect(eventually { relay.connectionLines.first?.contains("aborted, server error: Connection reset") == true })
+        #expect(eventually { relay.connectionLines.first?.contains("end=server-reset: Connection reset") == true })
     }
 
     /// TCP urgent data (Telnet's and FTP's Synch, rlogin's control bytes) is passed on as urgent data, in its
@@ -239,7 +239,7 @@ import Testing
         try downloader.send("big")
         _ = try downloader.receive(exactly: 3 << 20)
         downloader.reset()
-        #expect(eventually { relay.connectionLines.first?.contains("aborted, client error") == true })
+        #expect(eventually { relay.connectionLines.first?.contains("end=client-reset") == true })
         #expect(eventually { backend.failures.count == 1 }, "the server was not reset")
         let next = try TestSocket.connect(to: relay.address)
         try next.send("hello")
@@ -334,6 +334,148 @@ import Testing
         #expect(intact)
         #expect(received == sent.value)
     }
+
+    /// The server sends a response and closes its socket; the client, not done reading, sends more, which the
+    /// server's machine answers with a reset. The client still reads the whole response and its end of stream, and
+    /// only then learns that what it sent was lost: its next send fails.
+    @Test func relay_whenTheClientSendsToAServerThatHasClosed_itGetsTheWholeResponseThenAReset() throws {
+        let response = testBytes(1 << 20, seed: 12)
+        let closed = DispatchSemaphore(value: 0)
+        let backend = try TestServer { connection in
+            try connection.send(response)
+            connection.close()
+            closed.signal()
+        }
+        let relay = try Relay(remote: backend.address)
+        let connection = try TestSocket.connect(to: relay.address)
+        var received = try connection.receive(exactly: 1000)
+        #expect(closed.wait(timeout: .now() + 20) == .success, "the relay took the whole response")
+        try connection.send("more")
+        // The reset reaches the relay's socket to the server, which then leaves the kernel's table of connections.
+        let towardsBackend = String(format: ":%04X", backend.address.port)
+        let relaySocketGone = eventually {
+            let lines = readWholeFile("/proc/net/tcp")?.split(separator: "\n") ?? []
+            return !lines.contains { $0.split(separator: " ").dropFirst(2).first?.hasSuffix(towardsBackend) == true }
+        }
+        #expect(relaySocketGone)
+        received += try connection.receiveAll()
+        #expect(received.count == response.count)
+        #expect(received == response, "the response differs")
+        #expect(eventually { (try? connection.send("x")) == nil }, "the client is reset after the response")
+        #expect(eventually { relay.connectionLines.first?.hasSuffix("end=server-reset: Broken pipe") == true })
+    }
+
+    /// A peer that sent 4 MiB and closed its socket is forgotten by its kernel (`tcp_fin_timeout`, lowered to 3 s
+    /// in a network namespace of the test's own), while the other peer reads slowly and the relay holds the tail: a
+    /// keepalive probe towards the forgotten peer (`--keepalive 1,1,1`) is answered with a reset. Whichever peer
+    /// sent (the server, a download; the client, an upload), the reader still gets all 4 MiB and a clean end of
+    /// stream, as over a direct connection.
+    @Test(arguments: ["download", "upload"])
+    func relay_whenTheFinishedSenderIsForgotten_theSlowReaderStillGetsEverything(direction: String) throws {
+        try #require(getuid() == 0, "needs root for a network namespace")
+        let process = try ChildProcess(
+            "/usr/bin/unshare", ["-n", "/usr/bin/python3", "-c", Self.forgottenSenderScript, relayBinary, direction])
+        #expect(process.waitForExit(timeout: 120) == 0, "\(process.standardOutput)\(process.standardError)")
+        #expect(process.standardOutput.contains("sender forgotten"), "\(process.standardOutput)")
+        #expect(
+            process.standardOutput.contains("received 4194304 of 4194304 bytes, intact True, end of stream"),
+            "\(process.standardOutput)\(process.standardError)")
+        // The connection completed: nothing the reader sent was lost.
+        let line = process.standardError.split(separator: "\n").first { $0.contains(" bytes up, ") } ?? ""
+        let (bytes, first) = direction == "download" ? ("4194304 bytes down", "server") : ("4194304 bytes up", "client")
+        #expect(line.contains(bytes) && line.hasSuffix("end=\(first)-closed"), "\(process.standardError)")
+    }
+
+    /// Run by `relay_whenTheFinishedSenderIsForgotten_…` in a new network namespace: RELAY download|upload. Prints
+    /// what the reader received and how its stream ended; exits 2 when the setting it needs did not come about.
+    static let forgottenSenderScript = #"""
+        import ctypes, os, signal, socket, subprocess, sys, threading, time
+
+        relay_binary, direction = sys.argv[1], sys.argv[2]
+        SIZE = 4 << 20
+        DATA = bytes(range(256)) * (SIZE // 256)
+        libc = ctypes.CDLL(None, use_errno=True)
+
+        def step(text):
+            print(text, flush=True)
+
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+        with open("/proc/sys/net/ipv4/tcp_fin_timeout", "w") as f:
+            f.write("3")
+
+        def tcp_entries():
+            entries = []
+            for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+                with open(path) as f:
+                    for line in f.readlines()[1:]:
+                        fields = line.split()
+                        local, remote, state = fields[1], fields[2], fields[3]
+                        entries.append((int(local.split(":")[1], 16), int(remote.split(":")[1], 16), state))
+            return entries
+
+        def forgotten(ends):
+            return not any((local, remote) == ends for local, remote, _ in tcp_entries())
+
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        server_port = listener.getsockname()[1]
+        relay = subprocess.Popen(
+            [relay_binary, "--local", "127.0.0.1:0", "--remote", "127.0.0.1:%d" % server_port, "--keepalive", "1,1,1",
+             "--threads", "1", "--foreground"],
+            stderr=subprocess.PIPE, preexec_fn=lambda: libc.prctl(1, signal.SIGKILL))
+        # Warnings (root without --user, a remote on this machine without PROXY) may come before the start line.
+        line = ""
+        while "listening on 127.0.0.1:" not in line:
+            line = relay.stderr.readline().decode()
+            if not line:
+                sys.exit("the relay ended before it listened")
+        relay_port = int(line.split("listening on 127.0.0.1:")[1].split(",")[0].split()[0])
+        threading.Thread(target=lambda: [sys.stderr.write(l.decode()) for l in relay.stderr], daemon=True).start()
+
+        client = socket.create_connection(("127.0.0.1", relay_port))
+        started = time.monotonic()
+        server, _ = listener.accept()
+
+        # The sender sends 4 MiB and closes its socket for good; the reader takes a little, then waits until the sender's
+        # kernel has forgotten the finished connection (tcp_fin_timeout) and the relay's keepalive towards the sender has
+        # had time to probe (set 10 s into a connection, then every second), and reads the rest.
+        sender, reader = (server, client) if direction == "download" else (client, server)
+        ends = (sender.getsockname()[1], sender.getpeername()[1])
+        done = threading.Event()
+        def send():
+            sender.sendall(DATA)
+            sender.close()
+            done.set()
+        threading.Thread(target=send, daemon=True).start()
+        received = bytearray(reader.recv(65536))
+        if not done.wait(60):
+            step("the sender could not hand over its 4 MiB")
+            sys.exit(2)
+        deadline = time.monotonic() + 60
+        while not forgotten(ends) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not forgotten(ends):
+            step("the sender's side was never forgotten: %s" % [e for e in tcp_entries() if e[:2] == ends])
+            sys.exit(2)
+        step("sender forgotten after %.1f s" % (time.monotonic() - started))
+        time.sleep(max(0, started + 14 - time.monotonic()))
+        reader.settimeout(30)
+        ending = "end of stream"
+        try:
+            while True:
+                chunk = reader.recv(1 << 20)
+                if not chunk:
+                    break
+                received += chunk
+        except OSError as error:
+            ending = "error: %s" % error
+        step("received %d of %d bytes, intact %s, %s" % (len(received), SIZE, bytes(received) == DATA[:len(received)], ending))
+        reader.close()
+        time.sleep(0.5)
+        relay.terminate()
+        relay.wait(10)
+        """#
 
     /// The relay's sockets whose peer is on this machine use reno, which does not pace; the others keep the
     /// system's congestion control. In a network namespace of its own, whose default is made an algorithm other than

@@ -158,7 +158,7 @@ import Testing
         _ = Self.feed(&phase, .timerFired(now: 200))
         _ = Self.feed(&phase, .failed(0, exhausted, now: 200))
         let actions = Self.feed(&phase, .timerFired(now: 250))
-        #expect(actions == [.giveUp(ConnectFailure(attempts: [(only, .error(exhausted))], deadline: 250))])
+        #expect(actions == [.giveUp(ConnectFailureReport(attempts: [(only, .error(exhausted))], deadline: 250))])
         #expect(Self.failure(actions) == "connect to 192.0.2.1:25 failed: socket: Too many open files")
     }
 

@@ -44,7 +44,7 @@ struct SimulatedConnects {
     var opens: [(attempt: Int, time: Int64, source: SocketAddress?)] = []
     var backOffs: [SocketAddress] = []
     var relayed: (attempt: Int, address: SocketAddress)?
-    var givenUp: ConnectFailure?
+    var givenUp: ConnectFailureReport?
     var actionsAfterEnd = 0
     var violations: [String] = []
     /// When the last failure was fed, and the last attempt opened: a further attempt of the same remote alongside

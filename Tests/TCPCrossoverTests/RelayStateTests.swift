@@ -14,6 +14,10 @@ import Testing
         var spliceUnsupported = false
         var pipesUnavailable = false
         var window = 64 * 1024
+        /// A side whose connection fails (a reset, or a timeout) at a random moment: after its peer sent its FIN
+        /// when `failsAfterEnd`, before it otherwise. Its peer sends and reads nothing more from then on.
+        var failingSide: Side?
+        var failsAfterEnd = true
     }
 
     struct Outcome {
@@ -24,6 +28,9 @@ import Testing
         var relay: RelayState
         /// The relay waited with bytes held back for a FIN it had not sent.
         var waitedWithBytesHeldBack = false
+        /// The failing side's peer had sent its FIN when its connection failed.
+        var failedAfterItsEnd = false
+        var failed = false
     }
 
     /// Runs a whole connection: both peers send their bytes in random chunks and end, in the scenario's order,
@@ -45,16 +52,44 @@ import Testing
         var relay = RelayState.connected()
         var io = SimulatedKernel.IO(kernel: kernel)
         var waitedWithBytesHeldBack = false
+        var failed = false
+        var failedAfterItsEnd = false
+        func outcome(_ step: RelayState.Step) -> Outcome {
+            Outcome(
+                step: step, kernel: kernel, sentByClient: sentByClient, sentByServer: sentByServer, relay: relay,
+                waitedWithBytesHeldBack: waitedWithBytesHeldBack, failedAfterItsEnd: failedAfterItsEnd, failed: failed)
+        }
 
         for _ in 0..<200_000 {
-            switch Int.random(in: 0..<6, using: &random) {
-            case 0 where clientOffset < sentByClient.count:
+            // A failed peer neither sends nor ends any more.
+            let clientAlive = !(failed && scenario.failingSide == .client)
+            let serverAlive = !(failed && scenario.failingSide == .server)
+            // Choices 6 and 7 (failures) only where the scenario has one, so that the other schedules stay as they were.
+            switch Int.random(in: 0..<(scenario.failingSide == nil ? 6 : 8), using: &random) {
+            case 6 where !failed:
+                guard let side = scenario.failingSide, Int.random(in: 0..<4, using: &random) == 0 else { break }
+                let ended = kernel.socket(side).peerEnded
+                guard ended == scenario.failsAfterEnd else { break }
+                // A reset, or (a third of the time) a timeout: a peer that vanished.
+                if Int.random(in: 0..<3, using: &random) == 0 {
+                    kernel.peerFails(side, .timedOut, readiness: &relay.readiness)
+                } else {
+                    kernel.peerResets(side, readiness: &relay.readiness)
+                }
+                failed = true
+                failedAfterItsEnd = ended
+            case 7 where failed:
+                // The event loop asks for the error that epoll reported, if no call took it yet.
+                if let side = scenario.failingSide, let error = kernel.takePendingError(side) {
+                    relay.reportFailure(of: side, error)
+                }
+            case 0 where clientOffset < sentByClient.count && clientAlive:
                 let count = min(sentByClient.count - clientOffset, Int.random(in: 1...70_000, using: &random))
                 kernel.peerSends(
                     .client, Array(sentByClient[clientOffset..<(clientOffset + count)]),
                     readiness: &relay.readiness)
                 clientOffset += count
-            case 1 where serverOffset < sentByServer.count:
+            case 1 where serverOffset < sentByServer.count && serverAlive:
                 let count = min(sentByServer.count - serverOffset, Int.random(in: 1...70_000, using: &random))
                 kernel.peerSends(
                     .server, Array(sentByServer[serverOffset..<(serverOffset + count)]),
@@ -67,10 +102,18 @@ import Testing
                 kernel.peerReads(
                     .server, upTo: Int.random(in: 1...100_000, using: &random), readiness: &relay.readiness)
             case 4:
-                // Ends come once all bytes are sent, in the scenario's order.
-                let clientDone = clientOffset == sentByClient.count
-                let serverDone = serverOffset == sentByServer.count
-                if scenario.clientEndsFirst || serverEnded {
+                // Ends come once all bytes are sent, in the scenario's order. Until a failure has come, a side that is
+                // to fail after its end ends first, and the other side waits for that failure; a side that is to fail
+                // before its end does not end.
+                let pending = failed ? nil : scenario.failingSide
+                let waits = { (side: Side) in
+                    pending.map { scenario.failsAfterEnd ? $0 != side : $0 == side } ?? false
+                }
+                let clientDone = clientOffset == sentByClient.count && clientAlive && !waits(.client)
+                let serverDone = serverOffset == sentByServer.count && serverAlive && !waits(.server)
+                let clientEndsFirst =
+                    pending != nil && scenario.failsAfterEnd ? pending == .client : scenario.clientEndsFirst
+                if clientEndsFirst || serverEnded {
                     if clientDone && !clientEnded {
                         kernel.peerEnds(.client, readiness: &relay.readiness)
                         clientEnded = true
@@ -87,9 +130,10 @@ import Testing
                 if step == .finished { kernel.closeFinishedConnection() }
                 switch step {
                 case .finished, .failed:
-                    return Outcome(
-                        step: step, kernel: kernel, sentByClient: sentByClient, sentByServer: sentByServer,
-                        relay: relay, waitedWithBytesHeldBack: waitedWithBytesHeldBack)
+                    return outcome(step)
+                case .failedOnceAcknowledged(let side, _):
+                    // The event loop resets once the other side has acknowledged everything; until then it goes on.
+                    if kernel.socket(side.other).unread == 0 { return outcome(step) }
                 case .waiting:
                     if kernel.client.heldForEnd || kernel.server.heldForEnd { waitedWithBytesHeldBack = true }
                 case .moreWork:
@@ -97,9 +141,7 @@ import Testing
                 }
             }
         }
-        return Outcome(
-            step: .waiting, kernel: kernel, sentByClient: sentByClient, sentByServer: sentByServer, relay: relay,
-            waitedWithBytesHeldBack: waitedWithBytesHeldBack)
+        return outcome(.waiting)
     }
 
     /// Every byte arrives, in order, each side gets exactly one FIN after its last byte, and the relay gives back
@@ -133,6 +175,169 @@ import Testing
                 pipeCapacity: [8192, 65536, 1 << 20].randomElement(using: &random)!,
                 window: Int.random(in: 1...200_000, using: &random))
             expectComplete(run(scenario), scenario)
+        }
+    }
+
+    /// A connection whose `scenario.failingSide` failed: what a side sent before its FIN reaches the other side
+    /// whole, with a FIN, unless the other side's connection failed; a side that failed before its FIN aborts the
+    /// connection, and the other side gets no FIN from it.
+    func expectFailureHandled(_ outcome: Outcome, _ scenario: Scenario) {
+        let kernel = outcome.kernel
+        guard let failing = scenario.failingSide, outcome.failed else {
+            // The failure did not come about in this schedule: a normal connection.
+            expectComplete(outcome, scenario)
+            return
+        }
+        let seed = "seed \(scenario.seed), \(failing) fails \(outcome.failedAfterItsEnd ? "after" : "before") its end"
+        let other = kernel.socket(failing.other)
+        let sentByFailing = failing == .client ? outcome.sentByClient : outcome.sentByServer
+        let sentByOther = failing == .client ? outcome.sentByServer : outcome.sentByClient
+        if outcome.failedAfterItsEnd {
+            // Everything the failed side sent, then one FIN; the reset, if any, once all of it is acknowledged.
+            let intact = other.received == sentByFailing
+            #expect(intact, "\(seed): \(other.received.count) of \(sentByFailing.count) bytes arrived")
+            #expect(other.finsReceived == 1 || other.shutdownCount == 1, "\(seed)")
+            let lost = outcome.relay.clientToServer.lostBytes + outcome.relay.serverToClient.lostBytes
+            switch outcome.step {
+            case .finished:
+                // Nothing was lost: the failed side had taken all that the other side sent.
+                #expect(lost == 0, "\(seed)")
+                // Unless the connection finished before the relay learnt of the failure (the failed side's error
+                // came after the last FIN was passed on), nothing was lost: the failed side had taken everything.
+                let taken = kernel.socket(failing).delivered == sentByOther
+                #expect(taken || outcome.relay.failedAfterEnd == nil, "\(seed): finished though bytes were lost")
+            case .failedOnceAcknowledged(let side, _):
+                #expect(side == failing && lost > 0, "\(seed)")
+                #expect(other.unread == 0, "\(seed): reset before everything was acknowledged")
+            default:
+                Issue.record("\(seed): ended with \(outcome.step)")
+            }
+        } else {
+            // Cut short: the connection aborts, and the other side never sees a clean end of that stream.
+            guard case .failed(let side, _) = outcome.step else {
+                Issue.record("\(seed): ended with \(outcome.step)")
+                return
+            }
+            #expect(side == failing, "\(seed)")
+            #expect(other.shutdownCount == 0 && !other.closed, "\(seed): a FIN for a stream cut short")
+        }
+        var relay = outcome.relay
+        var io = SimulatedKernel.IO(kernel: kernel)
+        relay.releaseResources(&io)
+        #expect(kernel.pipesInUse == 0 && kernel.buffersInUse == 0, "\(seed)")
+    }
+
+    /// The schedules of `relay_whenBothSidesSendAndClose_…`, with one side's connection failing (a reset, or a
+    /// timeout) at a random moment, mostly after that side's FIN: bytes the server sent before its FIN all reach
+    /// the client unless the client's side fails, and the other way round.
+    @Test func relay_whenASideFails_whatItSentBeforeItsFINStillArrives() {
+        var failures = (after: 0, before: 0, finished: 0, reset: 0)
+        for seed in UInt64(1)...150 {
+            var random = SeededRandom(seed: seed &+ 1000)
+            let scenario = Scenario(
+                seed: seed,
+                clientBytes: Int.random(in: 0...300_000, using: &random),
+                serverBytes: Int.random(in: 0...300_000, using: &random),
+                clientEndsFirst: Bool.random(using: &random),
+                pipeCapacity: [8192, 65536, 1 << 20].randomElement(using: &random)!,
+                window: Int.random(in: 1...200_000, using: &random),
+                failingSide: Bool.random(using: &random) ? .client : .server,
+                failsAfterEnd: Int.random(in: 0..<4, using: &random) > 0)
+            let outcome = run(scenario)
+            if outcome.failed {
+                if outcome.failedAfterItsEnd { failures.after += 1 } else { failures.before += 1 }
+                if outcome.step == .finished { failures.finished += 1 }
+                if case .failedOnceAcknowledged = outcome.step { failures.reset += 1 }
+            }
+            expectFailureHandled(outcome, scenario)
+        }
+        // The schedules do reach each case, many times: a failure after the end that lost bytes towards the failed side
+        // and one that did not, and a failure before the end.
+        #expect(failures.after > 50 && failures.before > 10, "\(failures)")
+        #expect(failures.finished > 10 && failures.reset > 10, "\(failures)")
+    }
+
+    /// The reported case: the server sent its response and its FIN, which wait unread behind a full pipe for a
+    /// client that reads slowly; then a keepalive probe draws a reset (EPIPE), which epoll reports and the event
+    /// loop passes on. The client still gets the whole response and a FIN; the connection completes when the client
+    /// ends, since nothing it sent was lost.
+    @Test func relay_whenTheServerResetsAfterItsFIN_theSlowClientStillGetsTheWholeResponse() {
+        let kernel = SimulatedKernel(seed: 47, pipeCapacity: 65536)
+        kernel.client.window = 10_000
+        var relay = RelayState.connected()
+        var io = SimulatedKernel.IO(kernel: kernel)
+        let response = randomBytes(1_000_000, &kernel.random)
+        kernel.peerSends(.client, Array("GET /".utf8), readiness: &relay.readiness)
+        kernel.peerSends(.server, response, readiness: &relay.readiness)
+        kernel.peerEnds(.server, readiness: &relay.readiness)
+        for _ in 0..<10 { _ = relay.advance(&io, budget: 16) }
+        kernel.peerReads(.server, upTo: 100, readiness: &relay.readiness)
+        #expect(kernel.server.available > 0, "the response's tail waits in the server's socket")
+        kernel.peerResets(.server, readiness: &relay.readiness)
+        relay.reportFailure(of: .server, kernel.takePendingError(.server)!)
+        var step = relay.advance(&io, budget: 16)
+        #expect(step == .waiting || step == .moreWork)
+        for _ in 0..<10_000 where kernel.client.delivered.count < response.count {
+            kernel.peerReads(.client, upTo: 5000, readiness: &relay.readiness)
+            step = relay.advance(&io, budget: 16)
+        }
+        let intact = kernel.client.delivered == response
+        #expect(intact, "\(kernel.client.delivered.count) of \(response.count) bytes")
+        #expect(kernel.client.shutdownCount == 1)
+        #expect(step == .waiting)
+        kernel.peerEnds(.client, readiness: &relay.readiness)
+        #expect(relay.advance(&io, budget: 16) == .finished)
+        #expect(relay.failedAfterEnd?.side == .server)
+    }
+
+    /// The server sent its response and FIN and is gone; the client sends more, which cannot reach it: the client
+    /// gets the whole response and its FIN first, then a reset, once it has acknowledged all of it.
+    @Test func relay_whenTheClientSendsAfterTheServerFailed_itIsResetOnlyAfterTheWholeResponse() {
+        let kernel = SimulatedKernel(seed: 53, pipeCapacity: 65536)
+        kernel.client.window = 10_000
+        var relay = RelayState.connected()
+        var io = SimulatedKernel.IO(kernel: kernel)
+        let response = randomBytes(300_000, &kernel.random)
+        kernel.peerSends(.server, response, readiness: &relay.readiness)
+        kernel.peerEnds(.server, readiness: &relay.readiness)
+        _ = relay.advance(&io, budget: 16)
+        // The client's next request goes to a server that has closed: its kernel answers with a reset.
+        kernel.peerSends(.client, Array("GET /again".utf8), readiness: &relay.readiness)
+        _ = relay.advance(&io, budget: 16)
+        #expect(kernel.server.unread == 10)
+        kernel.peerResets(.server, readiness: &relay.readiness)
+        relay.reportFailure(of: .server, kernel.takePendingError(.server)!)
+        var step = relay.advance(&io, budget: 16)
+        #expect(relay.clientToServer.lostBytes == 10)
+        kernel.peerSends(.client, Array("more".utf8), readiness: &relay.readiness)
+        for _ in 0..<10_000 {
+            step = relay.advance(&io, budget: 16)
+            if case .failedOnceAcknowledged = step, kernel.client.unread == 0 { break }
+            kernel.peerReads(.client, upTo: 5000, readiness: &relay.readiness)
+        }
+        #expect(step == .failedOnceAcknowledged(.server, .brokenPipe))
+        let intact = kernel.client.delivered == response
+        #expect(intact, "\(kernel.client.delivered.count) of \(response.count) bytes")
+        #expect(kernel.client.shutdownCount == 1)
+        #expect(relay.clientToServer.lostBytes == 14)
+    }
+
+    /// A reset without a FIN before it cuts the server's stream short: the connection aborts, even when the error
+    /// comes from a send or from SO_ERROR, after which a receive could no longer tell a FIN from a reset.
+    @Test func relay_whenTheServerResetsBeforeItsFIN_theConnectionAborts() {
+        for reported in [false, true] {
+            let kernel = SimulatedKernel(seed: 59)
+            var relay = RelayState.connected()
+            var io = SimulatedKernel.IO(kernel: kernel)
+            kernel.peerSends(.server, Array(repeating: 1, count: 5000), readiness: &relay.readiness)
+            kernel.peerResets(.server, readiness: &relay.readiness)
+            if reported {
+                relay.reportFailure(of: .server, kernel.takePendingError(.server)!)
+            } else {
+                kernel.peerSends(.client, [2], readiness: &relay.readiness)
+            }
+            #expect(relay.advance(&io, budget: 16) == .failed(.server, .connectionReset), "reported: \(reported)")
+            #expect(kernel.client.shutdownCount == 0)
         }
     }
 

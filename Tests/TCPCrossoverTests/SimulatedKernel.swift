@@ -1,3 +1,4 @@
+import Glibc
 import TCPCrossover
 import TestSupport
 
@@ -25,7 +26,12 @@ final class SimulatedKernel {
         var heldForEnd = false
         /// Sends that said the end follows.
         var sendsBeforeEnd = 0
-        var reset: Errno?
+        /// The socket failed (a reset, a timeout): TCP's CLOSE state. As in Linux, what was received before stays
+        /// readable, then a receive returns 0 if the peer's FIN came before the failure, else the pending error, or
+        /// 0 again once another call took that error away; sends fail.
+        var broken = false
+        /// The pending error (SO_ERROR): taken away by the first call that reports it.
+        var pendingError: Errno?
         /// The relay closed the socket (`closeFinishedConnection`).
         var closed = false
         /// recv and splice calls that read from this socket.
@@ -40,6 +46,26 @@ final class SimulatedKernel {
         var finsReceived: Int { shutdownCount + (closed && shutdownCount == 0 ? 1 : 0) }
 
         var available: Int { incoming.count - incomingOffset }
+
+        /// A receive from a socket whose incoming bytes are all read: 0 for the peer's FIN (checked first, as Linux
+        /// does), then the pending error, taken away, then 0 for a failed socket, else nothing yet.
+        mutating func receiveAtTheEnd(_ result: inout IOResult<Int>) -> Errno? {
+            if peerEnded {
+                result = .processed(0)
+            } else if let error = pendingError {
+                pendingError = nil
+                return error
+            } else if broken {
+                result = .processed(0)
+            }
+            return nil
+        }
+
+        /// A send to a failed socket: the pending error, taken away, or EPIPE.
+        mutating func sendFailure() -> Errno {
+            defer { pendingError = nil }
+            return pendingError ?? .brokenPipe
+        }
         var unread: Int { outgoing.count - outgoingOffset }
         /// Everything the relay sent to this peer, read or not.
         var received: [UInt8] { delivered + outgoing[outgoingOffset...] }
@@ -106,16 +132,28 @@ final class SimulatedKernel {
         readiness[side].urgent = true
     }
 
-    /// The peer sends FIN: epoll reports EPOLLIN and EPOLLRDHUP.
+    /// The peer sends FIN: epoll reports EPOLLIN and EPOLLRDHUP, without an error.
     func peerEnds(_ side: Side, readiness: inout Readiness) {
         modify(side) { $0.peerEnded = true }
         readiness[side].readable = true
         readiness[side].hungUp = true
+        readiness[side].endReported = true
     }
 
-    /// The peer resets: epoll reports EPOLLERR and EPOLLHUP.
+    /// The peer resets: epoll reports EPOLLERR and EPOLLHUP. As Linux does, a reset after the peer's FIN leaves EPIPE
+    /// (TCP's CLOSE_WAIT state), any other ECONNRESET.
     func peerResets(_ side: Side, readiness: inout Readiness) {
-        modify(side) { $0.reset = .connectionReset }
+        peerFails(side, socket(side).peerEnded ? .brokenPipe : .connectionReset, readiness: &readiness)
+    }
+
+    /// The connection fails with `errno` (a reset; a timeout when the peer vanished): epoll reports EPOLLERR and
+    /// EPOLLHUP. The peer reads nothing more: what it had not read is lost.
+    func peerFails(_ side: Side, _ errno: Errno, readiness: inout Readiness) {
+        modify(side) { socket in
+            socket.broken = true
+            socket.pendingError = errno
+            socket.heldForEnd = false
+        }
         readiness[side].readable = true
         readiness[side].writable = true
         readiness[side].hungUp = true
@@ -135,9 +173,20 @@ final class SimulatedKernel {
         }
     }
 
-    /// The peer reads up to `count` bytes of what the relay sent.
+    /// getsockopt(2) SO_ERROR, as the event loop calls it: the pending error, taken away.
+    func takePendingError(_ side: Side) -> Errno? {
+        var error: Errno?
+        modify(side) { socket in
+            error = socket.pendingError
+            socket.pendingError = nil
+        }
+        return error
+    }
+
+    /// The peer reads up to `count` bytes of what the relay sent (a failed connection's peer reads nothing more).
     func peerReads(_ side: Side, upTo count: Int, readiness: inout Readiness) {
         modify(side) { socket in
+            guard !socket.broken else { return }
             let taken = min(count, socket.unread)
             guard taken > 0 else { return }
             socket.delivered += socket.outgoing[socket.outgoingOffset..<(socket.outgoingOffset + taken)]
@@ -162,12 +211,8 @@ extension SimulatedKernel {
             var failure: Errno?
             kernel.modify(side) { socket in
                 socket.receives += 1
-                if let reset = socket.reset {
-                    failure = reset
-                    return
-                }
                 if socket.available == 0 {
-                    if socket.peerEnded { result = .processed(0) }
+                    failure = socket.receiveAtTheEnd(&result)
                     return
                 }
                 // As TCP does, recv takes all that is queued, up to the buffer's length or an urgent mark.
@@ -189,8 +234,8 @@ extension SimulatedKernel {
             var result = IOResult<Int>.wouldBlock
             var failure: Errno?
             kernel.modify(side) { socket in
-                if let reset = socket.reset {
-                    failure = reset
+                if socket.broken {
+                    failure = socket.sendFailure()
                     return
                 }
                 precondition(socket.shutdownCount == 0, "send after shutdown")
@@ -213,7 +258,6 @@ extension SimulatedKernel {
         func atUrgentMark(_ side: Side) throws(Errno) -> Bool {
             kernel.calls += 1
             let socket = kernel.socket(side)
-            if let reset = socket.reset { throw reset }
             return socket.urgentMark == socket.incomingOffset && socket.available > 0
         }
 
@@ -238,12 +282,8 @@ extension SimulatedKernel {
             var failure: Errno?
             kernel.modify(side) { socket in
                 socket.receives += 1
-                if let reset = socket.reset {
-                    failure = reset
-                    return
-                }
                 if socket.available == 0 {
-                    if socket.peerEnded { result = .processed(0) }
+                    failure = socket.receiveAtTheEnd(&result)
                     return
                 }
                 // A pipe with every slot taken takes nothing, even below its byte capacity.
@@ -279,8 +319,8 @@ extension SimulatedKernel {
             var result = IOResult<Int>.wouldBlock
             var failure: Errno?
             kernel.modify(side) { socket in
-                if let reset = socket.reset {
-                    failure = reset
+                if socket.broken {
+                    failure = socket.sendFailure()
                     return
                 }
                 precondition(socket.shutdownCount == 0, "splice after shutdown")
@@ -308,14 +348,20 @@ extension SimulatedKernel {
             kernel.calls += 1
             var failure: Errno?
             kernel.modify(side) { socket in
-                if let reset = socket.reset {
-                    failure = reset
+                if socket.broken {
+                    // shutdown(2) on a closed TCP socket leaves the pending error alone.
+                    failure = Errno(ENOTCONN)
                 } else {
                     socket.shutdownCount += 1
                     socket.heldForEnd = false
                 }
             }
             if let failure { throw failure }
+        }
+
+        /// SIOCOUTQ: in this model a peer acknowledges what it reads.
+        func unacknowledgedBytes(_ side: Side) -> Int {
+            kernel.socket(side).unread
         }
 
         func acquirePipe() -> PipeHandle? {

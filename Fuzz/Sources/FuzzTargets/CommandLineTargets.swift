@@ -28,7 +28,7 @@ public func fuzzOptions(_ data: [UInt8]) {
     for field in data.split(separator: 0, omittingEmptySubsequences: false) {
         guard let selector = field.first else { continue }
         let value = String(decoding: field.dropFirst(), as: UTF8.self)
-        switch selector % 24 {
+        switch selector % 27 {
         case 0: options.local.append(value)
         case 1:
             options.remote = (ownRemote ? options.remote : []) + [value]
@@ -55,7 +55,13 @@ public func fuzzOptions(_ data: [UInt8]) {
         case 21:
             options.remote = []  // no remote at all
             ownRemote = true
-        case 22: options.connectDeadline = value
+        // The per-client limit, or with a '/' the per-client rate.
+        case 22 where value.contains("/"): options.maxNewConnectionsPerClient = value
+        case 22: options.maxConnectionsPerClient = value
+        case 23: options.clientPrefixLength = value
+        case 24: options.metrics = value
+        case 25: options.logConnections = value
+        case 26: options.connectDeadline = value
         default: options.local.append(value)
         }
     }
@@ -86,6 +92,20 @@ private func checkConfiguration(_ options: Options, input: [UInt8]) {
     require(relay.idleTimeout.map { (1...86_400_000).contains($0) } ?? true, "idle timeout", input: input)
     require(configuration.exitIdleTime.map { (1...86_400_000).contains($0) } ?? true, "exit idle time", input: input)
     require(configuration.maximumConnections.map { (1...10_000_000).contains($0) } ?? true, "max", input: input)
+    require(
+        relay.maximumConnectionsPerClient.map { (1...10_000_000).contains($0) } ?? true, "max per client", input: input)
+    require(
+        (1...32).contains(relay.clientPrefixes.ipv4) && (1...128).contains(relay.clientPrefixes.ipv6),
+        "client prefix lengths \(relay.clientPrefixes.ipv4),\(relay.clientPrefixes.ipv6)", input: input)
+    if let rate = relay.newConnectionRatePerClient {
+        require(
+            (1...1_000_000).contains(rate.count) && (1...86_400_000).contains(rate.period), "rate \(rate)",
+            input: input)
+    }
+    require(
+        options.clientPrefixLength == nil || relay.maximumConnectionsPerClient != nil
+            || relay.newConnectionRatePerClient != nil,
+        "--client-prefix-length without --max-connections-per-client", input: input)
     if let keepalive = relay.keepalive {
         require(
             (1...32767).contains(keepalive.idle) && (1...32767).contains(keepalive.interval)
@@ -117,6 +137,9 @@ private func spelling(_ options: Options) -> [String] {
     add("threads", options.threads, default: defaults.threads)
     add("exit-idle-time", options.exitIdleTime)
     add("max-connections", options.maxConnections)
+    add("max-connections-per-client", options.maxConnectionsPerClient)
+    add("max-new-connections-per-client", options.maxNewConnectionsPerClient)
+    add("client-prefix-length", options.clientPrefixLength)
     add("idle-timeout", options.idleTimeout)
     add("keepalive", options.keepalive, default: defaults.keepalive)
     add("shutdown-timeout", options.shutdownTimeout, default: defaults.shutdownTimeout)

@@ -29,11 +29,17 @@ int tcx_set_pipe_size(int fd, int size);
 /// fcntl(2) F_GETPIPE_SZ.
 int tcx_get_pipe_size(int fd);
 
+/// ioctl(2) SIOCOUTQ on a TCP socket: bytes sent and not yet acknowledged by the peer (a FIN counts as one).
+int tcx_unacknowledged(int fd, int *count);
+
 /// flock(2) LOCK_EX | LOCK_NB.
 int tcx_lock(int fd);
 
 /// syslog(3) with a fixed "%s" format, so a message is never read as a format.
 void tcx_syslog(int priority, const char *message);
+
+/// syslog(3) of `length` bytes that need no terminating NUL (a line inside a buffer of lines).
+void tcx_syslog_bytes(int priority, const char *message, size_t length);
 
 /// Loads libsystemd.so.0 (once); NULL on success, otherwise why it could not be loaded.
 const char *tcx_systemd_load(void);
@@ -52,5 +58,17 @@ extern const int tcx_ip_bind_address_no_port;
 
 /// SOCK_NONBLOCK | SOCK_CLOEXEC, for socket(2).
 extern const int tcx_sock_flags;
+
+/// A counter of the metrics that one thread (an event loop) adds to while another (the metrics thread) reads it: a
+/// relaxed atomic load and store, which compile to plain moves, so that counting costs the loop no more than a plain
+/// add (no locked instruction, as only its own thread writes) and a reader never sees a torn value.
+static inline void tcx_counter_add(uint64_t *counter, uint64_t amount) {
+    __atomic_store_n(counter, __atomic_load_n(counter, __ATOMIC_RELAXED) + amount, __ATOMIC_RELAXED);
+}
+
+/// Reads a counter that `tcx_counter_add` updates in another thread.
+static inline uint64_t tcx_counter_load(const uint64_t *counter) {
+    return __atomic_load_n(counter, __ATOMIC_RELAXED);
+}
 
 #endif

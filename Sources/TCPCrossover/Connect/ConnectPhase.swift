@@ -75,7 +75,7 @@ public struct ConnectPhase: Sendable {
         /// Relay over the attempt's socket; the address is no longer in back-off.
         case relay(Attempt, SocketAddress)
         /// No address could be connected: end the client's connection.
-        case giveUp(ConnectFailure)
+        case giveUp(ConnectFailureReport)
     }
 
     public let timing: Timing
@@ -230,7 +230,7 @@ public struct ConnectPhase: Sendable {
 
     private mutating func giveUp(_ actions: inout [Action]) {
         state = .failed
-        actions.append(.giveUp(ConnectFailure(attempts: failures, deadline: timing.deadline)))
+        actions.append(.giveUp(ConnectFailureReport(attempts: failures, deadline: timing.deadline)))
     }
 }
 
@@ -276,7 +276,7 @@ public enum AttemptFailure: Equatable, Sendable {
 
 /// Every address failed: what each one did. Reads as the end of the connection's log line:
 /// `connect to 192.0.2.1:25 timed out after 10 s; connect to 127.0.0.1:25 failed: Connection refused`.
-public struct ConnectFailure: Error, Equatable, Sendable, CustomStringConvertible {
+public struct ConnectFailureReport: Error, Equatable, Sendable, CustomStringConvertible {
     public let attempts: [(target: ConnectTarget, failure: AttemptFailure)]
     /// The overall deadline, in milliseconds, for the addresses it left untried.
     public let deadline: Int64
@@ -312,5 +312,17 @@ public struct ConnectFailure: Error, Equatable, Sendable, CustomStringConvertibl
         digits = String(repeating: "0", count: 3 - digits.count) + digits
         while digits.hasSuffix("0") { digits.removeLast() }
         return "\(whole).\(digits)"
+    }
+}
+
+extension ConnectFailure {
+    /// The metrics' class of how one attempt failed (`tcp_crossover_connect_failures_total`).
+    init(_ failure: AttemptFailure) {
+        switch failure {
+        case .timedOut: self = .timeout
+        case .error(let error) where error.operation == .connect: self = ConnectFailure(error.errno)
+        case .error(let error): self = error.isResourceExhaustion ? .noDescriptor : .other
+        case .notTried: self = .other
+        }
     }
 }

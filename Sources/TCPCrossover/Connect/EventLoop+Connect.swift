@@ -71,11 +71,14 @@ extension EventLoop {
                     assert(pending == nil, "two attempts opened for one input")
                     pending = open(connection, attempt, address, source: source)
                 case .close(let attempt, let failure):
-                    if let failure, Log.enabled(.debug) {
-                        Log.debug(
-                            ConnectFailure.describe(
-                                connection.connectPhase.targets[attempt], failure,
-                                deadline: engine.options.connectDeadline))
+                    if let failure {
+                        let target = connection.connectPhase.targets[attempt]
+                        meter?.connectFailed(connection.service, remote: target.address, ConnectFailure(failure))
+                        if Log.enabled(.debug) {
+                            Log.debug(
+                                ConnectFailureReport.describe(
+                                    target, failure, deadline: engine.options.connectDeadline))
+                        }
                     }
                     close(connection, attempt)
                 case .armTimer(let due):
@@ -86,6 +89,12 @@ extension EventLoop {
                 case .relay(let attempt, let address):
                     relay(connection, attempt, address)
                 case .giveUp(let failure):
+                    // Out of descriptors until the deadline: counted here, the waits closed no attempt that failed.
+                    for (target, attempt) in failure.attempts {
+                        if case .error(let error) = attempt, error.isResourceExhaustion {
+                            meter?.connectFailed(connection.service, remote: target.address, .noDescriptor)
+                        }
+                    }
                     finish(connection, .connectFailed(failure))
                 }
             }
@@ -165,9 +174,13 @@ extension EventLoop {
         connection.remoteAddress = address
         connection.connectTimer = nil
         connection.phase = .relaying
+        meter?.connected(connection.service, after: now - connection.startedAt)
         connection.relay.readiness.server.writable = true
         connection.lastActivity = now
-        if engine.options.keepalive != nil { connection.keepaliveDue = now + Self.keepaliveDelay }
+        // Not for a server whose end of stream came with the connect (see `stopKeepalive`).
+        if engine.options.keepalive != nil && !connection.relay.readiness.server.endReported {
+            connection.keepaliveDue = now + Self.keepaliveDelay
+        }
         engine.services[connection.service].pool.succeeded(address)
         if Log.enabled(.debug) {
             Log.debug("relaying \(connection.clientAddress) to \(address)")

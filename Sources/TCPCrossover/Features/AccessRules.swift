@@ -86,8 +86,8 @@ public struct AccessRules: Equatable, Sendable {
 
     /// Why `client` is refused, or nil when it may connect.
     public func refusal(of client: SocketAddress) -> String? {
-        if let rule = deny.first(where: { $0.contains(client) }) { return "refused by --deny \(rule)" }
-        if !allow.isEmpty && !allow.contains(where: { $0.contains(client) }) { return "refused: not in any --allow" }
+        if let rule = deny.first(where: { $0.contains(client) }) { return "by --deny \(rule)" }
+        if !allow.isEmpty && !allow.contains(where: { $0.contains(client) }) { return "not in any --allow" }
         return nil
     }
 }

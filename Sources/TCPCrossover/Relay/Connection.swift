@@ -14,11 +14,28 @@ final class Connection {
         /// A call on `side` failed: a reset, or an error such as a keepalive timeout.
         case failed(Side, Errno)
         /// No remote address could be connected; what each one did.
-        case connectFailed(ConnectFailure)
-        /// `--allow`/`--deny` refused the client.
-        case refused(String)
+        case connectFailed(ConnectFailureReport)
+        /// `--allow`/`--deny` refused the client before any connection to the remote; the rule that refused it.
+        case refused(Refusal, String)
+        /// The client's block was over its limit or rate (`--max-connections-per-client`,
+        /// `--max-new-connections-per-client`).
+        case refusedForClient(ClientBlock, ClientRefusal)
         case idleTimeout
         case shutdown
+
+        /// The ending's token in the fixed vocabulary of the log line and the metrics.
+        var end: ConnectionEnd {
+            switch self {
+            case .completed(.client): .clientClosed
+            case .completed(.server): .serverClosed
+            case .completed(nil): .closed
+            case .failed(let side, let errno): ConnectionEnd(failedOn: side, errno)
+            case .connectFailed: .connectFailed
+            case .refused, .refusedForClient: .refused
+            case .idleTimeout: .idleTimeout
+            case .shutdown: .shutdown
+            }
+        }
     }
 
     let slot: Int32
@@ -40,8 +57,14 @@ final class Connection {
     let localAddress: SocketAddress
     var remoteAddress: SocketAddress?
     let startedAt: Int64
-    /// When keepalive is set on the socket to the server (see `EventLoop.keepaliveDelay`); nil once it is.
+    /// When keepalive is set on the socket to the server (see `EventLoop.keepaliveDelay`); nil once it is, or once
+    /// the server has ended its stream (see `EventLoop.stopKeepalive`).
     var keepaliveDue: Int64?
+    /// Keepalive is on on the socket to the server.
+    var keepaliveOnServer = false
+    /// When to ask again whether the client or the server has acknowledged everything sent to it, for a connection
+    /// that waits to reset it (`RelayState.Step.failedOnceAcknowledged`).
+    var acknowledgementCheckAt: Int64?
     var lastActivity: Int64
     /// Bytes each way already added to the process's figures; a change means activity.
     var accountedUp: UInt64 = 0
@@ -56,6 +79,9 @@ final class Connection {
     /// Bytes the client sent before the connect are held for the server: the connect delays its handshake's ACK to
     /// send it with them (see `EventLoop.readFirstBytes`).
     var firstBytesHeld = false
+    /// The client block the connection is counted in (`--max-connections-per-client`,
+    /// `--max-new-connections-per-client`), until `EventLoop.finish` gives the count back.
+    var clientBlock: ClientBlock?
 
     init(
         slot: Int32,
@@ -77,7 +103,8 @@ final class Connection {
     }
 
     /// The one line logged when the connection ends: client, local and remote address, bytes each way, duration,
-    /// and who closed or which error ended it. Built as bytes: it is written for every connection.
+    /// and how it ended: `end=` and a token of `ConnectionEnd`, then for errors and refusals `: ` and the detail.
+    /// Built as bytes: it is written for every connection.
     func summary(_ ending: Ending, now: Int64, into line: inout LineBuilder) {
         line.append(clientAddress)
         line.append(" -> ")
@@ -91,25 +118,25 @@ final class Connection {
         line.append(down)
         line.append(" bytes down, ")
         line.appendSeconds(milliseconds: now - startedAt)
-        line.append(" s, ")
+        line.append(" s, end=")
+        line.append(ending.end.token)
         switch ending {
-        case .completed(let first):
-            switch first {
-            case .client: line.append("client closed first")
-            case .server: line.append("server closed first")
-            case nil: line.append("closed")
-            }
-        case .failed(let side, let errno):
-            line.append(side == .client ? "aborted, client error: " : "aborted, server error: ")
+        case .failed(_, let errno):
+            line.append(": ")
             line.append(errno.description)
         case .connectFailed(let failure):
-            line.append("not relayed, ")
+            line.append(": ")
             line.append(failure.description)
-        case .refused(let reason):
-            line.append("not relayed, ")
+        case .refused(_, let reason):
+            line.append(": ")
             line.append(reason)
-        case .idleTimeout: line.append("closed after the idle timeout")
-        case .shutdown: line.append("closed at shutdown")
+        case .refusedForClient(let block, let refusal):
+            line.append(": client block ")
+            line.append(block.description)
+            if case .limit = refusal { line.append(" reached ") } else { line.append(" went over ") }
+            line.append(refusal.description)
+        case .completed, .idleTimeout, .shutdown:
+            break
         }
     }
 }

@@ -24,6 +24,9 @@ public struct SocketReadiness: Equatable, Sendable {
     public var hungUp = false
     /// epoll reported an error (EPOLLERR: a reset, a timeout): a hang-up may be that error, not a FIN.
     public var failed = false
+    /// epoll reported the peer's end of stream without an error, so it was a FIN (a reset or a timeout is reported
+    /// with EPOLLERR along with its hang-up): the peer ended its stream cleanly, whatever happens to the socket later.
+    public var endReported = false
     /// epoll reported urgent data (EPOLLPRI) once: recv(2) stops short at an urgent mark with more queued behind
     /// it, and splice(2) stops there for good, so neither a short receive nor a splice can be trusted to have
     /// emptied that socket any more.
@@ -85,6 +88,15 @@ public struct Direction {
     private var headerBytesLeft = 0
     /// An urgent byte received and not yet sent: it goes out alone, with MSG_OOB, before anything after it.
     private var urgentByte: UInt8?
+    /// The destination's socket failed after the destination had ended its own stream (`RelayState`): nothing more
+    /// can reach it. What the direction held was dropped, and what the source still sends is read and dropped, so
+    /// that the source's peer is not held up in its writes while it reads the other direction to its end.
+    public private(set) var abandoned = false
+    /// Bytes that the destination cannot have taken: held by the relay or unacknowledged by the destination when it
+    /// failed, and read from the source afterwards.
+    public private(set) var lostBytes: UInt64 = 0
+    /// Bytes received in copy mode whose send failed: gone with the destination, and counted lost if it is abandoned.
+    private var unsentAtFailure = 0
 
     public init(from source: Side, to destination: Side) {
         self.source = source
@@ -107,6 +119,7 @@ public struct Direction {
         budget: Int,
         closeFollowsEnd: Bool
     ) -> PumpOutcome {
+        if abandoned { return drain(&io, &readiness, budget: budget) }
         var rounds = 0
         while true {
             var progressed = false
@@ -121,6 +134,62 @@ public struct Direction {
             rounds += 1
             if rounds >= budget { return .moreWork }
         }
+    }
+
+    /// Gives the direction up: its destination failed after ending its own stream (a keepalive probe or late bytes
+    /// answered with a reset, say). `unacknowledged`: what the destination's socket had sent and not seen
+    /// acknowledged, which the failure discarded. Bytes held are dropped and counted lost with those; from now on
+    /// `pump` only reads the source and drops what it reads, until its end of stream.
+    mutating func abandon<IO: RelayIO>(_ io: inout IO, unacknowledged: Int) {
+        abandoned = true
+        var lost = UInt64(unacknowledged + pipeBytes + unsentAtFailure)
+        unsentAtFailure = 0
+        if let held {
+            lost += UInt64(held.end - held.start)
+            io.releaseBuffer(held.buffer)
+            self.held = nil
+        }
+        if urgentByte != nil {
+            lost += 1
+            urgentByte = nil
+        }
+        headerBytesLeft = 0
+        wantsSplice = false
+        if let pipe {
+            self.pipe = nil
+            if pipeBytes == 0 { io.releasePipe(pipe) } else { io.discardPipe(pipe) }
+            pipeBytes = 0
+        }
+        lostBytes += lost
+        if sourceEnded { finished = true }
+    }
+
+    /// An abandoned direction's turn: reads what the source sends, drops it, and counts it lost; the source's end of
+    /// stream finishes the direction (there is no destination to pass it on to).
+    private mutating func drain<IO: RelayIO>(
+        _ io: inout IO,
+        _ readiness: inout Readiness,
+        budget: Int
+    ) -> PumpOutcome {
+        for _ in 0..<budget {
+            guard !sourceEnded, readiness[source].readable else { return .idle }
+            do {
+                switch try io.receive(from: source, into: io.scratch) {
+                case .wouldBlock:
+                    readiness[source].readable = false
+                    return .idle
+                case .processed(0):
+                    sourceEnded = true
+                    finished = true
+                    return .idle
+                case .processed(let count):
+                    lostBytes += UInt64(count)
+                }
+            } catch {
+                return .failed(source, error)
+            }
+        }
+        return .moreWork
     }
 
     /// An errno, with the side whose call failed.
@@ -272,10 +341,12 @@ public struct Direction {
             sourceEnded = true
             return true
         case .processed where atUrgentMark:
+            unsentAtFailure = 1
             switch try on(destination, try io.sendUrgent(to: destination, scratch[0])) {
             case .processed: bytes += 1
             case .wouldBlock: urgentByte = scratch[0]
             }
+            unsentAtFailure = 0
             return true
         case .processed(let received):
             count = received
@@ -300,10 +371,12 @@ public struct Direction {
         }
         let sent: Int
         let unsent = UnsafeRawBufferPointer(rebasing: scratch[0..<count])
+        unsentAtFailure = count
         switch try on(destination, try io.send(to: destination, unsent, endFollows: endsAfterThese)) {
         case .processed(let accepted): sent = accepted
         case .wouldBlock: sent = 0
         }
+        unsentAtFailure = 0
         bytes += UInt64(sent)
         if sent < count {
             // The destination is full: keep the rest (the next round tries again and learns from EAGAIN when to

@@ -19,6 +19,9 @@ public final class Engine: @unchecked Sendable {
     public let options: RelayOptions
     public let services: [Service]
     public let statistics: Statistics
+    /// The connections of each client block (`--max-connections-per-client`, `--max-new-connections-per-client`);
+    /// nil without those options.
+    let clientLimits: ClientLimits?
     /// 0 while running; 1 after the first SIGTERM (stop accepting, let connections finish); 2 to stop at once.
     let stopLevel = Atomic<Int>(0)
     /// Loops that still hold their duplicates of the listeners; the socket stops taking connections when the last
@@ -32,6 +35,8 @@ public final class Engine: @unchecked Sendable {
     var periodicTasks: [PeriodicTask] = []
     /// Called once, on the first stop request (SIGTERM, SIGINT, the idle exit); set before `run`.
     var onStop: (@Sendable () -> Void)?
+    /// The metrics endpoint (`--metrics`); set before `run`. Without it the loops count nothing for it.
+    public var metrics: MetricsServer?
     private var loops: [EventLoop] = []
 
     /// The signals the engine takes through a signalfd; they are blocked in every thread.
@@ -41,6 +46,17 @@ public final class Engine: @unchecked Sendable {
         self.services = services
         self.options = options
         self.statistics = statistics
+        if options.maximumConnectionsPerClient != nil || options.newConnectionRatePerClient != nil {
+            clientLimits = ClientLimits(
+                limit: options.maximumConnectionsPerClient, rate: options.newConnectionRatePerClient,
+                prefixes: options.clientPrefixes, expectedBlocks: min(options.maximumConnections, 4096))
+        } else {
+            clientLimits = nil
+        }
+        if let clientLimits {
+            periodicTasks.append(
+                PeriodicTask(interval: 1000) { clientLimits.endQuietEpisodes(now: Syscall.monotonicMilliseconds()) })
+        }
     }
 
     /// Blocks the handled signals and ignores SIGPIPE, in the calling thread and every thread started after.
@@ -101,6 +117,13 @@ public final class Engine: @unchecked Sendable {
                 throw SystemError("pthread_create", error)
             }
         }
+        if let metrics {
+            metrics.start(
+                MetricsServer.Source(
+                    serviceNames: services.map(\.name), meters: loops.compactMap(\.meter),
+                    connectionLimit: options.maximumConnections))
+        }
+        defer { metrics?.stop() }
         onReady()
         loops[0].run()
         // The first loop ends after a stop request once its own connections are done (the other loops finish
@@ -108,6 +131,7 @@ public final class Engine: @unchecked Sendable {
         if stopLevel.load(ordering: .sequentiallyConsistent) == 0 { requestStop(immediately: true) }
         for thread in threads { Syscall.joinThread(thread) }
         loops.removeAll()
+        clientLimits?.endQuietEpisodes(now: Syscall.monotonicMilliseconds(), all: true)
     }
 
     /// The resolver thread: every `resolveInterval`, looks the remotes' host names up again, off the event loops

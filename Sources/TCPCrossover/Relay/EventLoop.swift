@@ -75,6 +75,8 @@ final class EventLoop: @unchecked Sendable {
     var connectActions: [ConnectPhase.Action] = []
     /// The per-connection log lines of the current turn.
     private var logBatch = LogBatch()
+    /// This loop's counters for the metrics endpoint; nil without one.
+    let meter: LoopMeter?
     /// Connections this loop serves, plus those handed to it and not yet taken: what the other loops compare when
     /// they even out the load (see `acceptConnections`).
     let load = Atomic<Int>(0)
@@ -113,6 +115,7 @@ final class EventLoop: @unchecked Sendable {
         resources = LoopResources(
             copyChunk: min(engine.options.copyChunk, engine.options.pipeSize), pipeSize: engine.options.pipeSize)
         now = Syscall.monotonicMilliseconds()
+        meter = engine.metrics == nil ? nil : LoopMeter(serviceCount: engine.services.count)
         try control(EPOLL_CTL_ADD, wake, EPOLLIN.rawValue, EventTag.make(EventTag.control, index: EventTag.wake))
     }
 
@@ -312,11 +315,13 @@ final class EventLoop: @unchecked Sendable {
             return
         }
         service(connection)
-        // An error that no call has reported yet (nothing was left to read or write on that socket).
+        // An error that no call has reported yet (nothing was left to read or write on that socket, or no room to
+        // read into): the relay judges whether it ends the connection (see `RelayState`).
         if error, connections[Int(connection.slot)] === connection {
             let fd = side == .client ? connection.client : connection.server
             if let failure = Syscall.pendingError(fd) {
-                finish(connection, .failed(side, failure))
+                connection.relay.reportFailure(of: side, failure)
+                service(connection)
             }
         }
     }
@@ -329,11 +334,31 @@ final class EventLoop: @unchecked Sendable {
             if events & (EPOLLRDHUP.rawValue | EPOLLHUP.rawValue) != 0 || error {
                 connection.relay.readiness[side].hungUp = true
             }
+            if events & (EPOLLRDHUP.rawValue | EPOLLHUP.rawValue) != 0 && !error {
+                connection.relay.readiness[side].endReported = true
+                if side == .server { stopKeepalive(connection) }
+            }
             if error { connection.relay.readiness[side].failed = true }
             if events & EPOLLPRI.rawValue != 0 { connection.relay.readiness[side].urgent = true }
         }
         if events & (EPOLLOUT.rawValue | EPOLLHUP.rawValue) != 0 || error {
             connection.relay.readiness[side].writable = true
+        }
+    }
+
+    /// The server has ended its stream: keepalive towards it is turned off, or never set. Probes could only find out
+    /// that the server's machine has forgotten the finished connection (after `tcp_fin_timeout` once the server
+    /// closed its socket) and draw a reset, while what the server sent may still be on its way to a slow client.
+    /// Bytes the client sends later find out for themselves whether the server is still there. The client's socket
+    /// keeps its keepalive: it tells whether a client that is still owed bytes, or still waited for, has vanished.
+    private func stopKeepalive(_ connection: Connection) {
+        connection.keepaliveDue = nil
+        guard connection.keepaliveOnServer else { return }
+        connection.keepaliveOnServer = false
+        do {
+            try Syscall.stopKeepalive(connection.server)
+        } catch {
+            if Log.enabled(.debug) { Log.debug("cannot stop keepalive towards \(connection.remoteAddress!): \(error)") }
         }
     }
 
@@ -345,6 +370,7 @@ final class EventLoop: @unchecked Sendable {
         if up != connection.accountedUp || down != connection.accountedDown {
             engine.statistics.bytesUp.add(up - connection.accountedUp, ordering: .relaxed)
             engine.statistics.bytesDown.add(down - connection.accountedDown, ordering: .relaxed)
+            meter?.moved(connection.service, up: up - connection.accountedUp, down: down - connection.accountedDown)
             connection.accountedUp = up
             connection.accountedDown = down
             connection.lastActivity = now
@@ -367,6 +393,16 @@ final class EventLoop: @unchecked Sendable {
             finish(
                 connection, .failed(side, cause(of: errno, on: side == .client ? connection.client : connection.server))
             )
+        case .failedOnceAcknowledged(let side, let errno):
+            // The reset waits until the other side has acknowledged all it was sent: a reset discards what is still
+            // unacknowledged. No event says when, so it is asked again every 100 ms.
+            let other = side == .client ? connection.server : connection.client
+            if Syscall.unacknowledgedBytes(other) == 0 {
+                finish(connection, .failed(side, errno))
+            } else if connection.acknowledgementCheckAt == nil {
+                connection.acknowledgementCheckAt = now + 100
+                armTimer(connection)
+            }
         }
     }
 
@@ -470,6 +506,7 @@ final class EventLoop: @unchecked Sendable {
     private func admit(_ incoming: IncomingConnection) {
         let (fd, peer, local, service) = (incoming.fd, incoming.peer, incoming.local, incoming.service)
         engine.statistics.accepted.add(1, ordering: .relaxed)
+        meter?.accepted(service)
         let slot: Int32
         if let free = freeSlots.popLast() {
             slot = free
@@ -486,9 +523,19 @@ final class EventLoop: @unchecked Sendable {
         liveConnections += 1
         if Log.enabled(.debug) { Log.debug("accepted \(peer) on \(local)") }
         if !engine.options.access.isEmpty, let reason = engine.options.access.refusal(of: peer) {
-            engine.statistics.refused.add(1, ordering: .relaxed)
-            finish(connection, .refused(reason))
+            engine.statistics.refusedByAccessRule.add(1, ordering: .relaxed)
+            finish(connection, .refused(.accessRule, reason))
             return
+        }
+        if let limits = engine.clientLimits {
+            switch limits.admit(peer, now: now) {
+            case .admitted(let block):
+                connection.clientBlock = block
+            case .refused(let block, let refusal, _):
+                engine.statistics.countRefusal(refusal)
+                finish(connection, .refusedForClient(block, refusal))
+                return
+            }
         }
         guard readFirstBytes(connection) else { return }
         do {
@@ -565,6 +612,10 @@ final class EventLoop: @unchecked Sendable {
         Syscall.close(connection.client)
         closeServer(connection)
         if !connection.otherAttempts.isEmpty { closeOtherAttempts(connection) }
+        if let block = connection.clientBlock {
+            engine.clientLimits?.release(block, now: now)
+            connection.clientBlock = nil
+        }
         connections[Int(connection.slot)] = nil
         freeSlots.append(connection.slot)
         liveConnections -= 1
@@ -578,7 +629,11 @@ final class EventLoop: @unchecked Sendable {
             engine.statistics.failedConnects.add(1, ordering: .relaxed)
         }
         engine.connectionEnded()
-        logBatch.info { connection.summary(ending, now: now, into: &$0) }
+        if let meter { meter.ended(connection, ending, now: now) }
+        // Refusals over a per-client limit are counted and logged once per episode (`ClientLimits`): a line each
+        // would let one client flood the log.
+        if case .refusedForClient = ending, !Log.enabled(.debug) { return }
+        if engine.options.logConnections { logBatch.info { connection.summary(ending, now: now, into: &$0) } }
     }
 
     // MARK: timers
@@ -597,9 +652,14 @@ final class EventLoop: @unchecked Sendable {
         case .connecting: return connection.connectTimer
         case .relaying:
             let idle = engine.options.idleTimeout.map { connection.lastActivity + $0 }
-            guard let keepalive = connection.keepaliveDue else { return idle }
-            return min(keepalive, idle ?? .max)
+            return earlier(earlier(idle, connection.keepaliveDue), connection.acknowledgementCheckAt)
         }
+    }
+
+    /// The earlier of two times, either of which may be missing.
+    private func earlier(_ first: Int64?, _ second: Int64?) -> Int64? {
+        guard let first, let second else { return first ?? second }
+        return min(first, second)
     }
 
     /// How long a connection lives before keepalive is set on its socket to the server. Most connections end
@@ -621,11 +681,16 @@ final class EventLoop: @unchecked Sendable {
             switch connection.phase {
             case .connecting:
                 connectTimerFired(connection)
+            case .relaying where connection.acknowledgementCheckAt.map({ $0 <= now }) ?? false:
+                connection.acknowledgementCheckAt = nil
+                service(connection)
+                if connections[Int(connection.slot)] === connection { armTimer(connection) }
             case .relaying where connection.keepaliveDue.map({ $0 <= now }) ?? false:
                 connection.keepaliveDue = nil
                 if let keepalive = engine.options.keepalive {
                     do {
                         try Syscall.setKeepalive(connection.server, keepalive)
+                        connection.keepaliveOnServer = true
                     } catch {
                         if Log.enabled(.debug) {
                             Log.debug("cannot set keepalive towards \(connection.remoteAddress!): \(error)")
@@ -659,6 +724,7 @@ final class EventLoop: @unchecked Sendable {
         pausedForLimit = true
         unregisterListeners()
         engine.pausedForLimit.add(1, ordering: .sequentiallyConsistent)
+        meter?.acceptPaused(.connectionLimit)
         if Log.enabled(.debug) { Log.debug("connection limit reached; accepting pauses") }
         // A connection may have ended between the failed reservation and the count above, with no loop to wake.
         if engine.hasCapacity { resumeAfterLimit() }
@@ -680,6 +746,7 @@ final class EventLoop: @unchecked Sendable {
     /// episode, for the whole process.
     func outOfResources(_ operation: String, _ error: Errno) {
         resources.trimPipes()
+        meter?.acceptPaused(.noDescriptor)
         if !engine.exhausted.exchange(true, ordering: .relaxed) {
             Log.warning("\(operation) failed: \(error); accepting pauses until descriptors are free")
         }

@@ -120,6 +120,10 @@ struct SocketIO: RelayIO {
         try Syscall.sendUrgent(fd(side), byte)
     }
 
+    func unacknowledgedBytes(_ side: Side) -> Int {
+        Syscall.unacknowledgedBytes(fd(side))
+    }
+
     func acquirePipe() -> PipeHandle? { resources.acquirePipe() }
     func releasePipe(_ pipe: PipeHandle) { resources.releasePipe(pipe) }
     func discardPipe(_ pipe: PipeHandle) { resources.discardPipe(pipe) }

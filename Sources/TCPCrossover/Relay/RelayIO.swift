@@ -47,6 +47,10 @@ public protocol RelayIO {
     /// send(2) of one byte with MSG_OOB to `side`: TCP sends it as urgent data.
     mutating func sendUrgent(to side: Side, _ byte: UInt8) throws(Errno) -> IOResult<Int>
 
+    /// ioctl(2) SIOCOUTQ on `side`: bytes sent to it that its peer has not acknowledged (and a FIN not yet
+    /// acknowledged); still known after a reset, for the bytes that the reset discarded.
+    mutating func unacknowledgedBytes(_ side: Side) -> Int
+
     /// An empty pipe for a direction that starts splicing, or nil when none can be had (out of descriptors).
     mutating func acquirePipe() -> PipeHandle?
     /// Gives back an empty pipe.

@@ -28,6 +28,14 @@ public struct RelayOptions: Sendable, Equatable {
     public var sources: [SocketAddress] = []
     /// Which clients are served (`--allow`, `--deny`).
     public var access = AccessRules()
+    /// Connections one client (an address block, see `clientPrefixes`) may have open at once; nil for no such limit
+    /// (`--max-connections-per-client`).
+    public var maximumConnectionsPerClient: Int?
+    /// New connections one client may open, in bursts and over time; nil for no such limit
+    /// (`--max-new-connections-per-client`).
+    public var newConnectionRatePerClient: ConnectionRate?
+    /// The address block that counts as one client for both (`--client-prefix-length`).
+    public var clientPrefixes = ClientPrefixes.standard
     /// How often host names among the remotes are looked up again, in milliseconds (`--resolve-interval`).
     public var resolveInterval: Int64 = 60_000
     /// How long a remote address that failed is tried last, in milliseconds.
@@ -35,6 +43,8 @@ public struct RelayOptions: Sendable, Equatable {
     /// The congestion control algorithm of the sockets whose peer is on this machine; nil leaves them the system's
     /// (`--loopback-congestion-control`, see `Syscall.useCongestionControl`).
     public var loopbackCongestionControl: CongestionControl? = .reno
+    /// Each finished connection gets its log line (`--log-connections`); the figures are counted either way.
+    public var logConnections = true
 
     public init() {}
 }

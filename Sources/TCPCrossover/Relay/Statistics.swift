@@ -7,8 +7,14 @@ public final class Statistics: Sendable {
     public let active = Atomic<Int>(0)
     /// Connections accepted since start.
     public let accepted = Atomic<Int>(0)
-    /// Connections closed at once by a limit or an access rule.
-    public let refused = Atomic<Int>(0)
+    /// Connections closed at once by an access rule (`--allow`, `--deny`).
+    public let refusedByAccessRule = Atomic<Int>(0)
+    /// Connections closed at once because their client block had its limit of connections open
+    /// (`--max-connections-per-client`).
+    public let refusedOverClientLimit = Atomic<Int>(0)
+    /// Connections closed at once because their client block opened connections faster than it may
+    /// (`--max-new-connections-per-client`).
+    public let refusedOverClientRate = Atomic<Int>(0)
     /// Connections whose remote could not be reached.
     public let failedConnects = Atomic<Int>(0)
     /// Bytes delivered from clients to servers.
@@ -18,10 +24,20 @@ public final class Statistics: Sendable {
 
     public init() {}
 
+    /// Counts a connection refused for its client block.
+    func countRefusal(_ refusal: ClientRefusal) {
+        switch refusal {
+        case .limit: refusedOverClientLimit.add(1, ordering: .relaxed)
+        case .rate: refusedOverClientRate.add(1, ordering: .relaxed)
+        }
+    }
+
     public struct Snapshot: Equatable, Sendable {
         public var active: Int
         public var accepted: Int
-        public var refused: Int
+        public var refusedByAccessRule: Int
+        public var refusedOverClientLimit: Int
+        public var refusedOverClientRate: Int
         public var failedConnects: Int
         public var bytesUp: UInt64
         public var bytesDown: UInt64
@@ -31,7 +47,9 @@ public final class Statistics: Sendable {
         Snapshot(
             active: active.load(ordering: .relaxed),
             accepted: accepted.load(ordering: .relaxed),
-            refused: refused.load(ordering: .relaxed),
+            refusedByAccessRule: refusedByAccessRule.load(ordering: .relaxed),
+            refusedOverClientLimit: refusedOverClientLimit.load(ordering: .relaxed),
+            refusedOverClientRate: refusedOverClientRate.load(ordering: .relaxed),
             failedConnects: failedConnects.load(ordering: .relaxed),
             bytesUp: bytesUp.load(ordering: .relaxed),
             bytesDown: bytesDown.load(ordering: .relaxed)
@@ -40,10 +58,19 @@ public final class Statistics: Sendable {
 }
 
 extension Statistics.Snapshot: CustomStringConvertible {
-    /// `3 active, 120 accepted, 0 refused, 1 failed connects, 1.2 MB up, 80.5 MB down`.
+    /// Connections refused at once, for every reason.
+    public var refused: Int { refusedByAccessRule + refusedOverClientLimit + refusedOverClientRate }
+
+    /// `3 active, 120 accepted, 0 refused, 1 failed connects, 1.2 MB up, 80.5 MB down`; refusals, when there are
+    /// any, by reason: `10 refused (5 per-client limit, 3 per-client rate, 2 access rules)`.
     public var description: String {
-        "\(active) active, \(accepted) accepted, \(refused) refused, \(failedConnects) failed connects, "
-            + "\(formatBytes(bytesUp)) up, \(formatBytes(bytesDown)) down"
+        var reasons: [String] = []
+        if refusedOverClientLimit > 0 { reasons.append("\(refusedOverClientLimit) per-client limit") }
+        if refusedOverClientRate > 0 { reasons.append("\(refusedOverClientRate) per-client rate") }
+        if refusedByAccessRule > 0 { reasons.append("\(refusedByAccessRule) access rules") }
+        let breakdown = reasons.isEmpty ? "" : " (" + reasons.joined(separator: ", ") + ")"
+        return "\(active) active, \(accepted) accepted, \(refused) refused\(breakdown), "
+            + "\(failedConnects) failed connects, \(formatBytes(bytesUp)) up, \(formatBytes(bytesDown)) down"
     }
 }
 

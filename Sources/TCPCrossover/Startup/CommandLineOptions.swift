@@ -17,11 +17,15 @@ public struct Options: Equatable, Sendable {
     public var debug: Bool
     public var foreground: Bool
     public var dualStack: Bool
+    public var noProxyWarning: Bool
     public var connectTimeout: String
     public var connectDeadline: String
     public var threads: String
     public var exitIdleTime: String?
     public var maxConnections: String?
+    public var maxConnectionsPerClient: String?
+    public var maxNewConnectionsPerClient: String?
+    public var clientPrefixLength: String?
     public var idleTimeout: String?
     public var keepalive: String
     public var shutdownTimeout: String
@@ -33,6 +37,8 @@ public struct Options: Equatable, Sendable {
     public var deny: [String]
     public var resolveInterval: String
     public var loopbackCongestionControl: String
+    public var metrics: String?
+    public var logConnections: String
 
     public static let defaults = Options()
 
@@ -40,10 +46,12 @@ public struct Options: Equatable, Sendable {
         local: [String] = [], remote: [String] = [], pidfile: String? = nil, bufferSize: String = "1m",
         debug: Bool = false, foreground: Bool = false, dualStack: Bool = false, connectTimeout: String = "10",
         connectDeadline: String = "30", threads: String = "0", exitIdleTime: String? = nil,
-        maxConnections: String? = nil, idleTimeout: String? = nil,
+        maxConnections: String? = nil, maxConnectionsPerClient: String? = nil,
+        maxNewConnectionsPerClient: String? = nil, clientPrefixLength: String? = nil, idleTimeout: String? = nil,
         keepalive: String = "120,30,4", shutdownTimeout: String = "10", user: String? = nil, group: String? = nil,
         proxyProtocol: String? = nil, source: [String] = [], allow: [String] = [], deny: [String] = [],
-        resolveInterval: String = "60", loopbackCongestionControl: String = "reno"
+        resolveInterval: String = "60", loopbackCongestionControl: String = "reno",
+        noProxyWarning: Bool = false, metrics: String? = nil, logConnections: String = "yes"
     ) {
         self.local = local
         self.remote = remote
@@ -57,6 +65,9 @@ public struct Options: Equatable, Sendable {
         self.threads = threads
         self.exitIdleTime = exitIdleTime
         self.maxConnections = maxConnections
+        self.maxConnectionsPerClient = maxConnectionsPerClient
+        self.maxNewConnectionsPerClient = maxNewConnectionsPerClient
+        self.clientPrefixLength = clientPrefixLength
         self.idleTimeout = idleTimeout
         self.keepalive = keepalive
         self.shutdownTimeout = shutdownTimeout
@@ -68,6 +79,9 @@ public struct Options: Equatable, Sendable {
         self.deny = deny
         self.resolveInterval = resolveInterval
         self.loopbackCongestionControl = loopbackCongestionControl
+        self.noProxyWarning = noProxyWarning
+        self.metrics = metrics
+        self.logConnections = logConnections
     }
 
     /// The options as a configuration; throws a `ValidationError` naming the bad value and what is accepted.
@@ -93,6 +107,21 @@ public struct Options: Equatable, Sendable {
         configuration.exitIdleTime = try exitIdleTime.map { try milliseconds($0, option: "--exit-idle-time") }
         configuration.maximumConnections = try maxConnections.map {
             try count($0, option: "--max-connections", range: 1...10_000_000)
+        }
+        configuration.relay.maximumConnectionsPerClient = try maxConnectionsPerClient.map {
+            try count($0, option: "--max-connections-per-client", range: 1...10_000_000)
+        }
+        configuration.relay.newConnectionRatePerClient = try maxNewConnectionsPerClient.map(connectionRate)
+        if let clientPrefixLength {
+            guard
+                configuration.relay.maximumConnectionsPerClient != nil
+                    || configuration.relay.newConnectionRatePerClient != nil
+            else {
+                throw OptionError(
+                    "--client-prefix-length has no effect without --max-connections-per-client or "
+                        + "--max-new-connections-per-client")
+            }
+            configuration.relay.clientPrefixes = try clientPrefixes(clientPrefixLength)
         }
         configuration.relay.idleTimeout = try idleTimeout.map { try milliseconds($0, option: "--idle-timeout") }
         configuration.relay.keepalive = try parseKeepalive(keepalive)
@@ -121,6 +150,15 @@ public struct Options: Equatable, Sendable {
         configuration.relay.resolveInterval = try milliseconds(
             resolveInterval, option: "--resolve-interval", zero: true)
         configuration.relay.loopbackCongestionControl = try congestionControl(loopbackCongestionControl)
+        configuration.localRemoteWarning = !noProxyWarning
+        configuration.metrics = try metrics.map { text in
+            do {
+                return try Endpoint(parsing: text, portZero: .allowed)
+            } catch {
+                throw OptionError("--metrics: \(error)")
+            }
+        }
+        configuration.relay.logConnections = try yesOrNo(logConnections, option: "--log-connections")
         return configuration
     }
 }
@@ -130,6 +168,15 @@ private func checkAccountName(_ name: String?, option: String) throws {
     guard let name else { return }
     if name.isEmpty || name.utf8.contains(where: { $0 < 0x21 || $0 == 0x3a }) {
         throw OptionError("\(option) '\(name)' is not a user or group name")
+    }
+}
+
+/// `yes` or `no`.
+private func yesOrNo(_ text: String, option: String) throws -> Bool {
+    switch text {
+    case "yes": return true
+    case "no": return false
+    default: throw OptionError("\(option) '\(text)' is not valid; expected yes or no")
     }
 }
 
@@ -143,6 +190,36 @@ private func congestionControl(_ text: String) throws -> CongestionControl? {
                 + "reno or cubic")
     }
     return algorithm
+}
+
+/// `--client-prefix-length`: `IPV4,IPV6`, such as `32,64` (the default) or `24,56`.
+private func clientPrefixes(_ text: String) throws -> ClientPrefixes {
+    let fields = text.split(separator: ",", omittingEmptySubsequences: false)
+    guard fields.count == 2,
+        fields.allSatisfy({ (1...3).contains($0.utf8.count) && $0.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) }),
+        let ipv4 = Int(fields[0]), let ipv6 = Int(fields[1]), let prefixes = ClientPrefixes(ipv4: ipv4, ipv6: ipv6)
+    else {
+        throw OptionError(
+            "--client-prefix-length '\(text)' is not valid; expected IPV4,IPV6 prefix lengths, 1 to 32 and 1 to 128 "
+                + "(such as 32,64)")
+    }
+    return prefixes
+}
+
+/// `--max-new-connections-per-client`: `COUNT/SECONDS`, such as `30/60`.
+private func connectionRate(_ text: String) throws -> ConnectionRate {
+    func bad() -> OptionError {
+        OptionError(
+            "--max-new-connections-per-client '\(text)' is not valid; expected COUNT/SECONDS, 1 to 1000000 "
+                + "connections per 0.001 to 86400 seconds (such as 30/60: 30 at once, then one every 2 seconds)")
+    }
+    let fields = text.split(separator: "/", omittingEmptySubsequences: false)
+    guard fields.count == 2, (1...7).contains(fields[0].utf8.count),
+        fields[0].utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), let count = Int(fields[0]),
+        let period = try? milliseconds(String(fields[1]), option: "--max-new-connections-per-client"),
+        let rate = ConnectionRate(count: count, period: period)
+    else { throw bad() }
+    return rate
 }
 
 /// `--source`: an IPv4 or IPv6 address, without a port.

@@ -44,6 +44,9 @@ public struct Configuration: Sendable, Equatable {
     public var debug = false
     /// IPv6 listeners also accept IPv4 clients (IPV6_V6ONLY off).
     public var dualStack = false
+    /// Warn at start when relaying to an address of this machine without PROXY protocol (off with
+    /// `--no-proxy-warning`).
+    public var localRemoteWarning = true
     public var relay = RelayOptions()
     /// Exit after this long without a connection, in milliseconds, when serving listeners (`--exit-idle-time`).
     public var exitIdleTime: Int64?
@@ -52,6 +55,9 @@ public struct Configuration: Sendable, Equatable {
     /// The user and group to run as once the sockets are bound (`--user`, `--group`).
     public var user: String?
     public var group: String?
+    /// Where the metrics endpoint listens (`--metrics`); nil for none, unless systemd passes a socket named
+    /// `metrics`.
+    public var metrics: Endpoint?
 
     public init(remotes: [NamedEndpoint]) {
         self.remotes = remotes

@@ -6,6 +6,17 @@ public enum Launcher {
     /// Runs until the relay stops; returns the exit status. Failures at start are reported in one line: on
     /// standard error when that is safe, to syslog when standard error may be the client's connection (inetd).
     public static func run(_ configuration: Configuration) -> CInt {
+        let status = start(configuration)
+        // Lines still queued (the "stopped" line) get a bounded time: a log reader that stopped must not keep the
+        // process from exiting.
+        Log.finish(within: finalLogMilliseconds)
+        return status
+    }
+
+    /// How long the process waits at exit for a log that does not take its last lines.
+    static let finalLogMilliseconds: Int64 = 1000
+
+    private static func start(_ configuration: Configuration) -> CInt {
         Engine.prepareProcess()
         let level: LogLevel = configuration.debug ? .debug : .info
         let standardInput = Syscall.describe(STDIN_FILENO)
@@ -17,6 +28,12 @@ public enum Launcher {
             try checkCongestionControl(configuration.relay.loopbackCongestionControl)
             var configuration = configuration
             configuration.relay = limits(configuration, mode: mode)
+            if let metrics = configuration.metrics, mode.servesOneConnection {
+                throw StartupError(
+                    ExitStatus.usage,
+                    "--metrics \(metrics): a process started for one connection (inetd, systemd's Accept=yes) has no "
+                        + "figures worth serving; give --metrics to a relay that serves a listening socket")
+            }
             switch mode {
             case .standalone:
                 try runStandalone(configuration, identity: identity, level: level, journal: journal)
@@ -152,6 +169,7 @@ public enum Launcher {
     ) throws(StartupError) {
         let services = try makeServices(configuration)
         var listeners: [ListeningSocket] = []
+        var metricsSockets: [ListeningSocket] = []
         for (fd, name) in descriptors {
             let address: SocketAddress
             do {
@@ -162,11 +180,22 @@ public enum Launcher {
                 throw StartupError(
                     ExitStatus.systemError, "the socket passed as descriptor \(fd) is unusable: \(error)")
             }
+            if name == MetricsServer.socketName {
+                // Never relayed: the metrics endpoint's own socket.
+                metricsSockets.append(ListeningSocket(fd: fd, address: address, service: -1, name: name))
+                continue
+            }
             let service = try serviceIndex(
                 for: name, in: services, socket: name.map { "socket '\($0)'" } ?? address.description)
             listeners.append(ListeningSocket(fd: fd, address: address, service: service, name: name))
         }
+        if listeners.isEmpty && !descriptors.isEmpty {
+            throw StartupError(
+                ExitStatus.usage,
+                "the only socket passed is the metrics socket ('\(MetricsServer.socketName)'): nothing to relay")
+        }
         try checkEveryNameServes(services, listenerNames: listeners.map(\.name), where: "passed sockets")
+        let metrics = try metricsServer(configuration, passed: metricsSockets)
         var accepted: [AcceptedConnection] = []
         if let connection {
             let service = try serviceIndex(for: nil, in: services, socket: "the connection")
@@ -176,12 +205,19 @@ public enum Launcher {
             try identity.assume()
             try checkCongestionControl(configuration.relay.loopbackCongestionControl)
         }
+        // Only where listeners are served: a process per connection would say it for every client.
+        if !listeners.isEmpty { LocalRemoteWarning.check(configuration, served(by: listeners, services)) }
         let engine = Engine(services: services, options: configuration.relay)
+        engine.metrics = metrics
         let notifier = ServiceNotifier(
             engine: engine, exitIdleTime: listeners.isEmpty ? nil : configuration.exitIdleTime)
         let startLine =
             listeners.isEmpty
-            ? nil : "tcp-crossover \(tcpCrossoverVersion) serving \(describe(listeners, services))"
+            ? nil
+            : "tcp-crossover \(tcpCrossoverVersion) serving \(describe(listeners, services))\(describe(metrics))"
+        // One connection (inetd, Accept=yes) logs its line when it has ended: written at exit, without a thread,
+        // unless --debug writes lines while it lasts.
+        Log.startQueueing(writerThread: !listeners.isEmpty || configuration.debug)
         do {
             try engine.run(listeners: listeners, connections: accepted) {
                 if let startLine { Log.notice(startLine) }
@@ -224,7 +260,14 @@ public enum Launcher {
             }
         }
         try checkEveryNameServes(services, listenerNames: configuration.locals.map(\.name), where: "--local")
+        let metrics = try metricsServer(configuration, passed: [])
 
+        if identity == nil && Syscall.identities.euid == 0 {
+            // Said before detaching, on the terminal of whoever started it, where it can be acted on.
+            Log.warning(
+                "running as root with no --user: the relay keeps root's privileges while it serves the internet; "
+                    + "give --user (for example --user nobody) to drop them once the sockets are bound")
+        }
         let background = !configuration.foreground && !configuration.debug
         var readiness: Daemon.Readiness? = nil
         if background {
@@ -236,20 +279,25 @@ public enum Launcher {
         do throws(StartupError) {
             if let identity {
                 if let kept = pidfile.take() {
-                    let closing = listeners.map(\.fd) + [readiness?.fd].compactMap { $0 }
+                    let closing =
+                        listeners.map(\.fd) + (metrics?.listeners.map(\.fd) ?? []) + [readiness?.fd].compactMap { $0 }
                     try Daemon.keepPidfile(kept, closing: closing)
                 }
                 try identity.assume()
                 try checkCongestionControl(configuration.relay.loopbackCongestionControl)
             }
             try pidfile?.record(Syscall.processID)
+            // Logged where the start line goes (syslog in the background), so that it stays with it.
+            LocalRemoteWarning.check(configuration, served(by: listeners, services))
             let engine = Engine(services: services, options: configuration.relay)
+            engine.metrics = metrics
             let notifier = ServiceNotifier(engine: engine, exitIdleTime: configuration.exitIdleTime)
             let threads = configuration.relay.threads
             let startLine =
                 "tcp-crossover \(tcpCrossoverVersion) listening on \(describe(listeners, services)) "
-                + "(pid \(Syscall.processID), \(threads) threads)"
+                + "(pid \(Syscall.processID), \(threads) threads)\(describe(metrics))"
             ownsListeners = false
+            Log.startQueueing(writerThread: true)
             do {
                 try engine.run(listeners: listeners, connections: []) {
                     Log.notice(startLine)
@@ -266,6 +314,39 @@ public enum Launcher {
             throw error
         }
         if let pidfile = pidfile.take() { pidfile.remove() }
+    }
+
+    /// The metrics endpoint: the sockets systemd passed for it (`passed`) and those of `--metrics`, bound here
+    /// (every address of a host name); nil when there are none. It owns the sockets from then on.
+    private static func metricsServer(_ configuration: Configuration, passed: [ListeningSocket])
+        throws(StartupError) -> MetricsServer?
+    {
+        var sockets = passed
+        do throws(StartupError) {
+            if let endpoint = configuration.metrics {
+                let addresses: [SocketAddress]
+                switch endpoint.resolve() {
+                case .success(let resolved): addresses = resolved
+                case .failure(let error): throw StartupError(ExitStatus.noHost, "\(error) (in --metrics \(endpoint))")
+                }
+                for address in addresses {
+                    sockets.append(
+                        try Listener.open(
+                            address, dualStack: false, keepalive: nil, loopbackCongestionControl: nil, service: -1,
+                            name: MetricsServer.socketName))
+                }
+            }
+        } catch {
+            for socket in sockets { Syscall.close(socket.fd) }
+            throw error
+        }
+        return sockets.isEmpty ? nil : MetricsServer(listeners: sockets)
+    }
+
+    /// `; metrics on [::1]:9100`, for the start line.
+    static func describe(_ metrics: MetricsServer?) -> String {
+        guard let metrics else { return "" }
+        return "; metrics on " + metrics.listeners.map(\.address.description).joined(separator: ", ")
     }
 
     /// The services: one per name among the remotes, plus one for the unnamed remotes; each remote looked up now
@@ -314,6 +395,11 @@ public enum Launcher {
         }
     }
 
+    /// The services that `listeners` serve.
+    static func served(by listeners: [ListeningSocket], _ services: [Service]) -> [Service] {
+        services.indices.filter { index in listeners.contains { $0.service == index } }.map { services[$0] }
+    }
+
     /// `[::]:25, relaying to 127.0.0.1:25`, or with names `[::]:25 (smtp), [::]:80 (http), relaying smtp to ...;
     /// http to ...`.
     static func describe(_ listeners: [ListeningSocket], _ services: [Service]) -> String {
@@ -326,5 +412,15 @@ public enum Launcher {
             return (service.name.map { "\($0) " } ?? "") + "to " + Service(name: nil, pool: service.pool).description
         }
         return addresses.joined(separator: ", ") + ", relaying " + remotes.joined(separator: "; ")
+    }
+}
+
+extension StartMode {
+    /// The process relays one connection and exits (inetd, systemd's `Accept=yes`).
+    fileprivate var servesOneConnection: Bool {
+        switch self {
+        case .systemdConnection, .inetdConnection: true
+        case .systemdListeners, .inetdListener, .standalone: false
+        }
     }
 }

@@ -2,6 +2,11 @@ import Glibc
 
 /// The pidfile: holds the daemon's pid, locked with flock(2) for the life of the process, so that a second
 /// instance fails at once and a stale file (left by a crash, unlocked) is taken over.
+///
+/// It is opened as root, in a directory that others may be able to write to, so with care: never through a symbolic
+/// link (O_NOFOLLOW), and only if it is a regular file with no other name (a hard link), so that a link planted in
+/// its place cannot make root create, truncate or write another file. An existing regular file with a single name is
+/// taken over rather than refused (O_EXCL would refuse the stale file left by every crash): it is no other file.
 public struct Pidfile: ~Copyable {
     public let path: String
     private var fd: CInt
@@ -10,9 +15,26 @@ public struct Pidfile: ~Copyable {
     public init(path: String) throws(StartupError) {
         let fd: CInt
         do {
-            fd = try Syscall.open(path, O_RDWR | O_CREAT, mode: 0o644)
+            fd = try Syscall.open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NOCTTY, mode: 0o644)
+        } catch  where error == Errno(ELOOP) {
+            throw StartupError(
+                ExitStatus.cannotCreate, "the pidfile \(path) is a symbolic link: refused, a pidfile is never followed")
         } catch {
             throw StartupError(ExitStatus.cannotCreate, "cannot open the pidfile \(path): \(error)")
+        }
+        do {
+            let file = try Syscall.regularFile(fd)
+            let problem =
+                !file.regular ? "is not a regular file" : file.links > 1 ? "has other names (hard links)" : nil
+            if let problem {
+                Syscall.close(fd)
+                throw StartupError(ExitStatus.cannotCreate, "the pidfile \(path) \(problem): refused")
+            }
+        } catch let error as StartupError {
+            throw error
+        } catch {
+            Syscall.close(fd)
+            throw StartupError(ExitStatus.cannotCreate, "cannot examine the pidfile \(path): \(error)")
         }
         do {
             if try !Syscall.tryLock(fd) {

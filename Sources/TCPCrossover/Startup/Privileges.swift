@@ -8,7 +8,9 @@ public struct Identity: Equatable, Sendable {
     /// The user's name, for initgroups(3); nil with `--group` alone.
     public let userName: String?
 
-    /// Looks the names up (a name or a number each); with only a user, the group is the user's primary group.
+    /// Looks the names up (a name or a number each); with only a user, the group is the user's primary group. A group
+    /// alone is refused when running as root: the relay would stay root, which can take any group back, so nothing
+    /// would be dropped.
     public static func lookUp(user: String?, group: String?) throws(StartupError) -> Identity? {
         guard user != nil || group != nil else { return nil }
         var uid: uid_t?
@@ -26,11 +28,18 @@ public struct Identity: Equatable, Sendable {
             }
             gid = entry
         }
+        if uid == nil && Syscall.identities.euid == 0 {
+            throw StartupError(
+                ExitStatus.usage,
+                "--group without --user: the relay would still run as root, which can take any group back; "
+                    + "give --user as well")
+        }
         return Identity(uid: uid, gid: gid!, userName: userName)
     }
 
     /// Drops to this identity for good: supplementary groups (initgroups, or just the group without a user), then
-    /// the group, then the user; then checks that root cannot be regained.
+    /// the group, then the user; then checks that what was dropped cannot be regained, for every drop, a group alone
+    /// too: neither root's user nor root's group, as the group or as a supplementary group.
     public func assume() throws(StartupError) {
         let who = userName ?? "group \(gid)"
         func fail(_ operation: String, _ error: Errno) -> StartupError {
@@ -61,6 +70,14 @@ public struct Identity: Equatable, Sendable {
         }
         guard now.gid == gid, now.egid == gid else {
             throw StartupError(ExitStatus.systemError, "privileges were not dropped: the group is still \(now.egid)")
+        }
+        if gid != 0 {
+            // Taking root's group back, as the group or among the supplementary groups, must fail too: it does for
+            // a process that is no longer root and has no capability to change its groups.
+            if (try? Syscall.setGroupID(0)) != nil || (try? Syscall.setGroups([0])) != nil {
+                throw StartupError(
+                    ExitStatus.systemError, "privileges were not dropped: root's group can still be regained")
+            }
         }
     }
 }

@@ -8,11 +8,12 @@ public enum QuickCommandLine {
     public static let valueOptions = [
         "local", "remote", "pidfile", "bs", "connect-timeout", "connect-deadline", "threads", "exit-idle-time",
         "max-connections",
-        "idle-timeout", "keepalive", "shutdown-timeout", "user", "group", "proxy-protocol", "source", "allow", "deny",
-        "resolve-interval", "loopback-congestion-control",
+        "max-connections-per-client", "max-new-connections-per-client", "client-prefix-length", "idle-timeout",
+        "keepalive", "shutdown-timeout", "user", "group", "proxy-protocol", "source", "allow", "deny",
+        "resolve-interval", "loopback-congestion-control", "metrics", "log-connections",
     ]
     /// Long flags; `-f` is `--foreground`.
-    public static let flags = ["debug", "foreground", "dual-stack"]
+    public static let flags = ["debug", "foreground", "dual-stack", "no-proxy-warning"]
 
     public static func parse(_ arguments: [String]) -> Options? {
         var options = Options()
@@ -33,11 +34,12 @@ public enum QuickCommandLine {
                 if value!.isEmpty { return nil }
             }
             switch name {
-            case "debug", "foreground", "dual-stack":
+            case "debug", "foreground", "dual-stack", "no-proxy-warning":
                 guard value == nil else { return nil }
                 if name == "debug" { options.debug = true }
                 if name == "foreground" { options.foreground = true }
                 if name == "dual-stack" { options.dualStack = true }
+                if name == "no-proxy-warning" { options.noProxyWarning = true }
                 continue
             default:
                 break
@@ -65,6 +67,9 @@ public enum QuickCommandLine {
         case "threads": options.threads = value
         case "exit-idle-time": options.exitIdleTime = value
         case "max-connections": options.maxConnections = value
+        case "max-connections-per-client": options.maxConnectionsPerClient = value
+        case "max-new-connections-per-client": options.maxNewConnectionsPerClient = value
+        case "client-prefix-length": options.clientPrefixLength = value
         case "idle-timeout": options.idleTimeout = value
         case "keepalive": options.keepalive = value
         case "shutdown-timeout": options.shutdownTimeout = value
@@ -76,6 +81,8 @@ public enum QuickCommandLine {
         case "deny": options.deny.append(value)
         case "resolve-interval": options.resolveInterval = value
         case "loopback-congestion-control": options.loopbackCongestionControl = value
+        case "metrics": options.metrics = value
+        case "log-connections": options.logConnections = value
         default: return false
         }
         return true

@@ -21,10 +21,15 @@ public enum LogTarget: Sendable, Equatable {
     case syslog
 }
 
-/// The process's log. It is set up once at start, before any thread runs, and only read afterwards.
+/// The process's log. It is set up at start, before any thread runs, and only read while threads run.
+///
+/// Before the relay runs and after it has stopped, lines are written at once by the thread that logs them; while it
+/// runs (`startQueueing` to `finish`), they go through a `LogQueue`, so that a log that cannot take them never
+/// stalls an event loop.
 public enum Log {
     nonisolated(unsafe) private static var target: LogTarget = .standardError
     nonisolated(unsafe) private static var threshold: LogLevel = .info
+    nonisolated(unsafe) private static var queue: LogQueue?
 
     public static let identifier = "tcp-crossover"
 
@@ -37,6 +42,22 @@ public enum Log {
 
     public static var currentTarget: LogTarget { target }
 
+    /// From now on lines go through a `LogQueue`: written by a thread of their own (started with the first line)
+    /// when `writerThread`, or else at `finish`. Call before the relay's threads start, after any fork.
+    public static func startQueueing(writerThread: Bool) {
+        if queue == nil { queue = LogQueue(writerThread: writerThread) }
+    }
+
+    /// Writes what is still queued, waiting at most `milliseconds` for a writer thread that a log does not let
+    /// write (lines still waiting then are lost), and goes back to writing lines at once. Call when no other thread
+    /// logs any more.
+    public static func finish(within milliseconds: Int64) {
+        guard let queue else { return }
+        Self.queue = nil
+        let drained = queue.drain(until: Syscall.monotonicMilliseconds() + milliseconds)
+        queue.stop(join: drained)
+    }
+
     /// Whether lines of `level` are written: lets a caller skip building a debug message.
     @inline(__always)
     public static func enabled(_ level: LogLevel) -> Bool { level <= threshold }
@@ -45,6 +66,11 @@ public enum Log {
     /// (a bad option, a failure at start) before the relay runs.
     public static func console(_ line: String) {
         var text = "\(identifier): \(printable(line))\n"
+        if target != .syslog, let queue {
+            // After the lines queued before it, on the same descriptor.
+            let queued = text.withUTF8 { queue.submit(UnsafeRawBufferPointer($0), lines: 1, important: true) }
+            if queued { return }
+        }
         try? Syscall.writeAll(STDERR_FILENO, &text)
     }
 
@@ -56,47 +82,68 @@ public enum Log {
 
     private static func write(_ level: LogLevel, _ message: () -> String) {
         guard enabled(level) else { return }
-        var text = printable(message())
+        render(level, printable(message())) { emit($0, lines: 1, important: level <= .notice) }
+    }
+
+    /// `text` (printable, no newline) as the target takes it: `text\n` on standard error, `<level>text\n` for the
+    /// journal (sd-daemon priority prefixes) and for syslog (where `output` takes the level from it).
+    static func render(_ level: LogLevel, _ text: String, _ body: (UnsafeRawBufferPointer) -> Void) {
+        var line = target == .standardError ? text + "\n" : "<\(level.rawValue)>\(text)\n"
+        line.withUTF8 { body(UnsafeRawBufferPointer($0)) }
+    }
+
+    /// Hands rendered lines to the writer thread while the relay runs, or writes them now. `important` lines
+    /// (notice and above) are the last to be dropped.
+    static func emit(_ lines: UnsafeRawBufferPointer, lines count: Int, important: Bool = false) {
+        if let queue, queue.submit(lines, lines: count, important: important) { return }
+        output(lines)
+    }
+
+    /// Writes rendered lines to the target: one write(2) to standard error, or one syslog(3) message per line.
+    /// Blocks while the log does not take them.
+    static func output(_ lines: UnsafeRawBufferPointer) {
         switch target {
-        case .standardError:
-            text.append("\n")
-            try? Syscall.writeAll(STDERR_FILENO, &text)
-        case .journal:
-            var line = "<\(level.rawValue)>\(text)\n"
-            try? Syscall.writeAll(STDERR_FILENO, &line)
+        case .standardError, .journal:
+            try? Syscall.writeAll(STDERR_FILENO, lines)
         case .syslog:
-            Syscall.systemLog(LOG_DAEMON | level.rawValue, text)
+            var start = 0
+            while start < lines.count {
+                var end = start
+                while end < lines.count && lines[end] != UInt8(ascii: "\n") { end += 1 }
+                var priority = LogLevel.info.rawValue
+                var text = start
+                // `<N>`, one digit.
+                if end - start >= 3 && lines[start] == UInt8(ascii: "<") && lines[start + 2] == UInt8(ascii: ">") {
+                    priority = CInt(lines[start + 1]) - CInt(UInt8(ascii: "0"))
+                    text = start + 3
+                }
+                Syscall.systemLog(LOG_DAEMON | priority, UnsafeRawBufferPointer(rebasing: lines[text..<end]))
+                start = end + 1
+            }
         }
     }
 }
 
-/// Informational lines of one event-loop turn (the per-connection lines), built in place and written with one
-/// write(2) when the turn ends: under load many connections end per turn. syslog takes them one message each.
+/// Informational lines of one event-loop turn (the per-connection lines), built in place, rendered for the target,
+/// and handed on together when the turn ends: under load many connections end per turn.
 struct LogBatch {
     private var pending = LineBuilder(capacity: 4096)
+    private var lines = 0
 
     /// Adds a line that `build` writes (printable ASCII, no newline).
     mutating func info(_ build: (inout LineBuilder) -> Void) {
         guard Log.enabled(.info) else { return }
-        switch Log.currentTarget {
-        case .standardError:
-            build(&pending)
-            pending.append("\n")
-        case .journal:
-            pending.append("<6>")
-            build(&pending)
-            pending.append("\n")
-        case .syslog:
-            var line = LineBuilder()
-            build(&line)
-            Syscall.systemLog(LOG_DAEMON | LogLevel.info.rawValue, line.string)
-        }
+        if Log.currentTarget != .standardError { pending.append("<6>") }
+        build(&pending)
+        pending.append("\n")
+        lines += 1
     }
 
-    /// Writes the lines added since the last flush.
+    /// Hands on the lines added since the last flush (see `Log.emit`).
     mutating func flush() {
-        guard !pending.bytes.isEmpty else { return }
-        try? Syscall.writeAll(STDERR_FILENO, pending.bytes)
+        guard lines > 0 else { return }
+        pending.bytes.withUnsafeBytes { Log.emit($0, lines: lines) }
         pending.removeAll()
+        lines = 0
     }
 }

@@ -135,6 +135,13 @@ public enum Syscall {
         return .socket(family: family, stream: type == CInt(SOCK_STREAM.rawValue), listening: listening)
     }
 
+    /// fstat(2): whether `fd` is a regular file, and how many names (hard links) it has.
+    static func regularFile(_ fd: CInt) throws(Errno) -> (regular: Bool, links: UInt64) {
+        var status = stat()
+        _ = try valueOrErrno { Glibc.fstat(fd, &status) }
+        return (status.st_mode & S_IFMT == S_IFREG, UInt64(status.st_nlink))
+    }
+
     /// fstat(2): device and inode, to compare two descriptors or one with $JOURNAL_STREAM.
     static func identity(_ fd: CInt) -> (device: UInt64, inode: UInt64)? {
         var status = stat()
@@ -286,6 +293,19 @@ public enum Syscall {
         try setOption(fd, CInt(IPPROTO_TCP), TCP_KEEPCNT, CInt(keepalive.count))
     }
 
+    /// setsockopt(2) SO_KEEPALIVE off: no more probes on a socket whose peer has ended its stream (see
+    /// `EventLoop.stopKeepalive`).
+    static func stopKeepalive(_ fd: CInt) throws(Errno) {
+        try setOption(fd, SOL_SOCKET, SO_KEEPALIVE, 0)
+    }
+
+    /// ioctl(2) SIOCOUTQ: the bytes sent on a TCP socket that its peer has not acknowledged yet (its FIN counts as
+    /// one). It still answers after a reset, for the bytes the reset discarded. 0 when the call fails.
+    static func unacknowledgedBytes(_ fd: CInt) -> Int {
+        var count: CInt = 0
+        return tcx_unacknowledged(fd, &count) == 0 ? Int(count) : 0
+    }
+
     /// setsockopt(2) SO_LINGER {on, 0 s}: close(2) then sends a reset instead of a FIN.
     static func setResetOnClose(_ fd: CInt) {
         var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
@@ -306,6 +326,15 @@ public enum Syscall {
         var local = address
         local.port = 0
         try bind(fd, to: local)
+    }
+
+    /// Whether `address` is one of this machine's own: a socket of its family, bound to it with
+    /// `bindForConnect` (port 0, no port taken), which the kernel allows for its own addresses only. False when the
+    /// socket cannot be made.
+    static func isOwnAddress(_ address: SocketAddress) -> Bool {
+        guard let fd = try? streamSocket(family: address.addressFamily) else { return false }
+        defer { close(fd) }
+        return (try? bindForConnect(fd, to: address)) != nil
     }
 
     /// listen(2).
@@ -557,6 +586,17 @@ public enum Syscall {
         return set
     }
 
+    // MARK: poll
+
+    /// poll(2) over `descriptors`, filling in their `revents`; returns how many have events, 0 on timeout or EINTR.
+    @discardableResult
+    static func poll(_ descriptors: inout [pollfd], timeout: CInt) -> Int {
+        let count = descriptors.withUnsafeMutableBufferPointer { buffer in
+            Glibc.poll(buffer.baseAddress, nfds_t(buffer.count), timeout)
+        }
+        return max(0, Int(count))
+    }
+
     // MARK: time
 
     /// clock_gettime(2) CLOCK_MONOTONIC in milliseconds.
@@ -565,6 +605,13 @@ public enum Syscall {
         var now = timespec()
         clock_gettime(CLOCK_MONOTONIC, &now)
         return Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000
+    }
+
+    /// clock_gettime(2) CLOCK_REALTIME: seconds since the epoch.
+    static func wallClockSeconds() -> Double {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
     }
 
     /// nanosleep(2).
@@ -652,6 +699,50 @@ public enum Syscall {
         limit.rlim_cur = rlim_t(soft)
         _ = try valueOrErrno { setrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit) }
     }
+
+    // MARK: the process's figures
+
+    /// opendir(3) and readdir(3): the entries of a directory other than `.` and `..`; nil when it cannot be read.
+    static func directoryEntryCount(_ path: String) -> Int? {
+        guard let directory = opendir(path) else { return nil }
+        defer { closedir(directory) }
+        var count = 0
+        while let entry = readdir(directory) {
+            let name = entry.pointee.d_name
+            let isDot = withUnsafeBytes(of: name) { raw in
+                raw[0] == 0x2e && (raw[1] == 0 || (raw[1] == 0x2e && raw[2] == 0))
+            }
+            if !isDot { count += 1 }
+        }
+        return count
+    }
+
+    /// open(2) and read(2) of a small file whole (up to `limit` bytes), such as one in /proc; nil when it cannot
+    /// be read.
+    static func readSmallFile(_ path: String, limit: Int = 4096) -> [UInt8]? {
+        guard let fd = try? open(path, O_RDONLY) else { return nil }
+        defer { close(fd) }
+        var bytes = [UInt8](repeating: 0, count: limit)
+        var length = 0
+        while length < limit {
+            let result = bytes.withUnsafeMutableBytes { all in
+                Result { () throws(Errno) in
+                    try valueOrErrno { Glibc.read(fd, all.baseAddress! + length, limit - length) }
+                }
+            }
+            guard case .success(let count) = result else { return nil }
+            if count == 0 { break }
+            length += count
+        }
+        bytes.removeLast(limit - length)
+        return bytes
+    }
+
+    /// sysconf(3) _SC_CLK_TCK: the unit of the CPU times in /proc.
+    static var clockTicksPerSecond: Int { max(1, Int(sysconf(CInt(_SC_CLK_TCK)))) }
+
+    /// sysconf(3) _SC_PAGESIZE.
+    static var pageSize: Int { max(1, Int(sysconf(CInt(_SC_PAGESIZE)))) }
 
     // MARK: users and privileges
 

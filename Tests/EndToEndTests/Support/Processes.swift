@@ -30,12 +30,15 @@ final class ChildProcess: @unchecked Sendable {
     }
 
     /// Starts `executable` with `arguments`; `environment` is added to (or, for a nil value, removed from) this
-    /// process's. `standardInput` is a descriptor to give as standard input (default: /dev/null).
+    /// process's. `standardInput` is a descriptor to give as standard input (default: /dev/null);
+    /// `standardError` one to give as standard error, which the test then reads itself (or not: a log reader that
+    /// stopped), instead of a pipe collected here.
     init(
         _ executable: String,
         _ arguments: [String],
         environment: [String: String?] = [:],
         standardInput: Int32? = nil,
+        standardError: Int32? = nil,
         extraDescriptors: [Int32] = []
     ) throws {
         Self.closeTestDescriptorsOnExec()
@@ -52,7 +55,7 @@ final class ChildProcess: @unchecked Sendable {
             posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         }
         posix_spawn_file_actions_adddup2(&actions, outputPipe[1], 1)
-        posix_spawn_file_actions_adddup2(&actions, errorPipe[1], 2)
+        posix_spawn_file_actions_adddup2(&actions, standardError ?? errorPipe[1], 2)
         // Descriptors passed on as they are (socket activation): dup2 onto themselves clears close-on-exec.
         for fd in extraDescriptors { posix_spawn_file_actions_adddup2(&actions, fd, fd) }
 
@@ -89,7 +92,12 @@ final class ChildProcess: @unchecked Sendable {
         self.pid = pid
         let capture = self.capture
         Self.collect(outputPipe[0], capture) { bytes in capture.output += bytes }
-        Self.collect(errorPipe[0], capture) { bytes in capture.error += bytes }
+        if standardError == nil {
+            Self.collect(errorPipe[0], capture) { bytes in capture.error += bytes }
+        } else {
+            Glibc.close(errorPipe[0])
+            capture.lock.withLock { capture.openStreams -= 1 }
+        }
     }
 
     /// Marks every descriptor of the test process close-on-exec, so that a child inherits only what it is given
