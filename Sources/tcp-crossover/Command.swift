@@ -58,8 +58,15 @@ struct TCPCrossoverCommand: ParsableCommand {
     @Flag(name: .long, help: "IPv6 listeners also accept IPv4 clients (as IPv4-mapped addresses).")
     var dualStack = false
 
-    @Option(name: .long, help: ArgumentHelp("Time allowed to connect to the remote.", valueName: "seconds"))
+    @Option(
+        name: .long, help: ArgumentHelp("Time allowed for each connect to a remote address.", valueName: "seconds"))
     var connectTimeout: String = Options.defaults.connectTimeout
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Time allowed to reach a remote, all addresses and failover included.", valueName: "seconds"))
+    var connectDeadline: String = Options.defaults.connectDeadline
 
     @Option(name: .long, help: ArgumentHelp("Event loop threads; 0 means one per CPU.", valueName: "count"))
     var threads: String = Options.defaults.threads
@@ -193,7 +200,8 @@ struct TCPCrossoverCommand: ParsableCommand {
     var options: Options {
         Options(
             local: local, remote: remote, pidfile: pidfile, bufferSize: bufferSize, debug: debug,
-            foreground: foreground, dualStack: dualStack, connectTimeout: connectTimeout, threads: threads,
+            foreground: foreground, dualStack: dualStack, connectTimeout: connectTimeout,
+            connectDeadline: connectDeadline, threads: threads,
             exitIdleTime: exitIdleTime, maxConnections: maxConnections,
             maxConnectionsPerClient: maxConnectionsPerClient,
             maxNewConnectionsPerClient: maxNewConnectionsPerClient, clientPrefixLength: clientPrefixLength,

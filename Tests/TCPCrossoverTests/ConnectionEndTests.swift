@@ -35,10 +35,15 @@ import Testing
                 + "end=refused: by --deny 192.0.2.0/24")
         #expect(try Self.line(.idleTimeout) == prefix + "end=idle-timeout")
         #expect(try Self.line(.shutdown) == prefix + "end=shutdown")
+        var remote = SocketAddress(numericHost: "127.0.0.1")!
+        remote.port = 80
+        let refused = ConnectFailureReport(
+            attempts: [(ConnectTarget(remote, remote: 0), .error(AttemptError(.connect, .connectionRefused)))],
+            deadline: 30_000)
         #expect(
-            try Self.line(.connectFailed("connect to 127.0.0.1:80 failed: x"), remote: false)
+            try Self.line(.connectFailed(refused), remote: false)
                 == "[2001:db8::5]:51234 -> [2001:db8::1]:80 -> -: 0 bytes up, 0 bytes down, 0.031 s, "
-                + "end=connect-failed: connect to 127.0.0.1:80 failed: x")
+                + "end=connect-failed: connect to 127.0.0.1:80 failed: \(Errno.connectionRefused)")
     }
 
     @Test func failure_isAResetWhenThePeerResetOrTheSocketIsNoLongerConnected() {

@@ -103,18 +103,59 @@ import Testing
         let a = try address("127.0.0.1:1")
         let b = try address("127.0.0.1:2")
         let c = try address("127.0.0.1:3")
-        let pool = RemotePool(endpoints: [], addresses: [a, b, c], backoff: 1000)
-        #expect(pool.candidates(now: 0) == [a, b, c])
+        let pool = RemotePool(addresses: [a, b, c], backoff: 1000)
+        #expect(pool.candidates(now: 0).map(\.address) == [a, b, c])
         pool.failed(a, now: 0)
-        #expect(pool.candidates(now: 10) == [b, c, a])
+        #expect(pool.candidates(now: 10).map(\.address) == [b, c, a])
         pool.failed(b, now: 10)
-        #expect(pool.candidates(now: 20) == [c, a, b])
+        #expect(pool.candidates(now: 20).map(\.address) == [c, a, b])
         pool.succeeded(a)
-        #expect(pool.candidates(now: 30) == [a, c, b])
-        #expect(pool.candidates(now: 1011) == [a, b, c])
-        pool.failed(c, now: 2000)
-        pool.replace([c, b])
-        #expect(pool.candidates(now: 2001) == [b, c])
+        #expect(pool.candidates(now: 30).map(\.address) == [a, c, b])
+        #expect(pool.candidates(now: 1011).map(\.address) == [a, b, c])
+    }
+
+    /// A new lookup: an endpoint whose lookup fails keeps its last addresses (issue 16, bug 2); with `--source`,
+    /// only addresses of a source's family are taken, at start as at every new lookup (bug 1); back-offs stay with
+    /// the addresses that remain.
+    @Test func remotePool_refreshKeepsAFailedEndpointsAddressesAndOnlySourceFamilies() throws {
+        let name = Endpoint(host: .name("both.test"), port: 25)
+        let backup = try address("127.0.0.9:25")
+        let v4 = try address("127.0.0.2:25")
+        let v4Later = try address("127.0.0.3:25")
+        let v6 = try address("[::1]:25")
+        var answer: Result<[SocketAddress], ResolutionError> = .success([v6, v4])
+        let pool = RemotePool(
+            endpoints: [name, Endpoint(host: .address(backup), port: 25)], sources: [try address("127.0.0.1:1")],
+            backoff: 1000)
+        let resolve: (Endpoint) -> Result<[SocketAddress], ResolutionError> = { endpoint in
+            endpoint == name ? answer : endpoint.resolve()
+        }
+        var refresh = pool.refresh(resolve: resolve)
+        #expect(refresh.changed && refresh.problems.isEmpty)
+        #expect(pool.addresses == [v4, backup])
+        pool.failed(backup, now: 0)
+        answer = .failure(ResolutionError(host: "both.test", reason: "Temporary failure in name resolution"))
+        refresh = pool.refresh(resolve: resolve)
+        #expect(!refresh.changed)
+        #expect(
+            refresh.problems.map(\.description) == ["cannot resolve both.test: Temporary failure in name resolution"])
+        #expect(pool.candidates(now: 1).map(\.address) == [v4, backup])
+        answer = .success([v6])
+        refresh = pool.refresh(resolve: resolve)
+        #expect(!refresh.changed)
+        #expect(
+            refresh.problems.map(\.description) == [
+                "both.test:25 has no address of the family of a --source address (only [::1]:25)"
+            ])
+        #expect(pool.addresses == [v4, backup])
+        answer = .success([v6, v4Later])
+        refresh = pool.refresh(resolve: resolve)
+        #expect(refresh.changed && refresh.problems.isEmpty)
+        #expect(pool.addresses == [v4Later, backup])
+        // The back-off of the backup, which remained, is kept.
+        #expect(pool.candidates(now: 2).map(\.address) == [v4Later, backup])
+        pool.failed(v4Later, now: 1000)
+        #expect(pool.candidates(now: 1001).map(\.address) == [backup, v4Later])
     }
 
     @Test func namedEndpoint_takesAnOptionalName() throws {

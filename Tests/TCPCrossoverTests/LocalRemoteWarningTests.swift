@@ -5,7 +5,7 @@ import Testing
 @Suite struct LocalRemoteWarningTests {
     func service(_ addresses: [String]) -> Service {
         let parsed = addresses.map { SocketAddress(numericHost: $0)! }
-        return Service(name: nil, pool: RemotePool(endpoints: [], addresses: parsed))
+        return Service(name: nil, pool: RemotePool(addresses: parsed))
     }
 
     @Test func localRemotes_areLoopbackAddressesAndThoseOfThisMachine_eachOnce() {

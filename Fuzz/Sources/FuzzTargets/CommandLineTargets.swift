@@ -28,7 +28,7 @@ public func fuzzOptions(_ data: [UInt8]) {
     for field in data.split(separator: 0, omittingEmptySubsequences: false) {
         guard let selector = field.first else { continue }
         let value = String(decoding: field.dropFirst(), as: UTF8.self)
-        switch selector % 26 {
+        switch selector % 27 {
         case 0: options.local.append(value)
         case 1:
             options.remote = (ownRemote ? options.remote : []) + [value]
@@ -61,6 +61,7 @@ public func fuzzOptions(_ data: [UInt8]) {
         case 23: options.clientPrefixLength = value
         case 24: options.metrics = value
         case 25: options.logConnections = value
+        case 26: options.connectDeadline = value
         default: options.local.append(value)
         }
     }

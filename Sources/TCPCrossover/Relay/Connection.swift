@@ -2,7 +2,7 @@
 /// its log line needs. The loop closes both descriptors exactly once, in `EventLoop.finish`.
 final class Connection {
     enum Phase {
-        /// The connect to `attempt`'s remote address is in progress.
+        /// Connecting to the remote: `connectPhase` decides.
         case connecting
         case relaying
     }
@@ -13,8 +13,8 @@ final class Connection {
         case completed(first: Side?)
         /// A call on `side` failed: a reset, or an error such as a keepalive timeout.
         case failed(Side, Errno)
-        /// No remote address could be connected; the last error.
-        case connectFailed(String)
+        /// No remote address could be connected; what each one did.
+        case connectFailed(ConnectFailureReport)
         /// `--allow`/`--deny` refused the client before any connection to the remote; the rule that refused it.
         case refused(Refusal, String)
         /// The client's block was over its limit or rate (`--max-connections-per-client`,
@@ -45,16 +45,18 @@ final class Connection {
     var server: CInt = -1
     var phase = Phase.connecting
     var relay = RelayState()
-    /// The remote addresses to try, in order (the service's, failed ones last), and the one tried now.
-    var candidates: [SocketAddress] = []
-    var attempt = 0
-    /// The last connect failure, for the log line when every address failed.
-    var connectError = ""
+    /// The connect phase: which addresses to try, in which order, until when (see `EventLoop.connect`).
+    var connectPhase = ConnectPhase.none
+    /// When the connect phase's timer is due.
+    var connectTimer: Int64?
+    /// The connect attempt whose socket `server` is, and the sockets of other attempts in flight beside it (Happy
+    /// Eyeballs), whose events carry their attempt in the tag (see `EventTag.make(attempt:)`).
+    var serverAttempt = 0
+    var otherAttempts: [(attempt: Int, fd: CInt)] = []
     let clientAddress: SocketAddress
     let localAddress: SocketAddress
     var remoteAddress: SocketAddress?
     let startedAt: Int64
-    var connectDeadline: Int64 = 0
     /// When keepalive is set on the socket to the server (see `EventLoop.keepaliveDelay`); nil once it is, or once
     /// the server has ended its stream (see `EventLoop.stopKeepalive`).
     var keepaliveDue: Int64?
@@ -63,9 +65,6 @@ final class Connection {
     /// When to ask again whether the client or the server has acknowledged everything sent to it, for a connection
     /// that waits to reset it (`RelayState.Step.failedOnceAcknowledged`).
     var acknowledgementCheckAt: Int64?
-    /// Out of descriptors: when the wait for one began, and when the socket is tried again.
-    var waitingSince: Int64?
-    var retryAt: Int64?
     var lastActivity: Int64
     /// Bytes each way already added to the process's figures; a change means activity.
     var accountedUp: UInt64 = 0
@@ -125,7 +124,10 @@ final class Connection {
         case .failed(_, let errno):
             line.append(": ")
             line.append(errno.description)
-        case .connectFailed(let reason), .refused(_, let reason):
+        case .connectFailed(let failure):
+            line.append(": ")
+            line.append(failure.description)
+        case .refused(_, let reason):
             line.append(": ")
             line.append(reason)
         case .refusedForClient(let block, let refusal):

@@ -135,7 +135,7 @@ public final class Engine: @unchecked Sendable {
     }
 
     /// The resolver thread: every `resolveInterval`, looks the remotes' host names up again, off the event loops
-    /// (getaddrinfo blocks), and gives the pools the new answers. A failed lookup keeps the last answer.
+    /// (getaddrinfo blocks), and gives the pools the new answers. A remote whose lookup fails keeps its last addresses.
     private func lookUpRemotesAgain() {
         var reported: [String] = []
         while true {
@@ -148,17 +148,16 @@ public final class Engine: @unchecked Sendable {
             }
             var failing: [String] = []
             for service in services where service.pool.hasNames {
-                let (addresses, failures) = service.pool.lookUp()
-                for failure in failures.map(\.description) {
-                    // Once per failure that persists, not at every pass.
-                    if !reported.contains(failure) { Log.warning("\(failure); the remote keeps its last addresses") }
-                    failing.append(failure)
+                let refresh = service.pool.refresh()
+                for problem in refresh.problems.map(\.description) {
+                    // Once per problem that persists, not at every pass.
+                    if !reported.contains(problem) { Log.warning("\(problem); the remote keeps its last addresses") }
+                    failing.append(problem)
                 }
-                guard !addresses.isEmpty, addresses != service.pool.addresses else { continue }
-                service.pool.replace(addresses)
+                guard refresh.changed else { continue }
                 Log.notice(
                     "remote \(service.pool.endpoints.map(\.description).joined(separator: ", ")) now at "
-                        + addresses.map(\.description).joined(separator: ", "))
+                        + service.pool.addresses.map(\.description).joined(separator: ", "))
             }
             reported = failing
         }

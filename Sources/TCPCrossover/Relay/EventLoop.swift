@@ -4,7 +4,9 @@ import Synchronization
 
 /// What an epoll event belongs to, packed into its 64-bit data: the kind in the low two bits, an index (connection
 /// slot, listener or control descriptor) above it, and for connections the generation in the high 32 bits, so that
-/// an event for a connection that ended earlier in the same batch is recognised and dropped.
+/// an event for a connection that ended earlier in the same batch is recognised and dropped. A socket to the server
+/// also has its connect attempt in the index's top 8 bits (`attemptShift`): several attempts of one connection can
+/// be in flight at once (Happy Eyeballs), and an event of an attempt closed earlier in the batch is dropped too.
 enum EventTag {
     static let client: UInt64 = 0
     static let server: UInt64 = 1
@@ -14,10 +16,19 @@ enum EventTag {
     static let wake = 0
     static let signals = 1
 
+    /// The index's bits below the attempt: up to 4 million connection slots per loop.
+    static let attemptShift = 22
+    static let slotMask = (1 << attemptShift) - 1
+
     @inline(__always)
-    static func make(_ kind: UInt64, index: Int, generation: UInt32 = 0) -> UInt64 {
-        UInt64(generation) << 32 | UInt64(UInt32(truncatingIfNeeded: index)) << 2 | kind
+    static func make(_ kind: UInt64, index: Int, generation: UInt32 = 0, attempt: Int = 0) -> UInt64 {
+        let index = index | attemptBits(attempt) << attemptShift
+        return UInt64(generation) << 32 | UInt64(UInt32(truncatingIfNeeded: index)) << 2 | kind
     }
+
+    /// The part of a connect attempt's number that its socket's events carry.
+    @inline(__always)
+    static func attemptBits(_ attempt: Int) -> Int { attempt & 0xff }
 }
 
 /// A listener as one event loop sees it: its own duplicate of the listening descriptor, so that every loop can
@@ -36,11 +47,11 @@ struct LoopListener {
 final class EventLoop: @unchecked Sendable {
     let index: Int
     unowned(unsafe) let engine: Engine
-    private let epoll: CInt
+    let epoll: CInt
     private let wake: CInt
     private var signals: CInt = -1
     private var listeners: [LoopListener] = []
-    private var connections: [Connection?] = []
+    private(set) var connections: [Connection?] = []
     private var freeSlots: [Int32] = []
     private var liveConnections = 0
     private var nextGeneration: UInt32 = 1
@@ -49,7 +60,7 @@ final class EventLoop: @unchecked Sendable {
     private var moreWorkSpare: [Connection] = []
     private var events: UnsafeMutableBufferPointer<epoll_event>
     private let resources: LoopResources
-    private var now: Int64
+    private(set) var now: Int64
     /// Accepting is paused: at the connection limit, or out of descriptors until `acceptResumeAt`.
     private var pausedForLimit = false
     private var acceptResumeAt: Int64?
@@ -59,7 +70,9 @@ final class EventLoop: @unchecked Sendable {
     /// Periodic work of the first loop (status, watchdog); the time each is next due.
     private var periodicDue: [Int64] = []
     /// Which remotes that are not loopback addresses are this machine's own (for `--loopback-congestion-control`).
-    private var ownAddresses = OwnAddressCache()
+    var ownAddresses = OwnAddressCache()
+    /// The actions of a connect phase's last input (see `drive`), kept to spare an array per input.
+    var connectActions: [ConnectPhase.Action] = []
     /// The per-connection log lines of the current turn.
     private var logBatch = LogBatch()
     /// This loop's counters for the metrics endpoint; nil without one.
@@ -274,14 +287,47 @@ final class EventLoop: @unchecked Sendable {
                 receiveSignals()
             }
         default:
-            guard index < connections.count, let connection = connections[index],
+            let slot = index & EventTag.slotMask
+            guard slot < connections.count, let connection = connections[slot],
                 connection.generation == UInt32(truncatingIfNeeded: data >> 32)
             else { return }
+            if kind == EventTag.server {
+                let attempt = index >> EventTag.attemptShift
+                if connection.phase == .connecting {
+                    connectProgressed(connection, attemptTag: attempt, events: event.events)
+                    return
+                }
+                // A connect attempt that lost to this one, closed earlier in the batch.
+                if attempt != EventTag.attemptBits(connection.serverAttempt) { return }
+            }
             connectionEvent(connection, side: kind == EventTag.client ? .client : .server, events: event.events)
         }
     }
 
     private func connectionEvent(_ connection: Connection, side: Side, events: UInt32) {
+        noteReadiness(connection, side, events)
+        let error = events & EPOLLERR.rawValue != 0
+        if connection.phase == .connecting {
+            // The client's socket (the server's attempts go to `connectProgressed`).
+            if error, let failure = Syscall.pendingError(connection.client) {
+                finish(connection, .failed(.client, failure))
+            }
+            return
+        }
+        service(connection)
+        // An error that no call has reported yet (nothing was left to read or write on that socket, or no room to
+        // read into): the relay judges whether it ends the connection (see `RelayState`).
+        if error, connections[Int(connection.slot)] === connection {
+            let fd = side == .client ? connection.client : connection.server
+            if let failure = Syscall.pendingError(fd) {
+                connection.relay.reportFailure(of: side, failure)
+                service(connection)
+            }
+        }
+    }
+
+    /// Records what an event says about one socket of a connection in its relay's readiness.
+    func noteReadiness(_ connection: Connection, _ side: Side, _ events: UInt32) {
         let error = events & EPOLLERR.rawValue != 0
         if events & (EPOLLIN.rawValue | EPOLLPRI.rawValue | EPOLLRDHUP.rawValue | EPOLLHUP.rawValue) != 0 || error {
             connection.relay.readiness[side].readable = true
@@ -297,24 +343,6 @@ final class EventLoop: @unchecked Sendable {
         }
         if events & (EPOLLOUT.rawValue | EPOLLHUP.rawValue) != 0 || error {
             connection.relay.readiness[side].writable = true
-        }
-        if connection.phase == .connecting {
-            if side == .server {
-                connectProgressed(connection, events: events)
-            } else if error, let failure = Syscall.pendingError(connection.client) {
-                finish(connection, .failed(.client, failure))
-            }
-            return
-        }
-        service(connection)
-        // An error that no call has reported yet (nothing was left to read or write on that socket, or no room to
-        // read into): the relay judges whether it ends the connection (see `RelayState`).
-        if error, connections[Int(connection.slot)] === connection {
-            let fd = side == .client ? connection.client : connection.server
-            if let failure = Syscall.pendingError(fd) {
-                connection.relay.reportFailure(of: side, failure)
-                service(connection)
-            }
         }
     }
 
@@ -335,7 +363,7 @@ final class EventLoop: @unchecked Sendable {
     }
 
     /// Moves a connection's bytes for one turn and acts on the result.
-    private func service(_ connection: Connection) {
+    func service(_ connection: Connection) {
         var io = SocketIO(client: connection.client, server: connection.server, resources: resources)
         let step = connection.relay.advance(&io, budget: engine.options.budget)
         let (up, down) = connection.relay.bytes
@@ -523,7 +551,6 @@ final class EventLoop: @unchecked Sendable {
             finish(connection, .failed(.client, error.errno))
             return
         }
-        connection.candidates = engine.services[service].pool.candidates(now: now)
         connect(connection)
     }
 
@@ -553,7 +580,7 @@ final class EventLoop: @unchecked Sendable {
     }
 
     private static let inputEvents = EPOLLIN.rawValue | EPOLLPRI.rawValue | EPOLLRDHUP.rawValue | EPOLLET.rawValue
-    private static let connectionEvents = inputEvents | EPOLLOUT.rawValue
+    static let connectionEvents = inputEvents | EPOLLOUT.rawValue
 
     /// The client's socket was found full: from now on it is watched for room too (for good: a connection that
     /// filled it once carries bulk data). Adding EPOLLOUT reports at once a socket that has room again already.
@@ -567,139 +594,11 @@ final class EventLoop: @unchecked Sendable {
         }
     }
 
-    // MARK: connecting
-
-    /// Gives a socket whose peer is on this machine the algorithm of `--loopback-congestion-control`, if any.
-    private func useLoopbackCongestionControl(_ fd: CInt) {
-        guard let algorithm = engine.options.loopbackCongestionControl else { return }
-        Syscall.useCongestionControl(fd, algorithm)
-    }
-
-    /// Connects to the service's addresses in order, starting at `connection.attempt`. Out of descriptors, the
-    /// client is not dropped: it waits, as it would in the listen backlog, and the socket is tried again shortly,
-    /// for as long as the connect timeout allows.
-    private func connect(_ connection: Connection) {
-        while connection.attempt < connection.candidates.count {
-            let address = connection.candidates[connection.attempt]
-            do throws(Errno) {
-                let fd = try Syscall.streamSocket(family: address.addressFamily)
-                connection.server = fd
-                connection.remoteAddress = address
-                connection.waitingSince = nil
-                if engine.exhausted.load(ordering: .relaxed) { descriptorsAvailable() }
-                // Keepalive comes later, on connections that live long enough to need it (see `keepaliveDue`).
-                try Syscall.setConnectionOptions(fd, keepalive: nil)
-                // Nil for a remote that is not a loopback address and was not looked at lately: the connect below
-                // tells whether it is this machine's own.
-                let onThisMachine = address.isLoopback ? true : ownAddresses.isOnThisMachine(address, now: now)
-                if onThisMachine == true { useLoopbackCongestionControl(fd) }
-                if connection.firstBytesHeld { try Syscall.setQuickAck(fd, false) }
-                if let source = engine.options.sources.first(where: { $0.family == address.family }) {
-                    try Syscall.bindForConnect(fd, to: source)
-                }
-                try Syscall.epollControl(
-                    epoll, EPOLL_CTL_ADD, fd, events: Self.connectionEvents,
-                    data: EventTag.make(EventTag.server, index: Int(connection.slot), generation: connection.generation)
-                )
-                let connectedAtOnce = try Syscall.connect(fd, to: address)
-                if onThisMachine == nil, engine.options.loopbackCongestionControl != nil,
-                    let source = try? Syscall.localAddress(fd), ownAddresses.learn(address, source: source, now: now)
-                {
-                    useLoopbackCongestionControl(fd)
-                }
-                if connectedAtOnce {
-                    connected(connection)
-                } else {
-                    connection.connectDeadline = now + engine.options.connectTimeout
-                    armTimer(connection)
-                }
-                return
-            } catch {
-                connection.connectError = "connect to \(address) failed: \(error)"
-                if Log.enabled(.debug) { Log.debug(connection.connectError) }
-                closeServer(connection)
-                if error.isResourceExhaustion {
-                    outOfResources("socket", error)
-                    let since = connection.waitingSince ?? now
-                    if now - since < engine.options.connectTimeout {
-                        connection.waitingSince = since
-                        connection.retryAt = now + 100
-                        armTimer(connection)
-                        return
-                    }
-                    connection.connectError = "no descriptor to connect to \(address) within the connect timeout"
-                    meter?.connectFailed(connection.service, remote: address, .noDescriptor)
-                    break
-                }
-                engine.services[connection.service].pool.failed(address, now: now)
-                meter?.connectFailed(connection.service, remote: address, ConnectFailure(error))
-                connection.attempt += 1
-            }
-        }
-        finish(connection, .connectFailed(connection.connectError))
-    }
-
-    /// An event on a socket whose connect is in progress: writable means connected, an error or hang-up means
-    /// failed (SO_ERROR says why; a success needs no call to learn it).
-    private func connectProgressed(_ connection: Connection, events: UInt32) {
-        if events & (EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0 {
-            let error = Syscall.pendingError(connection.server) ?? .connectionRefused
-            connectFailed(connection, "connect to \(connection.remoteAddress!) failed: \(error)", ConnectFailure(error))
-        } else if events & EPOLLOUT.rawValue != 0 {
-            connected(connection)
-        }
-    }
-
-    private func connectFailed(_ connection: Connection, _ reason: String, _ failure: ConnectFailure) {
-        connection.connectError = reason
-        if Log.enabled(.debug) { Log.debug(reason) }
-        if let address = connection.remoteAddress {
-            engine.services[connection.service].pool.failed(address, now: now)
-            meter?.connectFailed(connection.service, remote: address, failure)
-        }
-        closeServer(connection)
-        connection.relay.readiness.server.readable = false
-        connection.relay.readiness.server.writable = false
-        connection.attempt += 1
-        connect(connection)
-    }
-
-    private func connected(_ connection: Connection) {
-        connection.phase = .relaying
-        meter?.connected(connection.service, after: now - connection.startedAt)
-        connection.relay.readiness.server.writable = true
-        connection.lastActivity = now
-        // Not for a server whose end of stream came with the connect (see `stopKeepalive`).
-        if engine.options.keepalive != nil && !connection.relay.readiness.server.endReported {
-            connection.keepaliveDue = now + Self.keepaliveDelay
-        }
-        engine.services[connection.service].pool.succeeded(connection.remoteAddress!)
-        if Log.enabled(.debug) {
-            Log.debug("relaying \(connection.clientAddress) to \(connection.remoteAddress!)")
-        }
-        armTimer(connection)
-        service(connection)
-        if connection.firstBytesHeld, connections[Int(connection.slot)] === connection {
-            // The first bytes took the handshake's ACK along: from now on the server's segments are acknowledged
-            // as on any new connection (at once at first), so that a server that writes twice before it reads,
-            // with Nagle's algorithm on, does not wait for a delayed ACK.
-            connection.firstBytesHeld = false
-            try? Syscall.setQuickAck(connection.server, true)
-        }
-    }
-
-    private func closeServer(_ connection: Connection) {
-        if connection.server >= 0 {
-            Syscall.close(connection.server)
-            connection.server = -1
-        }
-    }
-
     // MARK: ending
 
     /// Ends a connection: gives back its pipes and buffers, closes both sockets (with a reset unless both sides
     /// ended cleanly), and logs its line.
-    private func finish(_ connection: Connection, _ ending: Connection.Ending) {
+    func finish(_ connection: Connection, _ ending: Connection.Ending) {
         var io = SocketIO(client: connection.client, server: connection.server, resources: resources)
         if connection.relay.holdsResources { connection.relay.releaseResources(&io) }
         let clean: Bool
@@ -712,6 +611,7 @@ final class EventLoop: @unchecked Sendable {
         }
         Syscall.close(connection.client)
         closeServer(connection)
+        if !connection.otherAttempts.isEmpty { closeOtherAttempts(connection) }
         if let block = connection.clientBlock {
             engine.clientLimits?.release(block, now: now)
             connection.clientBlock = nil
@@ -740,7 +640,7 @@ final class EventLoop: @unchecked Sendable {
 
     /// Makes sure the heap holds an entry for the connection's deadline or an earlier one. A deadline that moved
     /// later (activity) needs nothing now: the entry is checked when it falls due.
-    private func armTimer(_ connection: Connection) {
+    func armTimer(_ connection: Connection) {
         guard let due = deadline(of: connection) else { return }
         if let armed = connection.armedDeadline, armed <= due { return }
         connection.armedDeadline = due
@@ -749,7 +649,7 @@ final class EventLoop: @unchecked Sendable {
 
     private func deadline(of connection: Connection) -> Int64? {
         switch connection.phase {
-        case .connecting: return connection.retryAt ?? connection.connectDeadline
+        case .connecting: return connection.connectTimer
         case .relaying:
             let idle = engine.options.idleTimeout.map { connection.lastActivity + $0 }
             return earlier(earlier(idle, connection.keepaliveDue), connection.acknowledgementCheckAt)
@@ -779,13 +679,8 @@ final class EventLoop: @unchecked Sendable {
                 continue
             }
             switch connection.phase {
-            case .connecting where connection.retryAt != nil:
-                connection.retryAt = nil
-                connect(connection)
             case .connecting:
-                let seconds = Double(engine.options.connectTimeout) / 1000
-                connectFailed(
-                    connection, "connect to \(connection.remoteAddress!) timed out after \(seconds) s", .timeout)
+                connectTimerFired(connection)
             case .relaying where connection.acknowledgementCheckAt.map({ $0 <= now }) ?? false:
                 connection.acknowledgementCheckAt = nil
                 service(connection)
@@ -849,7 +744,7 @@ final class EventLoop: @unchecked Sendable {
 
     /// Descriptors (or memory) ran out: close the pooled pipes and pause accepting for a moment. One log line per
     /// episode, for the whole process.
-    private func outOfResources(_ operation: String, _ error: Errno) {
+    func outOfResources(_ operation: String, _ error: Errno) {
         resources.trimPipes()
         meter?.acceptPaused(.noDescriptor)
         if !engine.exhausted.exchange(true, ordering: .relaxed) {
@@ -859,7 +754,7 @@ final class EventLoop: @unchecked Sendable {
     }
 
     /// A whole connection, both sockets, could be had again: the episode is over.
-    private func descriptorsAvailable() {
+    func descriptorsAvailable() {
         if engine.exhausted.exchange(false, ordering: .relaxed) {
             Log.notice("descriptors are available again: accepting on every listener")
         }

@@ -6,6 +6,9 @@ public struct RelayOptions: Sendable, Equatable {
     public var copyChunk = 16 << 10
     /// How long one connect to a remote address may take, in milliseconds (`--connect-timeout`).
     public var connectTimeout: Int64 = 10_000
+    /// How long a connection may take to reach a remote, every address and failover included, in milliseconds
+    /// (`--connect-deadline`).
+    public var connectDeadline: Int64 = 30_000
     /// Event loops (threads); 0 means one per CPU.
     public var threads = 0
     /// Connections relayed at once; accepting pauses at the limit (`--max-connections`).

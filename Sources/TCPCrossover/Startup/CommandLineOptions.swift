@@ -19,6 +19,7 @@ public struct Options: Equatable, Sendable {
     public var dualStack: Bool
     public var noProxyWarning: Bool
     public var connectTimeout: String
+    public var connectDeadline: String
     public var threads: String
     public var exitIdleTime: String?
     public var maxConnections: String?
@@ -44,9 +45,9 @@ public struct Options: Equatable, Sendable {
     public init(
         local: [String] = [], remote: [String] = [], pidfile: String? = nil, bufferSize: String = "1m",
         debug: Bool = false, foreground: Bool = false, dualStack: Bool = false, connectTimeout: String = "10",
-        threads: String = "0", exitIdleTime: String? = nil, maxConnections: String? = nil,
-        maxConnectionsPerClient: String? = nil, maxNewConnectionsPerClient: String? = nil,
-        clientPrefixLength: String? = nil, idleTimeout: String? = nil,
+        connectDeadline: String = "30", threads: String = "0", exitIdleTime: String? = nil,
+        maxConnections: String? = nil, maxConnectionsPerClient: String? = nil,
+        maxNewConnectionsPerClient: String? = nil, clientPrefixLength: String? = nil, idleTimeout: String? = nil,
         keepalive: String = "120,30,4", shutdownTimeout: String = "10", user: String? = nil, group: String? = nil,
         proxyProtocol: String? = nil, source: [String] = [], allow: [String] = [], deny: [String] = [],
         resolveInterval: String = "60", loopbackCongestionControl: String = "reno",
@@ -60,6 +61,7 @@ public struct Options: Equatable, Sendable {
         self.foreground = foreground
         self.dualStack = dualStack
         self.connectTimeout = connectTimeout
+        self.connectDeadline = connectDeadline
         self.threads = threads
         self.exitIdleTime = exitIdleTime
         self.maxConnections = maxConnections
@@ -99,6 +101,7 @@ public struct Options: Equatable, Sendable {
         configuration.dualStack = dualStack
         configuration.relay.pipeSize = try size(bufferSize, option: "--bs", range: 4096...(16 << 20))
         configuration.relay.connectTimeout = try milliseconds(connectTimeout, option: "--connect-timeout")
+        configuration.relay.connectDeadline = try milliseconds(connectDeadline, option: "--connect-deadline")
         configuration.relay.threads = try count(
             threads, option: "--threads", range: 0...1024, meaning: "0 (one per CPU)")
         configuration.exitIdleTime = try exitIdleTime.map { try milliseconds($0, option: "--exit-idle-time") }

@@ -349,29 +349,26 @@ public enum Launcher {
         return "; metrics on " + metrics.listeners.map(\.address.description).joined(separator: ", ")
     }
 
-    /// The services: one per name among the remotes, plus one for the unnamed remotes; each remote resolved now
-    /// (a host name that does not resolve at start is an error).
+    /// The services: one per name among the remotes, plus one for the unnamed remotes; each remote looked up now
+    /// (a host name that does not resolve at start is an error), through `RemotePool.refresh`, as at every new
+    /// lookup later.
     static func makeServices(_ configuration: Configuration) throws(StartupError) -> [Service] {
         var names: [String?] = []
         for remote in configuration.remotes where !names.contains(remote.name) { names.append(remote.name) }
         var services: [Service] = []
         for name in names {
             let endpoints = configuration.remotes.filter { $0.name == name }.map(\.endpoint)
-            let pool = RemotePool(endpoints: endpoints, addresses: [], backoff: configuration.relay.failoverBackoff)
-            let (addresses, failures) = pool.lookUp()
-            if let failure = failures.first {
+            let pool = RemotePool(
+                endpoints: endpoints, sources: configuration.relay.sources, backoff: configuration.relay.failoverBackoff
+            )
+            for case .unresolved(let failure) in pool.refresh().problems {
                 let remote = configuration.remotes.first { $0.name == name && "\($0.endpoint)".hasPrefix(failure.host) }
                 throw StartupError(ExitStatus.noHost, "\(failure) (in --remote \(remote?.description ?? failure.host))")
             }
-            let usable = addresses.filter { address in
-                configuration.relay.sources.isEmpty
-                    || configuration.relay.sources.contains { $0.family == address.family }
-            }
-            guard !usable.isEmpty else {
+            guard !pool.addresses.isEmpty else {
                 throw StartupError(
                     ExitStatus.usage, "no --remote address has the family of a --source address")
             }
-            pool.replace(usable)
             services.append(Service(name: name, pool: pool))
         }
         return services

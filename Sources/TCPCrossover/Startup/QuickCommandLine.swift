@@ -6,7 +6,8 @@
 public enum QuickCommandLine {
     /// Long options that take a value (`--name VALUE` or `--name=VALUE`).
     public static let valueOptions = [
-        "local", "remote", "pidfile", "bs", "connect-timeout", "threads", "exit-idle-time", "max-connections",
+        "local", "remote", "pidfile", "bs", "connect-timeout", "connect-deadline", "threads", "exit-idle-time",
+        "max-connections",
         "max-connections-per-client", "max-new-connections-per-client", "client-prefix-length", "idle-timeout",
         "keepalive", "shutdown-timeout", "user", "group", "proxy-protocol", "source", "allow", "deny",
         "resolve-interval", "loopback-congestion-control", "metrics", "log-connections",
@@ -62,6 +63,7 @@ public enum QuickCommandLine {
         case "pidfile": options.pidfile = value
         case "bs": options.bufferSize = value
         case "connect-timeout": options.connectTimeout = value
+        case "connect-deadline": options.connectDeadline = value
         case "threads": options.threads = value
         case "exit-idle-time": options.exitIdleTime = value
         case "max-connections": options.maxConnections = value

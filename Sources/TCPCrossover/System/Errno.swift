@@ -51,6 +51,16 @@ extension Errno {
         isDisconnect || isTransient || rawValue == EOPNOTSUPP
     }
 
+    /// A connect(2) failure that says something about this machine, not about the remote: no free local port
+    /// (EADDRNOTAVAIL, EADDRINUSE), out of descriptors or memory, a local firewall or policy (EPERM, EACCES), a
+    /// family this machine cannot use. It must not put a healthy backend in back-off.
+    public var isLocalConnectFailure: Bool {
+        switch rawValue {
+        case EADDRNOTAVAIL, EADDRINUSE, EAGAIN, EPERM, EACCES, EAFNOSUPPORT, EINVAL: return true
+        default: return isResourceExhaustion
+        }
+    }
+
     /// The process or the system is out of descriptors or memory: stop taking on work for a while.
     public var isResourceExhaustion: Bool {
         rawValue == EMFILE || rawValue == ENFILE || rawValue == ENOBUFS || rawValue == ENOMEM

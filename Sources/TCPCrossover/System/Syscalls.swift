@@ -835,5 +835,10 @@ public struct ResolutionError: Error, Equatable, Sendable, CustomStringConvertib
     public let host: String
     public let reason: String
 
+    public init(host: String, reason: String) {
+        self.host = host
+        self.reason = reason
+    }
+
     public var description: String { "cannot resolve \(host): \(reason)" }
 }
