@@ -335,6 +335,46 @@ import Testing
         #expect(received == sent.value)
     }
 
+    /// Clients that connect and never read pin little in the relay, whatever `--bs` allows: the pipe of each stalled
+    /// direction stays near its starting size (it grows only while the pipe, not the client, holds the flow back),
+    /// and the relay's socket towards the server gets a receive buffer in proportion (SO_RCVBUF) instead of one that
+    /// autotuning grows towards tcp_rmem's maximum, so that the server's data waits in the server's send buffer.
+    /// The pipes are read through /proc/PID/fd (F_GETPIPE_SZ, FIONREAD), the sockets with `ss -tm`.
+    @Test func relay_whenClientsNeverRead_eachPinsASmallPipeAndALimitedReceiveBuffer() throws {
+        let backend = try TestServer { connection in
+            let block = testBytes(1 << 20, seed: 3)
+            connection.setTimeout(20)
+            // Sends without end, until the relay goes away (or 20 s without progress).
+            while (try? connection.send(block)) != nil {}
+        }
+        let relay = try Relay(remote: backend.address)
+        let clients = try (0..<4).map { _ in try TestSocket.connect(to: relay.address) }
+        // Settled: the relay's pipes hold the same bytes twice in a row, 0.5 s apart.
+        var previous: [RelayPipe] = []
+        let settled = eventually(timeout: 20) {
+            let pipes = relayPipes(of: relay.process.pid)
+            defer { previous = pipes }
+            usleep(500_000)
+            return pipes.filter { $0.bytes > 0 }.count == clients.count && pipes == previous
+        }
+        #expect(settled, "the stalled connections' pipes: \(previous)")
+        let largestPipe = previous.map(\.capacity).max() ?? 0
+        #expect(largestPipe > 0 && largestPipe <= 256 << 10, "pipes of a client that never read: \(previous)")
+
+        let ss = try ChildProcess(
+            "/usr/bin/ss", ["-tmnHO", "state", "established", "dport = :\(backend.address.port)"])
+        #expect(ss.waitForExit(timeout: 10) == 0)
+        let receiveBuffers = ss.standardOutput.split(separator: "\n").compactMap { line -> Int? in
+            guard let range = line.range(of: "rb") else { return nil }
+            return Int(line[range.upperBound...].prefix { $0.isNumber })
+        }
+        #expect(receiveBuffers.count == clients.count, "\(ss.standardOutput)")
+        // 4 times a pipe of 256 KiB at most, which the kernel doubles.
+        #expect(
+            receiveBuffers.allSatisfy { $0 <= 2 << 20 }, "the relay's sockets towards the server: \(ss.standardOutput)")
+        #expect(relay.process.exitStatus() == nil)
+    }
+
     /// The relay's sockets whose peer is on this machine use reno, which does not pace; the others keep the
     /// system's congestion control. In a network namespace of its own, whose default is made an algorithm other than
     /// reno, whose loopback interface also carries 192.0.2.1 (an address of this machine that is not a loopback one)
@@ -532,4 +572,34 @@ final class Results: @unchecked Sendable {
 
     var successes: Int { lock.withLock { _successes } }
     var failures: Int { lock.withLock { _failures } }
+}
+
+/// A pipe of a process, as /proc/PID/fd shows it.
+struct RelayPipe: Equatable, CustomStringConvertible {
+    /// F_GETPIPE_SZ.
+    let capacity: Int
+    /// FIONREAD: the bytes in it.
+    let bytes: Int
+
+    var description: String { "\(bytes) of \(capacity) bytes" }
+}
+
+/// The pipes a process holds, each once (a pipe has two descriptors), opened again through /proc/PID/fd.
+func relayPipes(of pid: pid_t) -> [RelayPipe] {
+    let directory = "/proc/\(pid)/fd"
+    var seen = Set<String>()
+    var pipes: [RelayPipe] = []
+    for entry in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] {
+        guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "\(directory)/\(entry)"),
+            target.hasPrefix("pipe:"), seen.insert(target).inserted
+        else { continue }
+        let fd = open("\(directory)/\(entry)", O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else { continue }
+        defer { close(fd) }
+        let getPipeSize: Int32 = 1032  // F_GETPIPE_SZ, which Glibc's module does not export
+        var queued: Int32 = 0
+        guard ioctl(fd, UInt(FIONREAD), &queued) == 0 else { continue }
+        pipes.append(RelayPipe(capacity: Int(fcntl(fd, getPipeSize)), bytes: Int(queued)))
+    }
+    return pipes.sorted { ($0.capacity, $0.bytes) < ($1.capacity, $1.bytes) }
 }

@@ -56,6 +56,14 @@ public enum PumpOutcome: Equatable, Sendable {
 /// request/response connection holds no buffer and no pipe. When a receive fills the buffer (bulk data) or the
 /// destination cannot keep up, the direction switches to splice(2) through a pipe, which moves bytes without
 /// copying them; when the source goes quiet with the pipe empty, the pipe goes back to the pool.
+///
+/// What a splicing direction holds is bounded by what its flow has earned, so that a destination that stops reading
+/// (a client that never reads what the server sends) pins little: the pipe starts small, and the source's receive
+/// buffer (SO_RCVBUF) is limited to `receiveBufferPerPipe` times the earned size from the moment the direction starts
+/// splicing, so that the kernel's autotuning does not grow it to tcp_rmem's maximum and the server's data waits in
+/// the server's send buffer, not in the relay's. Both double each time the pipe, filled up, has delivered
+/// `growthSpan` times its capacity to a destination that never said it was full: only then is the pipe what holds
+/// the direction back. Any "full" from the destination starts the count again.
 public struct Direction {
     public let source: Side
     public let destination: Side
@@ -85,6 +93,23 @@ public struct Direction {
     private var headerBytesLeft = 0
     /// An urgent byte received and not yet sent: it goes out alone, with MSG_OOB, before anything after it.
     private var urgentByte: UInt8?
+    /// The pipe filled up (a splice into it left no room, or its slots were all taken) since it was last empty.
+    private var pipeFilled = false
+    /// Bytes delivered from a pipe that had filled up, since the destination last said it was full.
+    private var deliveredThroughFullPipe = 0
+    /// The pipe capacity the flow has earned (0 before the first splice): the pipe grows to it within the process's
+    /// budget, and the source's receive buffer follows it.
+    public private(set) var earnedPipeCapacity = 0
+    /// The receive buffer the source was given (SO_RCVBUF), 0 before the first splice.
+    public private(set) var receiveBufferLimit = 0
+
+    /// A pipe that filled up grows (and the source's receive buffer with it) after delivering this many times its
+    /// capacity to a destination that never said it was full.
+    public static let growthSpan = 16
+    /// The source's receive buffer, in earned pipe capacities (the kernel doubles the figure for its bookkeeping):
+    /// 4 times a 16 KiB pipe is the kernel's default (tcp_rmem's middle value), 4 times 1 MiB is rmem_max's usual
+    /// cap.
+    public static let receiveBufferPerPipe = 4
 
     public init(from source: Side, to destination: Side) {
         self.source = source
@@ -183,12 +208,37 @@ public struct Direction {
         switch try on(destination, try io.splice(from: pipe, to: destination, count: pipeBytes)) {
         case .wouldBlock:
             readiness[destination].writable = false
+            // The destination is what holds the direction back: a larger pipe would only hold more.
+            deliveredThroughFullPipe = 0
             return false
         case .processed(let count):
             bytes += UInt64(count)
             pipeBytes -= count
+            if pipeFilled {
+                deliveredThroughFullPipe += count
+                if deliveredThroughFullPipe >= Self.growthSpan * pipe.capacity { grow(&io) }
+                if pipeBytes == 0 { pipeFilled = false }
+            }
             return count > 0
         }
+    }
+
+    /// The pipe, filled up, kept the destination waiting for long enough: the flow earns twice the pipe, and the
+    /// source twice the receive buffer.
+    private mutating func grow<IO: RelayIO>(_ io: inout IO) {
+        deliveredThroughFullPipe = 0
+        guard earnedPipeCapacity < io.largestPipe, let pipe else { return }
+        earnedPipeCapacity = min(2 * earnedPipeCapacity, io.largestPipe)
+        self.pipe!.capacity = io.growPipe(pipe, to: earnedPipeCapacity)
+        limitSourceBuffer(&io)
+    }
+
+    /// Gives the source the receive buffer that the flow has earned, if it has not got it yet.
+    private mutating func limitSourceBuffer<IO: RelayIO>(_ io: inout IO) {
+        let wanted = Self.receiveBufferPerPipe * earnedPipeCapacity
+        guard wanted != receiveBufferLimit else { return }
+        io.limitReceiveBuffer(source, to: wanted)
+        receiveBufferLimit = wanted
     }
 
     /// Step 2: takes in more from the source, while there is room for it.
@@ -239,11 +289,15 @@ public struct Direction {
         case .processed(let count):
             pipeBytes += count
             inflowSinceEmpty += count
+            if pipeBytes >= pipe.capacity { pipeFilled = true }
             return true
         case .wouldBlock:
             // With bytes in the pipe, EAGAIN may come from a pipe whose slots are all taken, not from an empty
             // socket: the readable flag stays, and the next round tries again once the pipe has drained.
-            guard pipeBytes == 0 else { return false }
+            guard pipeBytes == 0 else {
+                pipeFilled = true
+                return false
+            }
             readiness[source].readable = false
             if inflowSinceEmpty < io.scratch.count {
                 stopSplicing(&io)
@@ -334,8 +388,17 @@ public struct Direction {
         wantsSplice = false
         guard pipe == nil, held == nil else { return }
         // Without a pipe (out of descriptors) the direction goes on copying.
-        pipe = io.acquirePipe()
+        guard var pipe = io.acquirePipe() else { return }
         inflowSinceEmpty = 0
+        pipeFilled = false
+        deliveredThroughFullPipe = 0
+        if earnedPipeCapacity == 0 {
+            earnedPipeCapacity = pipe.capacity
+        } else if pipe.capacity < earnedPipeCapacity {
+            pipe.capacity = io.growPipe(pipe, to: earnedPipeCapacity)
+        }
+        self.pipe = pipe
+        limitSourceBuffer(&io)
     }
 
     private mutating func stopSplicing<IO: RelayIO>(_ io: inout IO) {

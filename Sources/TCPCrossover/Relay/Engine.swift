@@ -28,6 +28,8 @@ public final class Engine: @unchecked Sendable {
     let pausedForLimit = Atomic<Int>(0)
     /// The process ran out of descriptors and has not had a whole connection since: one log line per episode.
     let exhausted = Atomic<Bool>(false)
+    /// What the loops' pipes may hold beyond their starting size, all loops together.
+    let pipeBudget: PipeBudget
     /// Set before any loop runs; read-only afterwards.
     var periodicTasks: [PeriodicTask] = []
     /// Called once, on the first stop request (SIGTERM, SIGINT, the idle exit); set before `run`.
@@ -41,6 +43,7 @@ public final class Engine: @unchecked Sendable {
         self.services = services
         self.options = options
         self.statistics = statistics
+        pipeBudget = PipeBudget(bytes: options.pipeMemory, largestPipe: options.pipeSize)
     }
 
     /// Blocks the handled signals and ignores SIGPIPE, in the calling thread and every thread started after.
