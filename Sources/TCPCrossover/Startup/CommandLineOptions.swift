@@ -14,6 +14,7 @@ public struct Options: Equatable, Sendable {
     public var remote: [String]
     public var pidfile: String?
     public var bufferSize: String
+    public var pipeMemory: String?
     public var debug: Bool
     public var foreground: Bool
     public var dualStack: Bool
@@ -37,7 +38,8 @@ public struct Options: Equatable, Sendable {
 
     public init(
         local: [String] = [], remote: [String] = [], pidfile: String? = nil, bufferSize: String = "1m",
-        debug: Bool = false, foreground: Bool = false, dualStack: Bool = false, connectTimeout: String = "10",
+        pipeMemory: String? = nil, debug: Bool = false, foreground: Bool = false, dualStack: Bool = false,
+        connectTimeout: String = "10",
         threads: String = "0", exitIdleTime: String? = nil, maxConnections: String? = nil, idleTimeout: String? = nil,
         keepalive: String = "120,30,4", shutdownTimeout: String = "10", user: String? = nil, group: String? = nil,
         proxyProtocol: String? = nil, source: [String] = [], allow: [String] = [], deny: [String] = [],
@@ -47,6 +49,7 @@ public struct Options: Equatable, Sendable {
         self.remote = remote
         self.pidfile = pidfile
         self.bufferSize = bufferSize
+        self.pipeMemory = pipeMemory
         self.debug = debug
         self.foreground = foreground
         self.dualStack = dualStack
@@ -83,6 +86,9 @@ public struct Options: Equatable, Sendable {
         configuration.debug = debug
         configuration.dualStack = dualStack
         configuration.relay.pipeSize = try size(bufferSize, option: "--bs", range: 4096...(16 << 20))
+        configuration.relay.pipeMemory = try pipeMemory.map { text in
+            text == "0" ? 0 : try size(text, option: "--pipe-memory", range: 4096...(1 << 40))
+        }
         configuration.relay.connectTimeout = try milliseconds(connectTimeout, option: "--connect-timeout")
         configuration.relay.threads = try count(
             threads, option: "--threads", range: 0...1024, meaning: "0 (one per CPU)")

@@ -6,9 +6,9 @@
 public enum QuickCommandLine {
     /// Long options that take a value (`--name VALUE` or `--name=VALUE`).
     public static let valueOptions = [
-        "local", "remote", "pidfile", "bs", "connect-timeout", "threads", "exit-idle-time", "max-connections",
-        "idle-timeout", "keepalive", "shutdown-timeout", "user", "group", "proxy-protocol", "source", "allow", "deny",
-        "resolve-interval", "loopback-congestion-control",
+        "local", "remote", "pidfile", "bs", "pipe-memory", "connect-timeout", "threads", "exit-idle-time",
+        "max-connections", "idle-timeout", "keepalive", "shutdown-timeout", "user", "group", "proxy-protocol", "source",
+        "allow", "deny", "resolve-interval", "loopback-congestion-control",
     ]
     /// Long flags; `-f` is `--foreground`.
     public static let flags = ["debug", "foreground", "dual-stack"]
@@ -59,6 +59,7 @@ public enum QuickCommandLine {
         case "remote": options.remote.append(value)
         case "pidfile": options.pidfile = value
         case "bs": options.bufferSize = value
+        case "pipe-memory": options.pipeMemory = value
         case "connect-timeout": options.connectTimeout = value
         case "threads": options.threads = value
         case "exit-idle-time": options.exitIdleTime = value
