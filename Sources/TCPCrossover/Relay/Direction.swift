@@ -61,9 +61,9 @@ public enum PumpOutcome: Equatable, Sendable {
 /// (a client that never reads what the server sends) pins little: the pipe starts small, and the source's receive
 /// buffer (SO_RCVBUF) is limited to `receiveBufferPerPipe` times the earned size from the moment the direction starts
 /// splicing, so that the kernel's autotuning does not grow it to tcp_rmem's maximum and the server's data waits in
-/// the server's send buffer, not in the relay's. Both double each time the pipe, filled up, has delivered
-/// `growthSpan` times its capacity to a destination that never said it was full: only then is the pipe what holds
-/// the direction back. Any "full" from the destination starts the count again.
+/// the server's send buffer, not in the relay's. Both double each time the pipe, filled up by the source, has
+/// delivered `growthSpan` times its capacity to the destination: a destination that stops reading stops that count,
+/// and one that takes only its socket buffers' worth before it stops leaves the pipe at its start.
 public struct Direction {
     public let source: Side
     public let destination: Side
@@ -95,7 +95,7 @@ public struct Direction {
     private var urgentByte: UInt8?
     /// The pipe filled up (a splice into it left no room, or its slots were all taken) since it was last empty.
     private var pipeFilled = false
-    /// Bytes delivered from a pipe that had filled up, since the destination last said it was full.
+    /// Bytes delivered from a pipe that had filled up, since the last growth.
     private var deliveredThroughFullPipe = 0
     /// The pipe capacity the flow has earned (0 before the first splice): the pipe grows to it within the process's
     /// budget, and the source's receive buffer follows it.
@@ -104,8 +104,11 @@ public struct Direction {
     public private(set) var receiveBufferLimit = 0
 
     /// A pipe that filled up grows (and the source's receive buffer with it) after delivering this many times its
-    /// capacity to a destination that never said it was full.
-    public static let growthSpan = 16
+    /// capacity: from 16 KiB to 1 MiB after some 64 MiB, a small part of a bulk transfer, while a client that stops
+    /// reading has usually taken no more than its socket buffers (1 to 3 MiB over loopback) and leaves its pipe at 16
+    /// or 32 KiB. A destination that keeps saying it is full (a slow reader, or the machine short of TCP memory) does
+    /// not stop the growth: it still drains the pipe, and a fresh connection must reach its speed under load too.
+    public static let growthSpan = 64
     /// The source's receive buffer, in earned pipe capacities (the kernel doubles the figure for its bookkeeping):
     /// 4 times a 16 KiB pipe is the kernel's default (tcp_rmem's middle value), 4 times 1 MiB is rmem_max's usual
     /// cap.
@@ -208,8 +211,6 @@ public struct Direction {
         switch try on(destination, try io.splice(from: pipe, to: destination, count: pipeBytes)) {
         case .wouldBlock:
             readiness[destination].writable = false
-            // The destination is what holds the direction back: a larger pipe would only hold more.
-            deliveredThroughFullPipe = 0
             return false
         case .processed(let count):
             bytes += UInt64(count)
