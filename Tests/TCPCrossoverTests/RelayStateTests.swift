@@ -230,6 +230,7 @@ import Testing
         let kernel = SimulatedKernel(seed: 47, pipeCapacity: 16 << 10, largestPipeCapacity: 1 << 20)
         kernel.client.window = absorbed
         var relay = RelayState.connected()
+        relay.serverIsOnThisMachine()
         var io = SimulatedKernel.IO(kernel: kernel)
         for _ in 0..<400 {
             kernel.peerSends(.server, Array(repeating: 6, count: 100_000), readiness: &relay.readiness)
@@ -252,6 +253,7 @@ import Testing
         let kernel = SimulatedKernel(seed: 53, pipeCapacity: 16 << 10, largestPipeCapacity: 256 << 10)
         kernel.client.window = 64 << 20
         var relay = RelayState.connected()
+        relay.serverIsOnThisMachine()
         var io = SimulatedKernel.IO(kernel: kernel)
         var random = SeededRandom(seed: 53)
         let sent = randomBytes(24_000_000, &random)
@@ -273,6 +275,24 @@ import Testing
         // 16 KiB to 256 KiB: four doublings, one receive buffer at the start and one per doubling.
         #expect(kernel.pipeGrowths == 4)
         #expect(kernel.server.receiveBufferChanges == 5)
+    }
+
+    /// A server elsewhere keeps the kernel's autotuning of the relay's receive buffer: over a long round trip the
+    /// window, not the pipe, sets the pace, and a limited one would slow the download for good. The pipe still starts
+    /// small and grows with the flow.
+    @Test func relay_whenTheServerIsElsewhere_itsReceiveBufferIsLeftToTheKernel() {
+        let kernel = SimulatedKernel(seed: 61, pipeCapacity: 16 << 10, largestPipeCapacity: 256 << 10)
+        kernel.client.window = 64 << 20
+        var relay = RelayState.connected()
+        var io = SimulatedKernel.IO(kernel: kernel)
+        kernel.peerSends(.server, Array(repeating: 3, count: 20_000_000), readiness: &relay.readiness)
+        for _ in 0..<20_000 where kernel.client.delivered.count < 20_000_000 {
+            _ = relay.advance(&io, budget: 16)
+            kernel.peerReads(.client, upTo: 64 << 20, readiness: &relay.readiness)
+        }
+        #expect(kernel.client.delivered.count == 20_000_000)
+        #expect(kernel.server.receiveBuffer == nil && kernel.client.receiveBuffer == nil)
+        #expect(relay.serverToClient.earnedPipeCapacity == 256 << 10)
     }
 
     /// With the process's pipe budget spent, a fast flow keeps its starting pipe, and every byte still arrives; the

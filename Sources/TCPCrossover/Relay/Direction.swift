@@ -58,10 +58,12 @@ public enum PumpOutcome: Equatable, Sendable {
 /// copying them; when the source goes quiet with the pipe empty, the pipe goes back to the pool.
 ///
 /// What a splicing direction holds is bounded by what its flow has earned, so that a destination that stops reading
-/// (a client that never reads what the server sends) pins little: the pipe starts small, and the source's receive
-/// buffer (SO_RCVBUF) is limited to `receiveBufferPerPipe` times the earned size from the moment the direction starts
-/// splicing, so that the kernel's autotuning does not grow it to tcp_rmem's maximum and the server's data waits in
-/// the server's send buffer, not in the relay's. Both double each time the pipe, filled up by the source, has
+/// (a client that never reads what the server sends) pins little: the pipe starts small, and a source on this
+/// machine (`boundsSourceBuffer`) has its receive buffer (SO_RCVBUF) limited to `receiveBufferPerPipe` times the
+/// earned size from the moment the direction starts splicing, so that the kernel's autotuning does not grow it to
+/// tcp_rmem's maximum and the server's data waits in the server's send buffer, not in the relay's. A source
+/// elsewhere keeps autotuning: over a long round trip the window, not the pipe, sets the pace, and a limited window
+/// would slow it for good. Both double each time the pipe, filled up by the source, has
 /// delivered `growthSpan` times its capacity to the destination: a destination that stops reading stops that count,
 /// and one that takes only its socket buffers' worth before it stops leaves the pipe at its start.
 public struct Direction {
@@ -100,8 +102,11 @@ public struct Direction {
     /// The pipe capacity the flow has earned (0 before the first splice): the pipe grows to it within the process's
     /// budget, and the source's receive buffer follows it.
     public private(set) var earnedPipeCapacity = 0
-    /// The receive buffer the source was given (SO_RCVBUF), 0 before the first splice.
+    /// The receive buffer the source was given (SO_RCVBUF), 0 while the kernel's autotuning has it.
     public private(set) var receiveBufferLimit = 0
+    /// The source is on this machine (a loopback address or the machine's own): its receive buffer follows the
+    /// earned pipe capacity.
+    public var boundsSourceBuffer = false
 
     /// A pipe that filled up grows (and the source's receive buffer with it) after delivering this many times its
     /// capacity: from 16 KiB to 1 MiB after some 64 MiB, a small part of a bulk transfer, while a client that stops
@@ -236,6 +241,7 @@ public struct Direction {
 
     /// Gives the source the receive buffer that the flow has earned, if it has not got it yet.
     private mutating func limitSourceBuffer<IO: RelayIO>(_ io: inout IO) {
+        guard boundsSourceBuffer else { return }
         let wanted = Self.receiveBufferPerPipe * earnedPipeCapacity
         guard wanted != receiveBufferLimit else { return }
         io.limitReceiveBuffer(source, to: wanted)

@@ -548,6 +548,7 @@ final class EventLoop: @unchecked Sendable {
                 // tells whether it is this machine's own.
                 let onThisMachine = address.isLoopback ? true : ownAddresses.isOnThisMachine(address, now: now)
                 if onThisMachine == true { useLoopbackCongestionControl(fd) }
+                connection.relay.serverIsOnThisMachine(onThisMachine == true)
                 if connection.firstBytesHeld { try Syscall.setQuickAck(fd, false) }
                 if let source = engine.options.sources.first(where: { $0.family == address.family }) {
                     try Syscall.bindForConnect(fd, to: source)
@@ -561,6 +562,7 @@ final class EventLoop: @unchecked Sendable {
                     let source = try? Syscall.localAddress(fd), ownAddresses.learn(address, source: source, now: now)
                 {
                     useLoopbackCongestionControl(fd)
+                    connection.relay.serverIsOnThisMachine()
                 }
                 if connectedAtOnce {
                     connected(connection)
