@@ -374,6 +374,16 @@ import Testing
         #expect(
             receiveBuffers.allSatisfy { $0 <= 512 << 10 },
             "the relay's sockets towards the server: \(ss.standardOutput)")
+        // The relay's sockets towards the clients hold what is in flight (the clients' windows) and little unsent.
+        let towardsClients = try ChildProcess(
+            "/usr/bin/ss", ["-tinHO", "state", "established", "sport = :\(relay.address.port)"])
+        #expect(towardsClients.waitForExit(timeout: 10) == 0)
+        let unsent = towardsClients.standardOutput.split(separator: "\n").compactMap { line -> Int? in
+            guard let range = line.range(of: "notsent:") else { return 0 }
+            return Int(line[range.upperBound...].prefix { $0.isNumber })
+        }
+        #expect(unsent.count == clients.count, "\(towardsClients.standardOutput)")
+        #expect(unsent.allSatisfy { $0 <= 512 << 10 }, "the relay's sockets towards the clients: \(unsent)")
         #expect(relay.process.exitStatus() == nil)
     }
 

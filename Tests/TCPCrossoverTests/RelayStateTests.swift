@@ -243,6 +243,8 @@ import Testing
         #expect(kernel.server.receiveBuffer == Direction.receiveBufferPerPipe * earned)
         // What the relay took from the server and holds: the pipe and the copy buffer at most.
         #expect(kernel.server.incomingOffset - absorbed <= earned + 16 << 10)
+        // The client's socket takes little more than what is in flight.
+        #expect(kernel.client.unsentLimit == Direction.unsentPerPipe * earned)
         // The direction that carried nothing left the client's socket to the kernel.
         #expect(kernel.client.receiveBuffer == nil)
     }
@@ -272,6 +274,7 @@ import Testing
         #expect(relay.serverToClient.earnedPipeCapacity == 256 << 10)
         #expect(kernel.pipeCapacityInUse == 256 << 10)
         #expect(kernel.server.receiveBuffer == Direction.receiveBufferPerPipe * 256 << 10)
+        #expect(kernel.client.unsentLimit == Direction.unsentPerPipe * 256 << 10)
         // 16 KiB to 256 KiB: four doublings, one receive buffer at the start and one per doubling.
         #expect(kernel.pipeGrowths == 4)
         #expect(kernel.server.receiveBufferChanges == 5)

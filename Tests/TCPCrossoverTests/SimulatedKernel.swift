@@ -39,6 +39,8 @@ final class SimulatedKernel {
         /// how many times it was set.
         var receiveBuffer: Int?
         var receiveBufferChanges = 0
+        /// The limit of unsent bytes the relay gave this socket (TCP_NOTSENT_LOWAT), nil while it has none.
+        var unsentLimit: Int?
 
         /// FINs the peer got: from shutdown, or from the close of a socket that had not been shut down.
         var finsReceived: Int { shutdownCount + (closed && shutdownCount == 0 ? 1 : 0) }
@@ -377,6 +379,11 @@ extension SimulatedKernel {
         }
 
         var largestPipe: Int { kernel.largestPipeCapacity }
+
+        func limitUnsent(_ side: Side, to bytes: Int) {
+            kernel.calls += 1
+            kernel.modify(side) { $0.unsentLimit = bytes }
+        }
 
         func limitReceiveBuffer(_ side: Side, to bytes: Int) {
             kernel.calls += 1

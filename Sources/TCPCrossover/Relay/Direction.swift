@@ -63,7 +63,9 @@ public enum PumpOutcome: Equatable, Sendable {
 /// earned size from the moment the direction starts splicing, so that the kernel's autotuning does not grow it to
 /// tcp_rmem's maximum and the server's data waits in the server's send buffer, not in the relay's. A source
 /// elsewhere keeps autotuning: over a long round trip the window, not the pipe, sets the pace, and a limited window
-/// would slow it for good. Both double each time the pipe, filled up by the source, has
+/// would slow it for good. The destination, for its part, takes only up to `unsentPerPipe` times the earned size
+/// beyond what is in flight (TCP_NOTSENT_LOWAT), rather than all its send buffer's autotuning allows (tcp_wmem's
+/// maximum): a reader that stops leaves little unsent in the relay's socket. Both double each time the pipe, filled up by the source, has
 /// delivered `growthSpan` times its capacity to the destination: a destination that stops reading stops that count,
 /// and one that takes only its socket buffers' worth before it stops leaves the pipe at its start.
 public struct Direction {
@@ -107,6 +109,8 @@ public struct Direction {
     /// The source is on this machine (a loopback address or the machine's own): its receive buffer follows the
     /// earned pipe capacity.
     public var boundsSourceBuffer = false
+    /// The limit of unsent bytes given to the destination (TCP_NOTSENT_LOWAT), 0 before the first splice.
+    public private(set) var unsentLimit = 0
 
     /// A pipe that filled up grows (and the source's receive buffer with it) after delivering this many times its
     /// capacity: from 16 KiB to 1 MiB after some 64 MiB, a small part of a bulk transfer, while a client that stops
@@ -118,6 +122,9 @@ public struct Direction {
     /// 4 times a 16 KiB pipe is the kernel's default (tcp_rmem's middle value), 4 times 1 MiB is rmem_max's usual
     /// cap.
     public static let receiveBufferPerPipe = 4
+    /// What may wait unsent in the destination's socket, in earned pipe capacities: 64 KiB for a 16 KiB pipe, 4 MiB
+    /// (tcp_wmem's usual maximum, so no limit) for 1 MiB.
+    public static let unsentPerPipe = 4
 
     public init(from source: Side, to destination: Side) {
         self.source = source
@@ -229,18 +236,24 @@ public struct Direction {
         }
     }
 
-    /// The pipe, filled up, kept the destination waiting for long enough: the flow earns twice the pipe, and the
-    /// source twice the receive buffer.
+    /// The pipe, filled up, kept the destination waiting for long enough: the flow earns twice the pipe, the
+    /// destination twice the unsent limit, and a source on this machine twice the receive buffer.
     private mutating func grow<IO: RelayIO>(_ io: inout IO) {
         deliveredThroughFullPipe = 0
         guard earnedPipeCapacity < io.largestPipe, let pipe else { return }
         earnedPipeCapacity = min(2 * earnedPipeCapacity, io.largestPipe)
         self.pipe!.capacity = io.growPipe(pipe, to: earnedPipeCapacity)
-        limitSourceBuffer(&io)
+        limitBuffers(&io)
     }
 
-    /// Gives the source the receive buffer that the flow has earned, if it has not got it yet.
-    private mutating func limitSourceBuffer<IO: RelayIO>(_ io: inout IO) {
+    /// Gives the destination the unsent limit, and a source on this machine the receive buffer, that the flow has
+    /// earned, where they have not got them yet.
+    private mutating func limitBuffers<IO: RelayIO>(_ io: inout IO) {
+        let unsent = Self.unsentPerPipe * earnedPipeCapacity
+        if unsent != unsentLimit {
+            io.limitUnsent(destination, to: unsent)
+            unsentLimit = unsent
+        }
         guard boundsSourceBuffer else { return }
         let wanted = Self.receiveBufferPerPipe * earnedPipeCapacity
         guard wanted != receiveBufferLimit else { return }
@@ -405,7 +418,7 @@ public struct Direction {
             pipe.capacity = io.growPipe(pipe, to: earnedPipeCapacity)
         }
         self.pipe = pipe
-        limitSourceBuffer(&io)
+        limitBuffers(&io)
     }
 
     private mutating func stopSplicing<IO: RelayIO>(_ io: inout IO) {

@@ -220,6 +220,7 @@ struct SocketIO: RelayIO {
     func growPipe(_ pipe: PipeHandle, to bytes: Int) -> Int { resources.growPipe(pipe, to: bytes) }
     var largestPipe: Int { resources.largestPipe }
     func limitReceiveBuffer(_ side: Side, to bytes: Int) { Syscall.setReceiveBuffer(fd(side), bytes) }
+    func limitUnsent(_ side: Side, to bytes: Int) { Syscall.setUnsentLimit(fd(side), bytes) }
     func discardPipe(_ pipe: PipeHandle) { resources.discardPipe(pipe) }
     func acquireBuffer() -> UnsafeMutableRawBufferPointer { resources.acquireBuffer() }
     func releaseBuffer(_ buffer: UnsafeMutableRawBufferPointer) { resources.releaseBuffer(buffer) }

@@ -59,6 +59,8 @@ public protocol RelayIO {
     /// setsockopt(2) SO_RCVBUF on `side`: how much the peer may send ahead of the relay's reading. The kernel's
     /// autotuning no longer grows that buffer afterwards.
     mutating func limitReceiveBuffer(_ side: Side, to bytes: Int)
+    /// setsockopt(2) TCP_NOTSENT_LOWAT on `side`: how much of what the relay sent may wait unsent in that socket.
+    mutating func limitUnsent(_ side: Side, to bytes: Int)
     /// Closes a pipe that still holds bytes of an aborted connection.
     mutating func discardPipe(_ pipe: PipeHandle)
     /// A buffer of `copyChunk` bytes for bytes that the destination could not take at once.

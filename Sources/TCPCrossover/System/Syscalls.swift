@@ -233,6 +233,14 @@ public enum Syscall {
     /// to the per-user limits, such as fs.pipe-user-pages-soft.
     static var isUnprivileged: Bool { geteuid() != 0 }
 
+    /// setsockopt(2) TCP_NOTSENT_LOWAT: the socket takes more only while fewer than `bytes` of what it was given wait
+    /// unsent (what is in flight is bounded by the peer's window). Errors are ignored.
+    static func setUnsentLimit(_ fd: CInt, _ bytes: Int) {
+        var value = CInt(clamping: bytes)
+        _ = Glibc.setsockopt(
+            fd, CInt(IPPROTO_TCP), TCP_NOTSENT_LOWAT, &value, socklen_t(MemoryLayout<CInt>.size))
+    }
+
     /// sysconf(3) _SC_PAGESIZE.
     static var pageSize: Int { max(4096, Int(sysconf(CInt(_SC_PAGESIZE)))) }
 
