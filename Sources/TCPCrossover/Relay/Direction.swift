@@ -65,9 +65,10 @@ public enum PumpOutcome: Equatable, Sendable {
 /// elsewhere keeps autotuning: over a long round trip the window, not the pipe, sets the pace, and a limited window
 /// would slow it for good. The destination, for its part, takes only up to `unsentPerPipe` times the earned size
 /// beyond what is in flight (TCP_NOTSENT_LOWAT), rather than all its send buffer's autotuning allows (tcp_wmem's
-/// maximum): a reader that stops leaves little unsent in the relay's socket. Both double each time the pipe, filled up by the source, has
-/// delivered `growthSpan` times its capacity to the destination: a destination that stops reading stops that count,
-/// and one that takes only its socket buffers' worth before it stops leaves the pipe at its start.
+/// maximum): a reader that stops leaves little unsent in the relay's socket. All three double each time the pipe,
+/// filled up by the source, has delivered `growthSpan` times its capacity to the destination: a destination that
+/// stops reading stops that count, and one that takes only its socket buffers' worth before it stops leaves the pipe
+/// at its start.
 public struct Direction {
     public let source: Side
     public let destination: Side
@@ -102,7 +103,7 @@ public struct Direction {
     /// Bytes delivered from a pipe that had filled up, since the last growth.
     private var deliveredThroughFullPipe = 0
     /// The pipe capacity the flow has earned (0 before the first splice): the pipe grows to it within the process's
-    /// budget, and the source's receive buffer follows it.
+    /// budget, and the destination's unsent limit and a local source's receive buffer follow it.
     public private(set) var earnedPipeCapacity = 0
     /// The receive buffer the source was given (SO_RCVBUF), 0 while the kernel's autotuning has it.
     public private(set) var receiveBufferLimit = 0
