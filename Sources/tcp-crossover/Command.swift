@@ -45,9 +45,18 @@ struct TCPCrossoverCommand: ParsableCommand {
     @Option(
         name: .customLong("bs"),
         help: ArgumentHelp(
-            "Buffer (pipe) size per direction of a connection, 4096 to 16777216; k and m suffixes accepted.",
+            "Largest pipe per direction of a connection, 4096 to 16777216; k and m suffixes accepted. A pipe starts "
+                + "at 16 KiB and grows while the connection's data flows.",
             valueName: "bytes"))
     var bufferSize: String = Options.defaults.bufferSize
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Pipe memory all connections together may hold beyond their pipes' 16 KiB start; 0 keeps every pipe at "
+                + "its start. Default: 64 times --bs, unprivileged at most half of fs.pipe-user-pages-soft.",
+            valueName: "bytes"))
+    var pipeMemory: String?
 
     @Flag(name: .long, help: "Stay in the foreground and log every event to standard error.")
     var debug = false
@@ -199,11 +208,10 @@ struct TCPCrossoverCommand: ParsableCommand {
     /// The parsed options, as the quick parser gives them too.
     var options: Options {
         Options(
-            local: local, remote: remote, pidfile: pidfile, bufferSize: bufferSize, debug: debug,
-            foreground: foreground, dualStack: dualStack, connectTimeout: connectTimeout,
-            connectDeadline: connectDeadline, threads: threads,
-            exitIdleTime: exitIdleTime, maxConnections: maxConnections,
-            maxConnectionsPerClient: maxConnectionsPerClient,
+            local: local, remote: remote, pidfile: pidfile, bufferSize: bufferSize, pipeMemory: pipeMemory,
+            debug: debug, foreground: foreground, dualStack: dualStack, connectTimeout: connectTimeout,
+            connectDeadline: connectDeadline, threads: threads, exitIdleTime: exitIdleTime,
+            maxConnections: maxConnections, maxConnectionsPerClient: maxConnectionsPerClient,
             maxNewConnectionsPerClient: maxNewConnectionsPerClient, clientPrefixLength: clientPrefixLength,
             idleTimeout: idleTimeout,
             keepalive: keepalive, shutdownTimeout: shutdownTimeout, user: user, group: group,

@@ -155,6 +155,7 @@ import Testing
         (["--local", "[::1]:70000", "--remote", "127.0.0.1:80"], "the port 70000 is out of range (0-65535)"),
         (["--local", "[::1]:80", "--remote", "127.0.0.1:80", "--bs", "12"], "--bs '12' is not a size"),
         (["--local", "[::1]:80", "--remote", "127.0.0.1:80", "--bs", "1g"], "--bs '1g' is not a size"),
+        (["--local", "[::1]:80", "--remote", "127.0.0.1:80", "--pipe-memory", "lots"], "--pipe-memory 'lots' is not"),
         (["--local", "[::1]:80", "--remote", "127.0.0.1:80", "--connect-timeout=-1"], "--connect-timeout '-1'"),
         (["--local", "[::1]:80", "--remote", "127.0.0.1:80", "--connect-timeout", "soon"], "--connect-timeout 'soon'"),
         (["--local", "[::1]:80", "--remote", "127.0.0.1:80", "--frobnicate"], "Unknown option '--frobnicate'"),

@@ -15,7 +15,8 @@ import Testing
         ["--remote=localhost:25", "--debug"],
         ["--local", "[::1]:0", "--local=127.0.0.1:0", "--remote", "127.0.0.1:8000", "-f", "--dual-stack"],
         [
-            "--remote", "127.0.0.1:1", "--bs", "64k", "--connect-timeout", "2.5", "--threads", "3",
+            "--remote", "127.0.0.1:1", "--bs", "64k", "--pipe-memory", "16m", "--connect-timeout", "2.5",
+            "--threads", "3",
             "--exit-idle-time", "30", "--max-connections", "100", "--idle-timeout", "600", "--keepalive", "off",
             "--shutdown-timeout", "0", "--user", "nobody", "--group", "nogroup", "--foreground",
         ],

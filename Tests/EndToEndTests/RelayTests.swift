@@ -338,8 +338,12 @@ import Testing
     /// The server sends a response and closes its socket; the client, not done reading, sends more, which the
     /// server's machine answers with a reset. The client still reads the whole response and its end of stream, and
     /// only then learns that what it sent was lost: its next send fails.
+    ///
+    /// The response is 128 KiB, which the relay and the client's socket take in while the client waits, and the
+    /// client sends only once the server's kernel has had its end of stream acknowledged (FIN_WAIT2): a reset from a
+    /// server whose own send buffer still holds the response throws that away, through a relay or directly.
     @Test func relay_whenTheClientSendsToAServerThatHasClosed_itGetsTheWholeResponseThenAReset() throws {
-        let response = testBytes(1 << 20, seed: 12)
+        let response = testBytes(128 << 10, seed: 12)
         let closed = DispatchSemaphore(value: 0)
         let backend = try TestServer { connection in
             try connection.send(response)
@@ -349,7 +353,16 @@ import Testing
         let relay = try Relay(remote: backend.address)
         let connection = try TestSocket.connect(to: relay.address)
         var received = try connection.receive(exactly: 1000)
-        #expect(closed.wait(timeout: .now() + 20) == .success, "the relay took the whole response")
+        #expect(closed.wait(timeout: .now() + 20) == .success, "the server could not hand over its response")
+        let backendPort = String(format: ":%04X", backend.address.port)
+        let delivered = eventually {
+            let lines = readWholeFile("/proc/net/tcp")?.split(separator: "\n") ?? []
+            return lines.contains { line in
+                let fields = line.split(separator: " ")
+                return fields.count > 3 && fields[1].hasSuffix(backendPort) && fields[3] == "05"
+            }
+        }
+        #expect(delivered, "the relay took the whole response and the server's end of stream")
         try connection.send("more")
         // The reset reaches the relay's socket to the server, which then leaves the kernel's table of connections.
         let towardsBackend = String(format: ":%04X", backend.address.port)
@@ -365,10 +378,11 @@ import Testing
         #expect(eventually { relay.connectionLines.first?.hasSuffix("end=server-reset: Broken pipe") == true })
     }
 
-    /// A peer that sent 4 MiB and closed its socket is forgotten by its kernel (`tcp_fin_timeout`, lowered to 3 s
+    /// A peer that sent 256 KiB (what the relay and the reader's socket take in while the reader waits: the relay
+    /// bounds what it holds for a reader that does not read) and closed its socket is forgotten by its kernel (`tcp_fin_timeout`, lowered to 3 s
     /// in a network namespace of the test's own), while the other peer reads slowly and the relay holds the tail: a
     /// keepalive probe towards the forgotten peer (`--keepalive 1,1,1`) is answered with a reset. Whichever peer
-    /// sent (the server, a download; the client, an upload), the reader still gets all 4 MiB and a clean end of
+    /// sent (the server, a download; the client, an upload), the reader still gets all of it and a clean end of
     /// stream, as over a direct connection.
     @Test(arguments: ["download", "upload"])
     func relay_whenTheFinishedSenderIsForgotten_theSlowReaderStillGetsEverything(direction: String) throws {
@@ -378,11 +392,11 @@ import Testing
         #expect(process.waitForExit(timeout: 120) == 0, "\(process.standardOutput)\(process.standardError)")
         #expect(process.standardOutput.contains("sender forgotten"), "\(process.standardOutput)")
         #expect(
-            process.standardOutput.contains("received 4194304 of 4194304 bytes, intact True, end of stream"),
+            process.standardOutput.contains("received 262144 of 262144 bytes, intact True, end of stream"),
             "\(process.standardOutput)\(process.standardError)")
         // The connection completed: nothing the reader sent was lost.
         let line = process.standardError.split(separator: "\n").first { $0.contains(" bytes up, ") } ?? ""
-        let (bytes, first) = direction == "download" ? ("4194304 bytes down", "server") : ("4194304 bytes up", "client")
+        let (bytes, first) = direction == "download" ? ("262144 bytes down", "server") : ("262144 bytes up", "client")
         #expect(line.contains(bytes) && line.hasSuffix("end=\(first)-closed"), "\(process.standardError)")
     }
 
@@ -392,7 +406,7 @@ import Testing
         import ctypes, os, signal, socket, subprocess, sys, threading, time
 
         relay_binary, direction = sys.argv[1], sys.argv[2]
-        SIZE = 4 << 20
+        SIZE = 256 << 10
         DATA = bytes(range(256)) * (SIZE // 256)
         libc = ctypes.CDLL(None, use_errno=True)
 
@@ -437,7 +451,7 @@ import Testing
         started = time.monotonic()
         server, _ = listener.accept()
 
-        # The sender sends 4 MiB and closes its socket for good; the reader takes a little, then waits until the sender's
+        # The sender sends 256 KiB and closes its socket for good; the reader takes a little, then waits until the sender's
         # kernel has forgotten the finished connection (tcp_fin_timeout) and the relay's keepalive towards the sender has
         # had time to probe (set 10 s into a connection, then every second), and reads the rest.
         sender, reader = (server, client) if direction == "download" else (client, server)
@@ -450,7 +464,7 @@ import Testing
         threading.Thread(target=send, daemon=True).start()
         received = bytearray(reader.recv(65536))
         if not done.wait(60):
-            step("the sender could not hand over its 4 MiB")
+            step("the sender could not hand over its %d bytes" % SIZE)
             sys.exit(2)
         deadline = time.monotonic() + 60
         while not forgotten(ends) and time.monotonic() < deadline:
@@ -476,6 +490,58 @@ import Testing
         relay.terminate()
         relay.wait(10)
         """#
+
+    /// Clients that connect and never read pin little in the relay, whatever `--bs` allows: the pipe of each stalled
+    /// direction stays near its starting size (it grows only while the pipe, not the client, holds the flow back),
+    /// and the relay's socket towards the server gets a receive buffer in proportion (SO_RCVBUF) instead of one that
+    /// autotuning grows towards tcp_rmem's maximum, so that the server's data waits in the server's send buffer.
+    /// The pipes are read through /proc/PID/fd (F_GETPIPE_SZ, FIONREAD), the sockets with `ss -tm`.
+    @Test func relay_whenClientsNeverRead_eachPinsASmallPipeAndALimitedReceiveBuffer() throws {
+        let backend = try TestServer { connection in
+            let block = testBytes(1 << 20, seed: 3)
+            connection.setTimeout(20)
+            // Sends without end, until the relay goes away (or 20 s without progress).
+            while (try? connection.send(block)) != nil {}
+        }
+        let relay = try Relay(remote: backend.address)
+        let clients = try (0..<4).map { _ in try TestSocket.connect(to: relay.address) }
+        // Settled: the relay's pipes hold the same bytes twice in a row, 0.5 s apart.
+        var previous: [RelayPipe] = []
+        let settled = eventually(timeout: 20) {
+            let pipes = relayPipes(of: relay.process.pid)
+            defer { previous = pipes }
+            usleep(500_000)
+            return pipes.filter { $0.bytes > 0 }.count == clients.count && pipes == previous
+        }
+        #expect(settled, "the stalled connections' pipes: \(previous)")
+        let largestPipe = previous.map(\.capacity).max() ?? 0
+        // The relay's standard output and error are pipes of 64 KiB too.
+        #expect(largestPipe > 0 && largestPipe <= 64 << 10, "pipes of a client that never read: \(previous)")
+
+        let ss = try ChildProcess(
+            "/usr/bin/ss", ["-tmnHO", "state", "established", "dport = :\(backend.address.port)"])
+        #expect(ss.waitForExit(timeout: 10) == 0)
+        let receiveBuffers = ss.standardOutput.split(separator: "\n").compactMap { line -> Int? in
+            guard let range = line.range(of: "rb") else { return nil }
+            return Int(line[range.upperBound...].prefix { $0.isNumber })
+        }
+        #expect(receiveBuffers.count == clients.count, "\(ss.standardOutput)")
+        // 4 times a pipe of 64 KiB at most, which the kernel doubles.
+        #expect(
+            receiveBuffers.allSatisfy { $0 <= 512 << 10 },
+            "the relay's sockets towards the server: \(ss.standardOutput)")
+        // The relay's sockets towards the clients hold what is in flight (the clients' windows) and little unsent.
+        let towardsClients = try ChildProcess(
+            "/usr/bin/ss", ["-tinHO", "state", "established", "sport = :\(relay.address.port)"])
+        #expect(towardsClients.waitForExit(timeout: 10) == 0)
+        let unsent = towardsClients.standardOutput.split(separator: "\n").compactMap { line -> Int? in
+            guard let range = line.range(of: "notsent:") else { return 0 }
+            return Int(line[range.upperBound...].prefix { $0.isNumber })
+        }
+        #expect(unsent.count == clients.count, "\(towardsClients.standardOutput)")
+        #expect(unsent.allSatisfy { $0 <= 512 << 10 }, "the relay's sockets towards the clients: \(unsent)")
+        #expect(relay.process.exitStatus() == nil)
+    }
 
     /// The relay's sockets whose peer is on this machine use reno, which does not pace; the others keep the
     /// system's congestion control. In a network namespace of its own, whose default is made an algorithm other than
@@ -674,4 +740,34 @@ final class Results: @unchecked Sendable {
 
     var successes: Int { lock.withLock { _successes } }
     var failures: Int { lock.withLock { _failures } }
+}
+
+/// A pipe of a process, as /proc/PID/fd shows it.
+struct RelayPipe: Equatable, CustomStringConvertible {
+    /// F_GETPIPE_SZ.
+    let capacity: Int
+    /// FIONREAD: the bytes in it.
+    let bytes: Int
+
+    var description: String { "\(bytes) of \(capacity) bytes" }
+}
+
+/// The pipes a process holds, each once (a pipe has two descriptors), opened again through /proc/PID/fd.
+func relayPipes(of pid: pid_t) -> [RelayPipe] {
+    let directory = "/proc/\(pid)/fd"
+    var seen = Set<String>()
+    var pipes: [RelayPipe] = []
+    for entry in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] {
+        guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "\(directory)/\(entry)"),
+            target.hasPrefix("pipe:"), seen.insert(target).inserted
+        else { continue }
+        let fd = open("\(directory)/\(entry)", O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else { continue }
+        defer { close(fd) }
+        let getPipeSize: Int32 = 1032  // F_GETPIPE_SZ, which Glibc's module does not export
+        var queued: Int32 = 0
+        guard ioctl(fd, UInt(FIONREAD), &queued) == 0 else { continue }
+        pipes.append(RelayPipe(capacity: Int(fcntl(fd, getPipeSize)), bytes: Int(queued)))
+    }
+    return pipes.sorted { ($0.capacity, $0.bytes) < ($1.capacity, $1.bytes) }
 }

@@ -11,6 +11,8 @@ import Testing
         var serverBytes = 0
         var clientEndsFirst = true
         var pipeCapacity = 64 * 1024
+        var largestPipeCapacity: Int?
+        var pipeBudget = Int.max
         var spliceUnsupported = false
         var pipesUnavailable = false
         var window = 64 * 1024
@@ -37,7 +39,9 @@ import Testing
     /// while reading at random; the relay is advanced in between with random budgets. Returns when the relay says
     /// finished or failed, or after a bound on steps (a stall).
     func run(_ scenario: Scenario) -> Outcome {
-        let kernel = SimulatedKernel(seed: scenario.seed, pipeCapacity: scenario.pipeCapacity)
+        let kernel = SimulatedKernel(
+            seed: scenario.seed, pipeCapacity: scenario.pipeCapacity, largestPipeCapacity: scenario.largestPipeCapacity)
+        kernel.pipeBudget = scenario.pipeBudget
         kernel.spliceUnsupported = scenario.spliceUnsupported
         kernel.pipesUnavailable = scenario.pipesUnavailable
         kernel.client.window = scenario.window
@@ -162,18 +166,22 @@ import Testing
         var io = SimulatedKernel.IO(kernel: kernel)
         relay.releaseResources(&io)
         #expect(kernel.pipesInUse == 0 && kernel.buffersInUse == 0, "seed \(scenario.seed)")
+        #expect(kernel.pipeBudget == scenario.pipeBudget, "seed \(scenario.seed): pipe budget not given back")
     }
 
     @Test func relay_whenBothSidesSendAndClose_everyByteArrivesInOrder() {
         for seed in UInt64(1)...150 {
             var random = SeededRandom(seed: seed)
-            let scenario = Scenario(
+            var scenario = Scenario(
                 seed: seed,
                 clientBytes: Int.random(in: 0...300_000, using: &random),
                 serverBytes: Int.random(in: 0...300_000, using: &random),
                 clientEndsFirst: Bool.random(using: &random),
                 pipeCapacity: [8192, 65536, 1 << 20].randomElement(using: &random)!,
                 window: Int.random(in: 1...200_000, using: &random))
+            // Pipes that may grow, within a budget that may run out.
+            scenario.largestPipeCapacity = scenario.pipeCapacity * [1, 4, 16].randomElement(using: &random)!
+            scenario.pipeBudget = [Int.max, 0, 3 * scenario.pipeCapacity].randomElement(using: &random)!
             expectComplete(run(scenario), scenario)
         }
     }
@@ -416,6 +424,105 @@ import Testing
         #expect(kernel.server.unread == scenarioWindow)
         #expect(kernel.client.incomingOffset <= scenarioWindow + 65536 + 16 * 1024)
         #expect(kernel.client.available > 9_000_000)
+    }
+
+    /// A client that never reads what the server sends pins little: the relay's client socket fills, then the pipe,
+    /// which grew once at most (the client's socket buffers took too little to earn more), and the server's socket
+    /// was limited to a receive buffer in proportion (SO_RCVBUF), so that the kernel's autotuning does not grow it to
+    /// tcp_rmem's maximum while nothing is read.
+    @Test func relay_whenTheClientNeverReads_thePipeStaysSmallAndTheServerSocketIsLimited() {
+        let absorbed = 2_600_000  // what the relay's client socket and the client's receive buffer take, as measured
+        let kernel = SimulatedKernel(seed: 47, pipeCapacity: 16 << 10, largestPipeCapacity: 1 << 20)
+        kernel.client.window = absorbed
+        var relay = RelayState.connected()
+        relay.serverIsOnThisMachine()
+        var io = SimulatedKernel.IO(kernel: kernel)
+        for _ in 0..<400 {
+            kernel.peerSends(.server, Array(repeating: 6, count: 100_000), readiness: &relay.readiness)
+            _ = relay.advance(&io, budget: 16)
+        }
+        #expect(kernel.client.unread == absorbed)
+        let earned = relay.serverToClient.earnedPipeCapacity
+        #expect(earned >= 16 << 10 && earned <= 32 << 10)
+        #expect(kernel.pipeCapacityInUse == earned)
+        #expect(kernel.server.receiveBuffer == Direction.receiveBufferPerPipe * earned)
+        // What the relay took from the server and holds: the pipe and the copy buffer at most.
+        #expect(kernel.server.incomingOffset - absorbed <= earned + 16 << 10)
+        // The client's socket takes little more than what is in flight.
+        #expect(kernel.client.unsentLimit == Direction.unsentPerPipe * earned)
+        // The direction that carried nothing left the client's socket to the kernel.
+        #expect(kernel.client.receiveBuffer == nil)
+    }
+
+    /// A client that reads as fast as the server sends: the pipe is what holds the flow back, so it grows to the
+    /// largest size (256 KiB here), and the server's receive buffer grows with it, a few calls in all.
+    @Test func relay_whenTheClientReadsFast_thePipeGrowsToTheLargestAndTheReceiveBufferFollows() {
+        let kernel = SimulatedKernel(seed: 53, pipeCapacity: 16 << 10, largestPipeCapacity: 256 << 10)
+        kernel.client.window = 64 << 20
+        var relay = RelayState.connected()
+        relay.serverIsOnThisMachine()
+        var io = SimulatedKernel.IO(kernel: kernel)
+        var random = SeededRandom(seed: 53)
+        let sent = randomBytes(24_000_000, &random)
+        var offset = 0
+        for _ in 0..<20_000 where kernel.client.delivered.count < sent.count {
+            if offset < sent.count {
+                let count = min(sent.count - offset, 2_000_000)
+                kernel.peerSends(.server, Array(sent[offset..<(offset + count)]), readiness: &relay.readiness)
+                offset += count
+            }
+            _ = relay.advance(&io, budget: 16)
+            kernel.peerReads(.client, upTo: 64 << 20, readiness: &relay.readiness)
+        }
+        let intact = kernel.client.delivered == sent
+        #expect(intact)
+        #expect(relay.serverToClient.earnedPipeCapacity == 256 << 10)
+        #expect(kernel.pipeCapacityInUse == 256 << 10)
+        #expect(kernel.server.receiveBuffer == Direction.receiveBufferPerPipe * 256 << 10)
+        #expect(kernel.client.unsentLimit == Direction.unsentPerPipe * 256 << 10)
+        // 16 KiB to 256 KiB: four doublings, one receive buffer at the start and one per doubling.
+        #expect(kernel.pipeGrowths == 4)
+        #expect(kernel.server.receiveBufferChanges == 5)
+    }
+
+    /// A server elsewhere keeps the kernel's autotuning of the relay's receive buffer: over a long round trip the
+    /// window, not the pipe, sets the pace, and a limited one would slow the download for good. The pipe still starts
+    /// small and grows with the flow.
+    @Test func relay_whenTheServerIsElsewhere_itsReceiveBufferIsLeftToTheKernel() {
+        let kernel = SimulatedKernel(seed: 61, pipeCapacity: 16 << 10, largestPipeCapacity: 256 << 10)
+        kernel.client.window = 64 << 20
+        var relay = RelayState.connected()
+        var io = SimulatedKernel.IO(kernel: kernel)
+        kernel.peerSends(.server, Array(repeating: 3, count: 20_000_000), readiness: &relay.readiness)
+        for _ in 0..<20_000 where kernel.client.delivered.count < 20_000_000 {
+            _ = relay.advance(&io, budget: 16)
+            kernel.peerReads(.client, upTo: 64 << 20, readiness: &relay.readiness)
+        }
+        #expect(kernel.client.delivered.count == 20_000_000)
+        #expect(kernel.server.receiveBuffer == nil && kernel.client.receiveBuffer == nil)
+        #expect(relay.serverToClient.earnedPipeCapacity == 256 << 10)
+    }
+
+    /// With the process's pipe budget spent, a fast flow keeps its starting pipe, and every byte still arrives; the
+    /// receive buffer still follows the flow.
+    @Test func relay_whenThePipeBudgetIsSpent_thePipeKeepsItsSizeAndEveryByteArrives() {
+        let kernel = SimulatedKernel(seed: 59, pipeCapacity: 16 << 10, largestPipeCapacity: 1 << 20)
+        kernel.pipeBudget = 0
+        kernel.client.window = 64 << 20
+        var relay = RelayState.connected()
+        var io = SimulatedKernel.IO(kernel: kernel)
+        var random = SeededRandom(seed: 59)
+        let sent = randomBytes(20_000_000, &random)
+        kernel.peerSends(.server, sent, readiness: &relay.readiness)
+        for _ in 0..<20_000 where kernel.client.delivered.count < sent.count {
+            _ = relay.advance(&io, budget: 16)
+            kernel.peerReads(.client, upTo: 64 << 20, readiness: &relay.readiness)
+        }
+        let intact = kernel.client.delivered == sent
+        #expect(intact)
+        #expect(kernel.pipeGrowths == 0)
+        #expect(kernel.pipeCapacityInUse <= 16 << 10)
+        #expect(relay.serverToClient.earnedPipeCapacity > 16 << 10)
     }
 
     /// A request/response exchange is copied through the shared buffer: no pipe and no buffer is held between

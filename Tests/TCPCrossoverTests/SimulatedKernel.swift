@@ -41,6 +41,12 @@ final class SimulatedKernel {
         var urgentMark: Int?
         /// Positions in `received` of the bytes the relay sent as urgent data.
         var urgentSent: [Int] = []
+        /// The receive buffer the relay gave this socket (SO_RCVBUF), nil while the kernel's autotuning has it, and
+        /// how many times it was set.
+        var receiveBuffer: Int?
+        var receiveBufferChanges = 0
+        /// The limit of unsent bytes the relay gave this socket (TCP_NOTSENT_LOWAT), nil while it has none.
+        var unsentLimit: Int?
 
         /// FINs the peer got: from shutdown, or from the close of a socket that had not been shut down.
         var finsReceived: Int { shutdownCount + (closed && shutdownCount == 0 ? 1 : 0) }
@@ -76,8 +82,8 @@ final class SimulatedKernel {
         var offset = 0
         var count: Int { bytes.count - offset }
         var slotsUsed = 0
-        let slots: Int
-        let capacity: Int
+        var slots: Int
+        var capacity: Int
     }
 
     var random: SeededRandom
@@ -87,7 +93,13 @@ final class SimulatedKernel {
     var nextPipe: CInt = 100
     var pipesInUse = 0
     var buffersInUse = 0
+    /// The capacity of a new pipe, and the largest a pipe may grow to (`--bs`).
     var pipeCapacity: Int
+    var largestPipeCapacity: Int
+    /// Capacity beyond `pipeCapacity` that the process's pipes may still take (the process's pipe budget).
+    var pipeBudget = Int.max
+    /// Pipe growths asked for and granted.
+    var pipeGrowths = 0
     /// Splice from a socket fails with EINVAL (a socket type without splice support).
     var spliceUnsupported = false
     /// acquirePipe returns nil (out of descriptors).
@@ -95,15 +107,25 @@ final class SimulatedKernel {
     let scratchBuffer: UnsafeMutableRawBufferPointer
     var calls = 0
 
-    init(seed: UInt64, pipeCapacity: Int = 64 * 1024, copyChunk: Int = 16 * 1024) {
+    init(seed: UInt64, pipeCapacity: Int = 64 * 1024, largestPipeCapacity: Int? = nil, copyChunk: Int = 16 * 1024) {
         random = SeededRandom(seed: seed)
         self.pipeCapacity = pipeCapacity
+        self.largestPipeCapacity = max(pipeCapacity, largestPipeCapacity ?? pipeCapacity)
         scratchBuffer = .allocate(byteCount: copyChunk, alignment: 16)
     }
 
     deinit { scratchBuffer.deallocate() }
 
     func socket(_ side: Side) -> Socket { side == .client ? client : server }
+
+    /// A pipe that leaves the relay gives back what it took of the budget.
+    func budgetReturn(_ pipe: PipeHandle) {
+        let capacity = pipes[pipe.readEnd]!.capacity
+        if capacity > pipeCapacity { pipeBudget += capacity - pipeCapacity }
+    }
+
+    /// Pipe capacity held by the relay's directions now.
+    var pipeCapacityInUse: Int { pipes.values.reduce(0) { $0 + $1.capacity } }
 
     func modify(_ side: Side, _ body: (inout Socket) -> Void) {
         if side == .client { body(&client) } else { body(&server) }
@@ -376,13 +398,45 @@ extension SimulatedKernel {
 
         func releasePipe(_ pipe: PipeHandle) {
             precondition(kernel.pipes[pipe.readEnd]!.count == 0, "a pipe with bytes went back to the pool")
+            kernel.budgetReturn(pipe)
             kernel.pipes[pipe.readEnd] = nil
             kernel.pipesInUse -= 1
         }
 
         func discardPipe(_ pipe: PipeHandle) {
+            kernel.budgetReturn(pipe)
             kernel.pipes[pipe.readEnd] = nil
             kernel.pipesInUse -= 1
+        }
+
+        func growPipe(_ pipe: PipeHandle, to bytes: Int) -> Int {
+            kernel.calls += 1
+            var simulated = kernel.pipes[pipe.readEnd]!
+            precondition(simulated.capacity == pipe.capacity, "the direction's pipe capacity is not the kernel's")
+            let target = min(bytes, kernel.largestPipeCapacity)
+            let charge = target - max(simulated.capacity, kernel.pipeCapacity)
+            guard target > simulated.capacity, charge <= kernel.pipeBudget else { return simulated.capacity }
+            kernel.pipeBudget -= max(0, charge)
+            kernel.pipeGrowths += 1
+            simulated.capacity = target
+            simulated.slots = max(2, target / 4096)
+            kernel.pipes[pipe.readEnd] = simulated
+            return target
+        }
+
+        var largestPipe: Int { kernel.largestPipeCapacity }
+
+        func limitUnsent(_ side: Side, to bytes: Int) {
+            kernel.calls += 1
+            kernel.modify(side) { $0.unsentLimit = bytes }
+        }
+
+        func limitReceiveBuffer(_ side: Side, to bytes: Int) {
+            kernel.calls += 1
+            kernel.modify(side) { socket in
+                socket.receiveBuffer = bytes
+                socket.receiveBufferChanges += 1
+            }
         }
 
         func acquireBuffer() -> UnsafeMutableRawBufferPointer {

@@ -174,6 +174,9 @@ extension EventLoop {
         connection.remoteAddress = address
         connection.connectTimer = nil
         connection.phase = .relaying
+        // A server on this machine gets a receive buffer that follows the flow (`Direction.boundsSourceBuffer`).
+        connection.relay.serverIsOnThisMachine(
+            address.isLoopback || ownAddresses.isOnThisMachine(address, now: now) == true)
         meter?.connected(connection.service, after: now - connection.startedAt)
         connection.relay.readiness.server.writable = true
         connection.lastActivity = now

@@ -59,6 +59,19 @@ public enum PumpOutcome: Equatable, Sendable {
 /// request/response connection holds no buffer and no pipe. When a receive fills the buffer (bulk data) or the
 /// destination cannot keep up, the direction switches to splice(2) through a pipe, which moves bytes without
 /// copying them; when the source goes quiet with the pipe empty, the pipe goes back to the pool.
+///
+/// What a splicing direction holds is bounded by what its flow has earned, so that a destination that stops reading
+/// (a client that never reads what the server sends) pins little: the pipe starts small, and a source on this
+/// machine (`boundsSourceBuffer`) has its receive buffer (SO_RCVBUF) limited to `receiveBufferPerPipe` times the
+/// earned size from the moment the direction starts splicing, so that the kernel's autotuning does not grow it to
+/// tcp_rmem's maximum and the server's data waits in the server's send buffer, not in the relay's. A source
+/// elsewhere keeps autotuning: over a long round trip the window, not the pipe, sets the pace, and a limited window
+/// would slow it for good. The destination, for its part, takes only up to `unsentPerPipe` times the earned size
+/// beyond what is in flight (TCP_NOTSENT_LOWAT), rather than all its send buffer's autotuning allows (tcp_wmem's
+/// maximum): a reader that stops leaves little unsent in the relay's socket. All three double each time the pipe,
+/// filled up by the source, has delivered `growthSpan` times its capacity to the destination: a destination that
+/// stops reading stops that count, and one that takes only its socket buffers' worth before it stops leaves the pipe
+/// at its start.
 public struct Direction {
     public let source: Side
     public let destination: Side
@@ -97,6 +110,34 @@ public struct Direction {
     public private(set) var lostBytes: UInt64 = 0
     /// Bytes received in copy mode whose send failed: gone with the destination, and counted lost if it is abandoned.
     private var unsentAtFailure = 0
+    /// The pipe filled up (a splice into it left no room, or its slots were all taken) since it was last empty.
+    private var pipeFilled = false
+    /// Bytes delivered from a pipe that had filled up, since the last growth.
+    private var deliveredThroughFullPipe = 0
+    /// The pipe capacity the flow has earned (0 before the first splice): the pipe grows to it within the process's
+    /// budget, and the destination's unsent limit and a local source's receive buffer follow it.
+    public private(set) var earnedPipeCapacity = 0
+    /// The receive buffer the source was given (SO_RCVBUF), 0 while the kernel's autotuning has it.
+    public private(set) var receiveBufferLimit = 0
+    /// The source is on this machine (a loopback address or the machine's own): its receive buffer follows the
+    /// earned pipe capacity.
+    public var boundsSourceBuffer = false
+    /// The limit of unsent bytes given to the destination (TCP_NOTSENT_LOWAT), 0 before the first splice.
+    public private(set) var unsentLimit = 0
+
+    /// A pipe that filled up grows (and the source's receive buffer with it) after delivering this many times its
+    /// capacity: from 16 KiB to 1 MiB after some 64 MiB, a small part of a bulk transfer, while a client that stops
+    /// reading has usually taken no more than its socket buffers (1 to 3 MiB over loopback) and leaves its pipe at 16
+    /// or 32 KiB. A destination that keeps saying it is full (a slow reader, or the machine short of TCP memory) does
+    /// not stop the growth: it still drains the pipe, and a fresh connection must reach its speed under load too.
+    public static let growthSpan = 64
+    /// The source's receive buffer, in earned pipe capacities (the kernel doubles the figure for its bookkeeping):
+    /// 4 times a 16 KiB pipe is the kernel's default (tcp_rmem's middle value), 4 times 1 MiB is rmem_max's usual
+    /// cap.
+    public static let receiveBufferPerPipe = 4
+    /// What may wait unsent in the destination's socket, in earned pipe capacities: 64 KiB for a 16 KiB pipe, 4 MiB
+    /// (tcp_wmem's usual maximum, so no limit) for 1 MiB.
+    public static let unsentPerPipe = 4
 
     public init(from source: Side, to destination: Side) {
         self.source = source
@@ -256,8 +297,38 @@ public struct Direction {
         case .processed(let count):
             bytes += UInt64(count)
             pipeBytes -= count
+            if pipeFilled {
+                deliveredThroughFullPipe += count
+                if deliveredThroughFullPipe >= Self.growthSpan * pipe.capacity { grow(&io) }
+                if pipeBytes == 0 { pipeFilled = false }
+            }
             return count > 0
         }
+    }
+
+    /// The pipe, filled up, kept the destination waiting for long enough: the flow earns twice the pipe, the
+    /// destination twice the unsent limit, and a source on this machine twice the receive buffer.
+    private mutating func grow<IO: RelayIO>(_ io: inout IO) {
+        deliveredThroughFullPipe = 0
+        guard earnedPipeCapacity < io.largestPipe, let pipe else { return }
+        earnedPipeCapacity = min(2 * earnedPipeCapacity, io.largestPipe)
+        self.pipe!.capacity = io.growPipe(pipe, to: earnedPipeCapacity)
+        limitBuffers(&io)
+    }
+
+    /// Gives the destination the unsent limit, and a source on this machine the receive buffer, that the flow has
+    /// earned, where they have not got them yet.
+    private mutating func limitBuffers<IO: RelayIO>(_ io: inout IO) {
+        let unsent = Self.unsentPerPipe * earnedPipeCapacity
+        if unsent != unsentLimit {
+            io.limitUnsent(destination, to: unsent)
+            unsentLimit = unsent
+        }
+        guard boundsSourceBuffer else { return }
+        let wanted = Self.receiveBufferPerPipe * earnedPipeCapacity
+        guard wanted != receiveBufferLimit else { return }
+        io.limitReceiveBuffer(source, to: wanted)
+        receiveBufferLimit = wanted
     }
 
     /// Step 2: takes in more from the source, while there is room for it.
@@ -308,11 +379,15 @@ public struct Direction {
         case .processed(let count):
             pipeBytes += count
             inflowSinceEmpty += count
+            if pipeBytes >= pipe.capacity { pipeFilled = true }
             return true
         case .wouldBlock:
             // With bytes in the pipe, EAGAIN may come from a pipe whose slots are all taken, not from an empty
             // socket: the readable flag stays, and the next round tries again once the pipe has drained.
-            guard pipeBytes == 0 else { return false }
+            guard pipeBytes == 0 else {
+                pipeFilled = true
+                return false
+            }
             readiness[source].readable = false
             if inflowSinceEmpty < io.scratch.count {
                 stopSplicing(&io)
@@ -407,8 +482,17 @@ public struct Direction {
         wantsSplice = false
         guard pipe == nil, held == nil else { return }
         // Without a pipe (out of descriptors) the direction goes on copying.
-        pipe = io.acquirePipe()
+        guard var pipe = io.acquirePipe() else { return }
         inflowSinceEmpty = 0
+        pipeFilled = false
+        deliveredThroughFullPipe = 0
+        if earnedPipeCapacity == 0 {
+            earnedPipeCapacity = pipe.capacity
+        } else if pipe.capacity < earnedPipeCapacity {
+            pipe.capacity = io.growPipe(pipe, to: earnedPipeCapacity)
+        }
+        self.pipe = pipe
+        limitBuffers(&io)
     }
 
     private mutating func stopSplicing<IO: RelayIO>(_ io: inout IO) {

@@ -31,6 +31,8 @@ public final class Engine: @unchecked Sendable {
     let pausedForLimit = Atomic<Int>(0)
     /// The process ran out of descriptors and has not had a whole connection since: one log line per episode.
     let exhausted = Atomic<Bool>(false)
+    /// What the loops' pipes may hold beyond their starting size, all loops together.
+    let pipeBudget: PipeBudget
     /// Set before any loop runs; read-only afterwards.
     var periodicTasks: [PeriodicTask] = []
     /// Called once, on the first stop request (SIGTERM, SIGINT, the idle exit); set before `run`.
@@ -57,6 +59,7 @@ public final class Engine: @unchecked Sendable {
             periodicTasks.append(
                 PeriodicTask(interval: 1000) { clientLimits.endQuietEpisodes(now: Syscall.monotonicMilliseconds()) })
         }
+        pipeBudget = PipeBudget(bytes: options.pipeMemory, largestPipe: options.pipeSize)
     }
 
     /// Blocks the handled signals and ignores SIGPIPE, in the calling thread and every thread started after.

@@ -113,7 +113,9 @@ final class EventLoop: @unchecked Sendable {
         }
         events = .allocate(capacity: 64)
         resources = LoopResources(
-            copyChunk: min(engine.options.copyChunk, engine.options.pipeSize), pipeSize: engine.options.pipeSize)
+            copyChunk: min(engine.options.copyChunk, engine.options.pipeSize),
+            startingPipe: engine.options.startingPipeSize, largestPipe: engine.options.pipeSize,
+            budget: engine.pipeBudget)
         now = Syscall.monotonicMilliseconds()
         meter = engine.metrics == nil ? nil : LoopMeter(serviceCount: engine.services.count)
         try control(EPOLL_CTL_ADD, wake, EPOLLIN.rawValue, EventTag.make(EventTag.control, index: EventTag.wake))

@@ -1,11 +1,73 @@
+import Synchronization
+
+/// The pipe memory that the process's pipes may hold beyond their starting size, shared by its event loops: a pipe
+/// grows (see `Direction`) only with a share of it, and gives the share back when it shrinks or closes. So the
+/// splicing directions of clients that stop reading can never pin more than this in total, and honest connections
+/// keep pipes of the starting size however many of them there are.
+///
+/// An unprivileged process is also held by the kernel to fs.pipe-user-pages-soft (64 MiB by default) for all its
+/// pipes, beyond which every new pipe of the user gets 2 pages and no pipe can grow: the budget is then half of that
+/// limit at most, the other half left to pipes of the starting size. Its size is settled at the first growth, when
+/// privileges have been dropped.
+final class PipeBudget: Sendable {
+    /// Bytes still available; `unset` until the first growth settles the size.
+    private let available = Atomic<Int>(PipeBudget.unset)
+    private let configured: Int?
+    private let largestPipe: Int
+    private static let unset = Int.min
+
+    /// `bytes`: the budget, or nil for the default (64 of the largest pipes, within the unprivileged limit).
+    init(bytes: Int?, largestPipe: Int) {
+        configured = bytes
+        self.largestPipe = largestPipe
+    }
+
+    /// The budget this process gets: the configured one, or 64 pipes of the largest size, and for an unprivileged
+    /// process at most half of its pipe-user-pages-soft (the kernel's default where /proc/sys cannot be read).
+    var size: Int {
+        var size = configured ?? 64 * largestPipe
+        if Syscall.isUnprivileged {
+            let pages = Syscall.pipeUserPagesSoft() ?? 16384
+            if pages > 0 { size = min(size, pages * Syscall.pageSize / 2) }
+        }
+        return size
+    }
+
+    /// Takes `bytes` from the budget; false, taking nothing, when fewer are left.
+    func take(_ bytes: Int) -> Bool {
+        var current = available.load(ordering: .relaxed)
+        if current == Self.unset {
+            let (_, original) = available.compareExchange(expected: Self.unset, desired: size, ordering: .relaxed)
+            current = original == Self.unset ? available.load(ordering: .relaxed) : original
+        }
+        while current >= bytes {
+            let (exchanged, original) = available.compareExchange(
+                expected: current, desired: current - bytes, ordering: .relaxed)
+            if exchanged { return true }
+            current = original
+        }
+        return false
+    }
+
+    /// Gives back what `take` took.
+    func give(_ bytes: Int) {
+        available.add(bytes, ordering: .relaxed)
+    }
+}
+
 /// What an event loop lends its connections: one shared receive buffer, and pools of pipes and of buffers for
 /// directions that need them for a while. Nothing here is allocated per event; pipes and buffers are made when the
 /// pool is empty and kept, up to a bound, when given back.
 final class LoopResources {
     /// The shared buffer for a receive that is sent at once.
     let scratch: UnsafeMutableRawBufferPointer
-    /// The pipe size asked for (`--bs`).
-    let pipeSize: Int
+    /// The size a pipe starts with: a direction's pipe grows from there towards `largestPipe` only while the pipe,
+    /// not the destination, holds the direction back (see `Direction`).
+    let startingPipe: Int
+    /// The largest pipe size (`--bs`).
+    let largestPipe: Int
+    /// The process's budget for pipe capacity beyond `startingPipe`.
+    let budget: PipeBudget
     private var idlePipes: [PipeHandle] = []
     private var idleBuffers: [UnsafeMutableRawBufferPointer] = []
     private let maximumIdle: Int
@@ -13,9 +75,11 @@ final class LoopResources {
     /// builds).
     private(set) var pipesInUse = 0
 
-    init(copyChunk: Int, pipeSize: Int, maximumIdle: Int = 64) {
+    init(copyChunk: Int, startingPipe: Int, largestPipe: Int, budget: PipeBudget, maximumIdle: Int = 64) {
         scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: copyChunk, alignment: 64)
-        self.pipeSize = pipeSize
+        self.startingPipe = min(startingPipe, largestPipe)
+        self.largestPipe = largestPipe
+        self.budget = budget
         self.maximumIdle = maximumIdle
     }
 
@@ -32,7 +96,9 @@ final class LoopResources {
         }
         do {
             let (readEnd, writeEnd) = try Syscall.pipe()
-            let capacity = Syscall.setPipeCapacity(writeEnd, pipeSize)
+            // A new pipe has the kernel's default size (16 pages), or 2 pages for a user past its
+            // pipe-user-pages-soft; it is set to the starting size, which the budget does not count.
+            let capacity = Syscall.setPipeCapacity(writeEnd, startingPipe) ?? Syscall.pipeCapacity(writeEnd)
             pipesInUse += 1
             return PipeHandle(readEnd: readEnd, writeEnd: writeEnd, capacity: max(capacity, 4096))
         } catch {
@@ -41,8 +107,35 @@ final class LoopResources {
         }
     }
 
+    func growPipe(_ pipe: PipeHandle, to bytes: Int) -> Int {
+        let target = min(bytes, largestPipe)
+        // Only capacity beyond the starting size counts against the budget.
+        let charge = target - max(pipe.capacity, startingPipe)
+        guard target > pipe.capacity, charge <= 0 || budget.take(charge) else { return pipe.capacity }
+        guard let capacity = Syscall.setPipeCapacity(pipe.writeEnd, target) else {
+            if charge > 0 { budget.give(charge) }
+            return pipe.capacity
+        }
+        // The kernel rounds a size up to a power of two pages: the budget counts what the pipe has.
+        if capacity != target { budget.give(target - capacity) }
+        return capacity
+    }
+
+    /// Capacity beyond the starting size, which the budget lent.
+    private func borrowed(_ pipe: PipeHandle) -> Int { max(0, pipe.capacity - startingPipe) }
+
     func releasePipe(_ pipe: PipeHandle) {
         pipesInUse -= 1
+        var pipe = pipe
+        if pipe.capacity > startingPipe {
+            // An empty pipe can always shrink; the pool lends pipes of the starting size only.
+            guard let capacity = Syscall.setPipeCapacity(pipe.writeEnd, startingPipe) else {
+                close(pipe)
+                return
+            }
+            budget.give(borrowed(pipe))
+            pipe.capacity = capacity
+        }
         if idlePipes.count < maximumIdle {
             idlePipes.append(pipe)
         } else {
@@ -73,7 +166,9 @@ final class LoopResources {
         }
     }
 
+    /// Closes a pipe and gives back what the budget lent it.
     private func close(_ pipe: PipeHandle) {
+        budget.give(borrowed(pipe))
         Syscall.close(pipe.readEnd)
         Syscall.close(pipe.writeEnd)
     }
@@ -126,6 +221,10 @@ struct SocketIO: RelayIO {
 
     func acquirePipe() -> PipeHandle? { resources.acquirePipe() }
     func releasePipe(_ pipe: PipeHandle) { resources.releasePipe(pipe) }
+    func growPipe(_ pipe: PipeHandle, to bytes: Int) -> Int { resources.growPipe(pipe, to: bytes) }
+    var largestPipe: Int { resources.largestPipe }
+    func limitReceiveBuffer(_ side: Side, to bytes: Int) { Syscall.setReceiveBuffer(fd(side), bytes) }
+    func limitUnsent(_ side: Side, to bytes: Int) { Syscall.setUnsentLimit(fd(side), bytes) }
     func discardPipe(_ pipe: PipeHandle) { resources.discardPipe(pipe) }
     func acquireBuffer() -> UnsafeMutableRawBufferPointer { resources.acquireBuffer() }
     func releaseBuffer(_ buffer: UnsafeMutableRawBufferPointer) { resources.releaseBuffer(buffer) }

@@ -14,8 +14,8 @@ public enum Side: Sendable, Equatable, CustomStringConvertible {
 public struct PipeHandle: Equatable, Sendable {
     public let readEnd: CInt
     public let writeEnd: CInt
-    /// The pipe's capacity in bytes, from F_GETPIPE_SZ.
-    public let capacity: Int
+    /// The pipe's capacity in bytes, from F_GETPIPE_SZ (or F_SETPIPE_SZ when it grew).
+    public var capacity: Int
 
     public init(readEnd: CInt, writeEnd: CInt, capacity: Int) {
         self.readEnd = readEnd
@@ -55,6 +55,16 @@ public protocol RelayIO {
     mutating func acquirePipe() -> PipeHandle?
     /// Gives back an empty pipe.
     mutating func releasePipe(_ pipe: PipeHandle)
+    /// Grows `pipe` towards `bytes` (F_SETPIPE_SZ), at most to the largest pipe size (`--bs`) and within the
+    /// process's budget of pipe memory; returns its capacity afterwards, unchanged when the growth was refused.
+    mutating func growPipe(_ pipe: PipeHandle, to bytes: Int) -> Int
+    /// The largest capacity a pipe may grow to (`--bs`).
+    var largestPipe: Int { get }
+    /// setsockopt(2) SO_RCVBUF on `side`: how much the peer may send ahead of the relay's reading. The kernel's
+    /// autotuning no longer grows that buffer afterwards.
+    mutating func limitReceiveBuffer(_ side: Side, to bytes: Int)
+    /// setsockopt(2) TCP_NOTSENT_LOWAT on `side`: how much of what the relay sent may wait unsent in that socket.
+    mutating func limitUnsent(_ side: Side, to bytes: Int)
     /// Closes a pipe that still holds bytes of an aborted connection.
     mutating func discardPipe(_ pipe: PipeHandle)
     /// A buffer of `copyChunk` bytes for bytes that the destination could not take at once.

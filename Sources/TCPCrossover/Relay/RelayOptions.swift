@@ -1,7 +1,13 @@
 /// How the relay engine behaves: sizes, timeouts and limits. The command line fills it in.
 public struct RelayOptions: Sendable, Equatable {
-    /// The pipe size asked for each splicing direction (`--bs`).
+    /// The largest pipe of a splicing direction (`--bs`): its pipe starts at `startingPipeSize` and grows towards
+    /// this while the pipe holds the direction back (see `Direction`).
     public var pipeSize = 1 << 20
+    /// The size a splicing direction's pipe starts with.
+    public var startingPipeSize = 16 << 10
+    /// The pipe memory the process may hold beyond the starting size of its pipes, in bytes (`--pipe-memory`); nil
+    /// for 64 pipes of `pipeSize`, and for an unprivileged process at most half of fs.pipe-user-pages-soft.
+    public var pipeMemory: Int?
     /// The size of a copy-mode receive. A receive that fills it switches the direction to splice.
     public var copyChunk = 16 << 10
     /// How long one connect to a remote address may take, in milliseconds (`--connect-timeout`).

@@ -120,6 +120,13 @@ public struct RelayState {
         clientToServer.hold(header: header, received: received, &io)
     }
 
+    /// Whether the server is on this machine: what it sends is then taken into a receive buffer that follows the
+    /// flow (see `Direction.boundsSourceBuffer`), so that a client that stops reading leaves the server's data in
+    /// the server's own send buffer. Said at each connect attempt.
+    public mutating func serverIsOnThisMachine(_ onThisMachine: Bool = true) {
+        serverToClient.boundsSourceBuffer = onThisMachine
+    }
+
     /// Bytes delivered from the client to the server, and from the server to the client.
     public var bytes: (up: UInt64, down: UInt64) { (clientToServer.bytes, serverToClient.bytes) }
 

@@ -14,6 +14,7 @@ public struct Options: Equatable, Sendable {
     public var remote: [String]
     public var pidfile: String?
     public var bufferSize: String
+    public var pipeMemory: String?
     public var debug: Bool
     public var foreground: Bool
     public var dualStack: Bool
@@ -44,9 +45,9 @@ public struct Options: Equatable, Sendable {
 
     public init(
         local: [String] = [], remote: [String] = [], pidfile: String? = nil, bufferSize: String = "1m",
-        debug: Bool = false, foreground: Bool = false, dualStack: Bool = false, connectTimeout: String = "10",
-        connectDeadline: String = "30", threads: String = "0", exitIdleTime: String? = nil,
-        maxConnections: String? = nil, maxConnectionsPerClient: String? = nil,
+        pipeMemory: String? = nil, debug: Bool = false, foreground: Bool = false, dualStack: Bool = false,
+        connectTimeout: String = "10", connectDeadline: String = "30", threads: String = "0",
+        exitIdleTime: String? = nil, maxConnections: String? = nil, maxConnectionsPerClient: String? = nil,
         maxNewConnectionsPerClient: String? = nil, clientPrefixLength: String? = nil, idleTimeout: String? = nil,
         keepalive: String = "120,30,4", shutdownTimeout: String = "10", user: String? = nil, group: String? = nil,
         proxyProtocol: String? = nil, source: [String] = [], allow: [String] = [], deny: [String] = [],
@@ -57,6 +58,7 @@ public struct Options: Equatable, Sendable {
         self.remote = remote
         self.pidfile = pidfile
         self.bufferSize = bufferSize
+        self.pipeMemory = pipeMemory
         self.debug = debug
         self.foreground = foreground
         self.dualStack = dualStack
@@ -100,6 +102,9 @@ public struct Options: Equatable, Sendable {
         configuration.debug = debug
         configuration.dualStack = dualStack
         configuration.relay.pipeSize = try size(bufferSize, option: "--bs", range: 4096...(16 << 20))
+        configuration.relay.pipeMemory = try pipeMemory.map { text in
+            text == "0" ? 0 : try size(text, option: "--pipe-memory", range: 4096...(1 << 40))
+        }
         configuration.relay.connectTimeout = try milliseconds(connectTimeout, option: "--connect-timeout")
         configuration.relay.connectDeadline = try milliseconds(connectDeadline, option: "--connect-deadline")
         configuration.relay.threads = try count(

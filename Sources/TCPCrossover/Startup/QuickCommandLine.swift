@@ -6,11 +6,10 @@
 public enum QuickCommandLine {
     /// Long options that take a value (`--name VALUE` or `--name=VALUE`).
     public static let valueOptions = [
-        "local", "remote", "pidfile", "bs", "connect-timeout", "connect-deadline", "threads", "exit-idle-time",
-        "max-connections",
-        "max-connections-per-client", "max-new-connections-per-client", "client-prefix-length", "idle-timeout",
-        "keepalive", "shutdown-timeout", "user", "group", "proxy-protocol", "source", "allow", "deny",
-        "resolve-interval", "loopback-congestion-control", "metrics", "log-connections",
+        "local", "remote", "pidfile", "bs", "pipe-memory", "connect-timeout", "connect-deadline", "threads",
+        "exit-idle-time", "max-connections", "max-connections-per-client", "max-new-connections-per-client",
+        "client-prefix-length", "idle-timeout", "keepalive", "shutdown-timeout", "user", "group", "proxy-protocol",
+        "source", "allow", "deny", "resolve-interval", "loopback-congestion-control", "metrics", "log-connections",
     ]
     /// Long flags; `-f` is `--foreground`.
     public static let flags = ["debug", "foreground", "dual-stack", "no-proxy-warning"]
@@ -62,6 +61,7 @@ public enum QuickCommandLine {
         case "remote": options.remote.append(value)
         case "pidfile": options.pidfile = value
         case "bs": options.bufferSize = value
+        case "pipe-memory": options.pipeMemory = value
         case "connect-timeout": options.connectTimeout = value
         case "connect-deadline": options.connectDeadline = value
         case "threads": options.threads = value

@@ -207,12 +207,56 @@ public enum Syscall {
         return fds
     }
 
-    /// fcntl(2) F_SETPIPE_SZ, then F_GETPIPE_SZ: the capacity the pipe has afterwards. The kernel may refuse the
-    /// size (above /proc/sys/fs/pipe-max-size, or past the user's pipe-user-pages-soft): the pipe then keeps
-    /// the size it has.
-    static func setPipeCapacity(_ fd: CInt, _ bytes: Int) -> Int {
-        _ = tcx_set_pipe_size(fd, CInt(clamping: bytes))
-        return Int(tcx_get_pipe_size(fd))
+    /// fcntl(2) F_SETPIPE_SZ: the capacity the pipe has afterwards (a whole number of pages, at least `bytes`), or
+    /// nil when the kernel refuses the size (above /proc/sys/fs/pipe-max-size, past the user's
+    /// pipe-user-pages-soft, or smaller than the bytes the pipe holds): the pipe then keeps the size it had.
+    static func setPipeCapacity(_ fd: CInt, _ bytes: Int) -> Int? {
+        let capacity = tcx_set_pipe_size(fd, CInt(clamping: bytes))
+        return capacity > 0 ? Int(capacity) : nil
+    }
+
+    /// fcntl(2) F_GETPIPE_SZ: the pipe's capacity in bytes.
+    static func pipeCapacity(_ fd: CInt) -> Int {
+        Int(tcx_get_pipe_size(fd))
+    }
+
+    /// The user's budget of pipe pages, /proc/sys/fs/pipe-user-pages-soft (0: no limit); nil where it cannot be
+    /// read (a sandbox with ProcSubset=pid).
+    static func pipeUserPagesSoft() -> Int? {
+        guard let fd = try? open("/proc/sys/fs/pipe-user-pages-soft", O_RDONLY) else { return nil }
+        defer { close(fd) }
+        guard let bytes = try? readStart(fd, count: 32) else { return nil }
+        var value = 0
+        var digits = 0
+        for byte in bytes {
+            guard byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") else { break }
+            value = value * 10 + Int(byte - UInt8(ascii: "0"))
+            digits += 1
+        }
+        return digits > 0 ? value : nil
+    }
+
+    /// Whether the process runs without root's privileges (its effective user is not 0), so that the kernel holds it
+    /// to the per-user limits, such as fs.pipe-user-pages-soft.
+    static var isUnprivileged: Bool { geteuid() != 0 }
+
+    /// setsockopt(2) TCP_NOTSENT_LOWAT: the socket takes more only while fewer than `bytes` of what it was given wait
+    /// unsent (what is in flight is bounded by the peer's window). Errors are ignored.
+    static func setUnsentLimit(_ fd: CInt, _ bytes: Int) {
+        var value = CInt(clamping: bytes)
+        _ = Glibc.setsockopt(
+            fd, CInt(IPPROTO_TCP), TCP_NOTSENT_LOWAT, &value, socklen_t(MemoryLayout<CInt>.size))
+    }
+
+    /// sysconf(3) _SC_PAGESIZE.
+    static var pageSize: Int { max(4096, Int(sysconf(CInt(_SC_PAGESIZE)))) }
+
+    /// setsockopt(2) SO_RCVBUF: the socket's receive buffer (the kernel doubles `bytes` for its bookkeeping and caps
+    /// it at net.core.rmem_max), which also stops the kernel from growing it by itself (autotuning). Errors are
+    /// ignored: the buffer then stays as it was.
+    static func setReceiveBuffer(_ fd: CInt, _ bytes: Int) {
+        var value = CInt(clamping: bytes)
+        _ = Glibc.setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &value, socklen_t(MemoryLayout<CInt>.size))
     }
 
     /// splice(2) of up to `count` bytes from `source` to `destination`, one of which is a pipe; non-blocking.
@@ -740,9 +784,6 @@ public enum Syscall {
 
     /// sysconf(3) _SC_CLK_TCK: the unit of the CPU times in /proc.
     static var clockTicksPerSecond: Int { max(1, Int(sysconf(CInt(_SC_CLK_TCK)))) }
-
-    /// sysconf(3) _SC_PAGESIZE.
-    static var pageSize: Int { max(1, Int(sysconf(CInt(_SC_PAGESIZE)))) }
 
     // MARK: users and privileges
 
