@@ -29,8 +29,8 @@ REMOTE ?= 127.0.0.1:8000
 # connection: the Swift runtime and libstdc++ are linked statically (a process then loads libc and libm only), there
 # is no $$ORIGIN run path to search, and relative relocations are packed (-z pack-relative-relocs, RELR), which keeps
 # the loader's work for the PIE's 38,000 relocations small. PIE=no builds an executable at a fixed address instead:
-# no relocations to apply at start, measurably more connections per second under inetd (README, Performance), and
-# no randomisation of the relay's own code. `make release-nopie` builds that one beside the default, in
+# no relocations to apply at start, measurably more connections per second under inetd (Benchmarks/README.md,
+# Results), and no randomisation of the relay's own code. `make release-nopie` builds that one beside the default, in
 # .build-nopie, for the benchmark.
 PIE ?= yes
 PIE_LAYOUT = -Xlinker -z -Xlinker pack-relative-relocs

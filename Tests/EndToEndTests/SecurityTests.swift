@@ -108,14 +108,15 @@ import Testing
         #expect(entry.contains("\tper_source\t= "), "\(entry)")
     }
 
-    /// The README's recipes are the files the mail server test applies, word for word.
+    /// The recipes of docs/SECURITY.md (where the README's Security section points) are the files the mail server
+    /// test applies, word for word.
     @Test(arguments: ["postfix-master.cf", "postfix-no-proxy.cf", "dovecot-relayed.conf"])
-    func readme_givesTheRecipesTheTestRuns(file: String) throws {
-        let readme = try String(contentsOfFile: repositoryPath("README.md"), encoding: .utf8)
+    func securityPage_givesTheRecipesTheTestRuns(file: String) throws {
+        let page = try String(contentsOfFile: repositoryPath("docs/SECURITY.md"), encoding: .utf8)
         let recipe = try String(contentsOfFile: repositoryPath("Tests/MailServers/\(file)"), encoding: .utf8)
         let indented = recipe.split(separator: "\n", omittingEmptySubsequences: false).dropLast()
             .map { $0.isEmpty ? "" : "    " + $0 }.joined(separator: "\n")
-        #expect(readme.contains(indented + "\n"), "README.md lacks the recipe of \(file):\n\(indented)")
+        #expect(page.contains(indented + "\n"), "docs/SECURITY.md lacks the recipe of \(file):\n\(indented)")
     }
 
     /// Debian's Postfix ("Internet Site", IPv4 only) and Dovecot, each in namespaces of the test's own
@@ -142,7 +143,7 @@ import Testing
 
         // Until Postfix opens the port for relayed connections, they are refused: nothing is open.
         #expect(answer("before closed").contains("Connection reset"), "\(context)")
-        // With the README's recipe: no relaying for the outside client, mail for the local domain accepted.
+        // With the recipe of docs/SECURITY.md: no relaying for the outside client, mail for the local domain accepted.
         #expect(answer("after relay").hasPrefix("after relay 454 4.7.1"), "\(context)")
         #expect(answer("after relay").hasSuffix("Relay access denied"), "\(context)")
         #expect(answer("after local").hasPrefix("after local 250 "), "\(context)")

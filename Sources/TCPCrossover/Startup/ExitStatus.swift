@@ -1,4 +1,4 @@
-/// The exit statuses of tcp-crossover, from sysexits.h where one fits. The README lists them.
+/// The exit statuses of tcp-crossover, from sysexits.h where one fits. docs/OPERATIONS.md lists them.
 public enum ExitStatus {
     public static let success: CInt = 0
     /// A runtime failure that fits no other status, such as epoll or a thread that could not be created.
