@@ -61,10 +61,10 @@ BUILD_PACKAGES = libsystemd-dev pkg-config
 TEST_PACKAGES = systemd xinetd nginx-light util-linux mount iproute2 python3 python3-prometheus-client \
 	systemd-container procps
 
-BENCHMARK_PACKAGES = nginx-light iperf3 wrk haproxy 6tunnel socat hyperfine systemd curl
+BENCHMARK_PACKAGES = nginx-light iperf3 wrk haproxy 6tunnel socat hyperfine systemd curl python3-matplotlib
 
 .PHONY: all build release release-nopie run check check-systemd deb check-deb test deps test-deps install \
-	install-files uninstall lint clean benchmark reliability startup-order
+	install-files uninstall lint clean benchmark benchmark-matrix reliability startup-order
 
 all: build
 
@@ -176,6 +176,13 @@ uninstall:
 benchmark: release release-nopie
 	@./.ci/install-packages $(BENCHMARK_PACKAGES)
 	Benchmarks/run --binary $(RELEASE_BINARY) --nopie-binary $(NOPIE_BINARY) $(BENCHMARK_FLAGS)
+
+# The matrix of load shapes and its chart (Benchmarks/results/latest-matrix.png): GRID=quick takes a few minutes,
+# GRID=full within an hour. See Benchmarks/README.md, "The matrix".
+GRID = quick
+benchmark-matrix: release
+	@./.ci/install-packages $(BENCHMARK_PACKAGES)
+	Benchmarks/run --binary $(RELEASE_BINARY) --grid $(GRID) $(BENCHMARK_FLAGS)
 
 # The full-size reliability runs (the default test run keeps fast versions): see RELIABILITY.md.
 reliability: test-deps
