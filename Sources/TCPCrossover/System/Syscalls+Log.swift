@@ -12,11 +12,6 @@ extension Syscall {
         openlog(copy, LOG_PID | LOG_NDELAY, facility)
     }
 
-    /// syslog(3) of one message.
-    static func systemLog(_ priority: CInt, _ message: String) {
-        tcx_syslog(priority, message)
-    }
-
     // MARK: log output
 
     /// write(2) of all of `bytes` to a blocking descriptor.

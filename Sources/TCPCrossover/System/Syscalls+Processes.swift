@@ -31,11 +31,6 @@ extension Syscall {
         return String(cString: value)
     }
 
-    /// unsetenv(3).
-    static func removeEnvironment(_ name: String) {
-        unsetenv(name)
-    }
-
     // MARK: threads
 
     /// pthread_create(3) running `body`.
