@@ -42,10 +42,6 @@ int tcx_lock(int fd) {
     return flock(fd, LOCK_EX | LOCK_NB);
 }
 
-void tcx_syslog(int priority, const char *message) {
-    syslog(priority, "%s", message);
-}
-
 void tcx_syslog_bytes(int priority, const char *message, size_t length) {
     syslog(priority, "%.*s", (int)length, message);
 }

@@ -35,9 +35,6 @@ int tcx_unacknowledged(int fd, int *count);
 /// flock(2) LOCK_EX | LOCK_NB.
 int tcx_lock(int fd);
 
-/// syslog(3) with a fixed "%s" format, so a message is never read as a format.
-void tcx_syslog(int priority, const char *message);
-
 /// syslog(3) of `length` bytes that need no terminating NUL (a line inside a buffer of lines).
 void tcx_syslog_bytes(int priority, const char *message, size_t length);
 

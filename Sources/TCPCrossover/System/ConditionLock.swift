@@ -1,4 +1,3 @@
-import CLinux
 import Glibc
 
 /// A mutex with a condition variable (pthread_mutex_t, pthread_cond_t on CLOCK_MONOTONIC), for a thread that
@@ -51,25 +50,5 @@ final class ConditionLock: @unchecked Sendable {
     /// pthread_cond_broadcast(3): wakes every waiting thread. Call inside `withLock`.
     func broadcast() {
         pthread_cond_broadcast(condition)
-    }
-}
-
-// MARK: log output
-
-extension Syscall {
-    /// write(2) of all of `bytes` to a blocking descriptor.
-    static func writeAll(_ fd: CInt, _ bytes: UnsafeRawBufferPointer) throws(Errno) {
-        var offset = 0
-        while offset < bytes.count {
-            guard case .processed(let count) = try write(fd, UnsafeRawBufferPointer(rebasing: bytes[offset...])) else {
-                throw Errno.wouldBlock
-            }
-            offset += count
-        }
-    }
-
-    /// syslog(3) of one message: `length` bytes at `message`, which need no terminating NUL.
-    static func systemLog(_ priority: CInt, _ message: UnsafeRawBufferPointer) {
-        tcx_syslog_bytes(priority, message.baseAddress?.assumingMemoryBound(to: CChar.self), message.count)
     }
 }

@@ -1,0 +1,43 @@
+/// The end of a connection, whatever ended it: its resources given back, its sockets closed (with a reset unless
+/// both sides ended cleanly), its client's block released, and its log line.
+extension EventLoop {
+    /// Ends a connection: gives back its pipes and buffers, closes both sockets (with a reset unless both sides
+    /// ended cleanly), and logs its line.
+    func finish(_ connection: Connection, _ ending: Connection.Ending) {
+        var io = SocketIO(client: connection.client, server: connection.server, resources: resources)
+        if connection.relay.holdsResources { connection.relay.releaseResources(&io) }
+        let clean: Bool
+        if case .completed = ending { clean = true } else { clean = false }
+        if !clean {
+            // A failure on one side is passed on as a reset, never as a clean end of stream that could make a
+            // truncated transfer look complete.
+            Syscall.setResetOnClose(connection.client)
+            if connection.server >= 0 { Syscall.setResetOnClose(connection.server) }
+        }
+        Syscall.close(connection.client)
+        closeServer(connection)
+        if !connection.otherAttempts.isEmpty { closeOtherAttempts(connection) }
+        if let block = connection.clientBlock {
+            engine.clientLimits?.release(block, now: now)
+            connection.clientBlock = nil
+        }
+        connections[Int(connection.slot)] = nil
+        freeSlots.append(connection.slot)
+        liveConnections -= 1
+        load.subtract(1, ordering: .relaxed)
+        // Pooled pipes serve bursts of connections; an idle loop holds no descriptors beyond its own.
+        if liveConnections == 0 {
+            assert(resources.pipesInUse == 0, "a connection did not give its pipe back")
+            resources.trimPipes()
+        }
+        if case .connectFailed = ending {
+            engine.statistics.failedConnects.add(1, ordering: .relaxed)
+        }
+        engine.connectionEnded()
+        if let meter { meter.ended(connection, ending, now: now) }
+        // Refusals over a per-client limit are counted and logged once per episode (`ClientLimits`): a line each
+        // would let one client flood the log.
+        if case .refusedForClient = ending, !Log.enabled(.debug) { return }
+        if engine.options.logConnections { logBatch.info { connection.summary(ending, now: now, into: &$0) } }
+    }
+}
