@@ -64,7 +64,7 @@ TEST_PACKAGES = systemd xinetd nginx-light util-linux mount iproute2 python3 pyt
 BENCHMARK_PACKAGES = nginx-light iperf3 wrk haproxy 6tunnel socat hyperfine systemd curl python3-matplotlib
 
 .PHONY: all build release release-nopie run check check-systemd deb check-deb test deps test-deps install \
-	install-files uninstall lint clean benchmark benchmark-matrix reliability startup-order
+	install-files uninstall lint docs clean benchmark benchmark-matrix reliability startup-order
 
 all: build
 
@@ -188,6 +188,12 @@ benchmark-matrix: release
 reliability: test-deps
 	$(SWIFT) build --build-tests
 	TCX_RELIABILITY=full $(SWIFT) test --skip-build --filter ReliabilityTests
+
+# The README's options table and the man page's option list, rendered from optionTable
+# (Sources/TCPCrossover/Startup/OptionTable.swift); a test checks that the committed ones are up to date.
+docs:
+	$(SWIFT) build --build-tests
+	TCX_WRITE_DOCS=1 $(SWIFT) test --skip-build --filter OptionDocumentationTests
 
 lint:
 	$(SWIFT) format lint --strict --recursive Package.swift Sources Tests Fuzz/Package.swift Fuzz/Sources

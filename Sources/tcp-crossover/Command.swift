@@ -23,187 +23,98 @@ struct TCPCrossoverCommand: ParsableCommand {
         version: tcpCrossoverVersion
     )
 
-    @Option(
-        name: .long,
-        help: ArgumentHelp(
-            "Address to listen on; repeatable. IPv6 addresses accept IPv6 only unless --dual-stack. A name "
-                + "before '=' ties it to the --remote of that name.",
-            valueName: "[name=]address:port"))
+    @Option(name: .table(.local), help: .table(.local))
     var local: [String] = []
 
-    @Option(
-        name: .long,
-        help: ArgumentHelp(
-            "Address to relay connections to; repeat for failover, in order. A name before '=' serves the "
-                + "--local (or systemd socket, FileDescriptorName=) of that name; an unnamed one serves the rest.",
-            valueName: "[name=]address:port"))
+    @Option(name: .table(.remote), help: .table(.remote))
     var remote: [String] = []
 
-    @Option(name: .long, help: ArgumentHelp("Record the pid in this file, locked while running.", valueName: "file"))
+    @Option(name: .table(.pidfile), help: .table(.pidfile))
     var pidfile: String?
 
-    @Option(
-        name: .customLong("bs"),
-        help: ArgumentHelp(
-            "Largest pipe per direction of a connection, 4096 to 16777216; k and m suffixes accepted. A pipe starts "
-                + "at 16 KiB and grows while the connection's data flows.",
-            valueName: "bytes"))
+    @Option(name: .table(.bufferSize), help: .table(.bufferSize))
     var bufferSize: String = Options.defaults.bufferSize
 
-    @Option(
-        name: .long,
-        help: ArgumentHelp(
-            "Pipe memory all connections together may hold beyond their pipes' 16 KiB start; 0 keeps every pipe at "
-                + "its start. Default: 64 times --bs, unprivileged at most half of fs.pipe-user-pages-soft.",
-            valueName: "bytes"))
+    @Option(name: .table(.pipeMemory), help: .table(.pipeMemory))
     var pipeMemory: String?
 
-    @Flag(name: .long, help: "Stay in the foreground and log every event to standard error.")
+    @Flag(name: .table(.debug), help: .table(.debug))
     var debug = false
 
-    @Flag(name: [.short, .long], help: "Stay in the foreground and log to standard error.")
+    @Flag(name: .table(.foreground), help: .table(.foreground))
     var foreground = false
 
-    @Flag(name: .long, help: "IPv6 listeners also accept IPv4 clients (as IPv4-mapped addresses).")
+    @Flag(name: .table(.dualStack), help: .table(.dualStack))
     var dualStack = false
 
-    @Option(
-        name: .long, help: ArgumentHelp("Time allowed for each connect to a remote address.", valueName: "seconds"))
+    @Option(name: .table(.connectTimeout), help: .table(.connectTimeout))
     var connectTimeout: String = Options.defaults.connectTimeout
 
-    @Option(
-        name: .long,
-        help: ArgumentHelp(
-            "Time allowed to reach a remote, all addresses and failover included.", valueName: "seconds"))
+    @Option(name: .table(.connectDeadline), help: .table(.connectDeadline))
     var connectDeadline: String = Options.defaults.connectDeadline
 
-    @Option(name: .long, help: ArgumentHelp("Event loop threads; 0 means one per CPU.", valueName: "count"))
+    @Option(name: .table(.threads), help: .table(.threads))
     var threads: String = Options.defaults.threads
 
-    @Option(
-        name: .long,
-        help: ArgumentHelp(
-            "Exit after this long without a connection (socket activation starts it again).",
-            valueName: "seconds"))
+    @Option(name: .table(.exitIdleTime), help: .table(.exitIdleTime))
     var exitIdleTime: String?
 
-    @Option(
-        name: .long,
-        help: ArgumentHelp(
-            "Connections relayed at once; more wait in the listen backlog. Default: from the descriptor limit.",
-            valueName: "count"))
+    @Option(name: .table(.maxConnections), help: .table(.maxConnections))
     var maxConnections: String?
 
-    @Option(
-        name: .long,
-        help: ArgumentHelp(
-            "Connections one client (an address block, see --client-prefix-length) may have open at once; more are "
-                + "reset before any connection to the remote. Default: no such limit.",
-            valueName: "count"))
+    @Option(name: .table(.maxConnectionsPerClient), help: .table(.maxConnectionsPerClient))
     var maxConnectionsPerClient: String?
 
-    @Option(
-        name: .long,
-        help: ArgumentHelp(
-            "New connections one client may open: COUNT at once, then COUNT per SECONDS (a token bucket); more are "
-                + "reset before any connection to the remote. Default: no such limit.",
-            valueName: "count/seconds"))
+    @Option(name: .table(.maxNewConnectionsPerClient), help: .table(.maxNewConnectionsPerClient))
     var maxNewConnectionsPerClient: String?
 
-    @Option(
-        name: .long,
-        help: ArgumentHelp(
-            "The address block that counts as one client for the per-client limits: IPv4 and IPv6 prefix "
-                + "lengths (default 32,64). IPv4 clients of a dual-stack listener count as IPv4.",
-            valueName: "ipv4,ipv6"))
+    @Option(name: .table(.clientPrefixLength), help: .table(.clientPrefixLength))
     var clientPrefixLength: String?
 
-    @Option(
-        name: .long,
-        help: ArgumentHelp(
-            "Close a connection after this long with no bytes either way (default: never).",
-            valueName: "seconds"))
+    @Option(name: .table(.idleTimeout), help: .table(.idleTimeout))
     var idleTimeout: String?
 
-    @Option(
-        name: .long,
-        help: ArgumentHelp(
-            "TCP keepalive on both sockets: idle seconds before probes, seconds between them, probes before the "
-                + "connection is dropped; or 'off'.",
-            valueName: "idle[,interval,count]"))
+    @Option(name: .table(.keepalive), help: .table(.keepalive))
     var keepalive: String = Options.defaults.keepalive
 
-    @Option(
-        name: .long,
-        help: ArgumentHelp("On SIGTERM, time open connections get to finish.", valueName: "seconds"))
+    @Option(name: .table(.shutdownTimeout), help: .table(.shutdownTimeout))
     var shutdownTimeout: String = Options.defaults.shutdownTimeout
 
-    @Option(
-        name: .long,
-        help: ArgumentHelp("Run as this user once the sockets are bound (its groups too).", valueName: "name"))
+    @Option(name: .table(.user), help: .table(.user))
     var user: String?
 
-    @Option(
-        name: .long,
-        help: ArgumentHelp("Run with this group once the sockets are bound (default: the user's).", valueName: "name"))
+    @Option(name: .table(.group), help: .table(.group))
     var group: String?
 
-    @Option(
-        name: .long,
-        help: ArgumentHelp(
-            "Send the remote a PROXY protocol header (v1 text, v2 binary) with the client's address first.",
-            valueName: "version"))
+    @Option(name: .table(.proxyProtocol), help: .table(.proxyProtocol))
     var proxyProtocol: String?
 
-    @Option(
-        name: .long,
-        help: ArgumentHelp(
-            "Connect to the remote from this address; one IPv4 and one IPv6 address at most.", valueName: "address"))
+    @Option(name: .table(.source), help: .table(.source))
     var source: [String] = []
 
-    @Option(
-        name: .long,
-        help: ArgumentHelp("Serve only clients in this block; repeatable.", valueName: "address/prefix"))
+    @Option(name: .table(.allow), help: .table(.allow))
     var allow: [String] = []
 
-    @Option(
-        name: .long,
-        help: ArgumentHelp("Refuse clients in this block; repeatable; wins over --allow.", valueName: "address/prefix"))
+    @Option(name: .table(.deny), help: .table(.deny))
     var deny: [String] = []
 
-    @Option(
-        name: .long,
-        help: ArgumentHelp("Look remote host names up again this often; 0 never.", valueName: "seconds"))
+    @Option(name: .table(.resolveInterval), help: .table(.resolveInterval))
     var resolveInterval: String = Options.defaults.resolveInterval
 
-    @Option(
-        name: .long,
-        help: ArgumentHelp(
-            "Congestion control of the sockets to peers on this machine (loopback or its own address): a kernel "
-                + "algorithm, or 'system' for the system's default.",
-            valueName: "algorithm"))
+    @Option(name: .table(.loopbackCongestionControl), help: .table(.loopbackCongestionControl))
     var loopbackCongestionControl: String = Options.defaults.loopbackCongestionControl
 
-    @Flag(
-        name: .long,
-        help: "No warning at start when relaying to an address of this machine without --proxy-protocol.")
+    @Flag(name: .table(.noProxyWarning), help: .table(.noProxyWarning))
     var noProxyWarning = false
 
-    @Option(
-        name: .long,
-        help: ArgumentHelp(
-            "Serve Prometheus metrics at http://ADDRESS:PORT/metrics (never on a relayed port). Under systemd, a "
-                + "passed socket with FileDescriptorName=metrics does the same.",
-            valueName: "address:port"))
+    @Option(name: .table(.metrics), help: .table(.metrics))
     var metrics: String?
 
-    @Option(
-        name: .long,
-        help: ArgumentHelp(
-            "Log a line for every finished connection ('no' for very busy relays; the figures are counted "
-                + "either way).",
-            valueName: "yes|no"))
+    @Option(name: .table(.logConnections), help: .table(.logConnections))
     var logConnections: String = Options.defaults.logConnections
+
+    // Names and help come from `optionTable`; QuickCommandLineTests checks that each wrapper's kind (value, repeated
+    // value, flag) is the table's.
 
     /// The parsed options, as the quick parser gives them too.
     var options: Options {
@@ -269,5 +180,24 @@ struct TCPCrossoverCommand: ParsableCommand {
             }
             Glibc.exit(status.rawValue)
         }
+    }
+}
+
+extension NameSpecification {
+    /// The names `optionTable` gives the option.
+    static func table(_ key: OptionKey) -> NameSpecification {
+        let option = OptionDescription.of(key)
+        let long = NameSpecification.Element.customLong("\(option.name)")
+        guard option.shortName.utf8CodeUnitCount > 0 else { return [long] }
+        return [long, .customShort(Character("\(option.shortName)"))]
+    }
+}
+
+extension ArgumentHelp {
+    /// The help line and value name `optionTable` gives the option.
+    static func table(_ key: OptionKey) -> ArgumentHelp {
+        let option = OptionDescription.of(key)
+        let valueName = option.valueName.utf8CodeUnitCount > 0 ? "\(option.valueName)" : nil
+        return ArgumentHelp("\(option.help)", valueName: valueName)
     }
 }

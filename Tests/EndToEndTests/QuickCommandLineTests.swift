@@ -52,22 +52,58 @@ import Testing
         #expect(QuickCommandLine.parse(arguments) == nil)
     }
 
-    /// The quick reader knows exactly the options and flags that swift-argument-parser reports for the command.
-    @Test func quickReading_knowsTheCommandsOptions() throws {
+    /// swift-argument-parser's view of the command (its property wrappers) is `optionTable`'s: the same options with
+    /// the same names, value or flag, repeatable or not, help line and value name. The quick reader reads its names
+    /// and kinds from the table, so it knows exactly the command's options.
+    @Test func argumentParsersOptions_areTheTables() throws {
         let process = try ChildProcess(relayBinary, ["--experimental-dump-help"])
         #expect(process.waitForExit() == 0)
         let json = try JSONSerialization.jsonObject(with: Data(process.standardOutput.utf8)) as? [String: Any]
         let command = try #require(json?["command"] as? [String: Any])
         let arguments = try #require(command["arguments"] as? [[String: Any]])
-        var options: Set<String> = []
-        var flags: Set<String> = []
+        var seen: [String] = []
         for argument in arguments {
-            let names = (argument["names"] as? [[String: Any]] ?? []).filter { $0["kind"] as? String == "long" }
-            for name in names.compactMap({ $0["name"] as? String }) {
-                if argument["kind"] as? String == "option" { options.insert(name) } else { flags.insert(name) }
+            let names = argument["names"] as? [[String: Any]] ?? []
+            let long = try #require(names.first { $0["kind"] as? String == "long" }?["name"] as? String)
+            if long == "help" || long == "version" { continue }
+            seen.append(long)
+            let option = try #require(optionTable.first { "\($0.name)" == long }, "--\(long) is not in optionTable")
+            let kind = argument["kind"] as? String
+            let repeating = argument["isRepeating"] as? Bool ?? false
+            switch option.kind {
+            case .flag: #expect(kind == "flag" && !repeating, "--\(long)")
+            case .value: #expect(kind == "option" && !repeating, "--\(long)")
+            case .repeatable: #expect(kind == "option" && repeating, "--\(long)")
+            }
+            let shorts = names.filter { $0["kind"] as? String == "short" }.compactMap { $0["name"] as? String }
+            #expect(shorts == (option.shortName.utf8CodeUnitCount > 0 ? ["\(option.shortName)"] : []), "--\(long)")
+            #expect(argument["abstract"] as? String == "\(option.help)", "--\(long)")
+            if option.kind != .flag {
+                #expect(argument["valueName"] as? String == "\(option.valueName)", "--\(long)")
             }
         }
-        #expect(options == Set(QuickCommandLine.valueOptions))
-        #expect(flags.subtracting(["help", "version"]) == Set(QuickCommandLine.flags))
+        #expect(seen.sorted() == optionTable.map { "\($0.name)" }.sorted())
+    }
+
+    /// Each table entry's kind is what the quick reader does with it: a value option keeps its last value, a
+    /// repeatable one collects them all, a flag takes no value.
+    @Test func quickReading_followsTheTablesKinds() throws {
+        for option in optionTable {
+            let name = "--\(option.name)"
+            let valid = OptionTableTests.behaviour(option.key).arguments
+            switch option.kind {
+            case .flag:
+                #expect(QuickCommandLine.parse(["--remote", "127.0.0.1:1", name]) != nil, "\(name)")
+                #expect(QuickCommandLine.parse(["--remote", "127.0.0.1:1", "\(name)=x"]) == nil, "\(name)")
+            case .value, .repeatable:
+                #expect(QuickCommandLine.parse(["--remote", "127.0.0.1:1", name]) == nil, "\(name)")
+                let value = try #require(valid.last)
+                let once = try #require(QuickCommandLine.parse(["--remote", "127.0.0.1:1"] + valid))
+                let twice = try #require(QuickCommandLine.parse(["--remote", "127.0.0.1:1", name, value] + valid))
+                // Given once more, a repeatable option changes the options (one more value); a value option does
+                // not (the last value counts).
+                #expect((once != twice) == (option.kind == .repeatable), "\(name)")
+            }
+        }
     }
 }
