@@ -18,6 +18,9 @@ import Testing
         /// when `failsAfterEnd`, before it otherwise. Its peer sends and reads nothing more from then on.
         var failingSide: Side?
         var failsAfterEnd = true
+        /// The relay is handed over to a new process (snapshot, then restore) at random moments when it holds no
+        /// bytes, as a restart under systemd does.
+        var handsOver = false
     }
 
     struct Outcome {
@@ -31,6 +34,8 @@ import Testing
         /// The failing side's peer had sent its FIN when its connection failed.
         var failedAfterItsEnd = false
         var failed = false
+        /// How many times the relay was handed over.
+        var handOvers = 0
     }
 
     /// Runs a whole connection: both peers send their bytes in random chunks and end, in the scenario's order,
@@ -54,10 +59,12 @@ import Testing
         var waitedWithBytesHeldBack = false
         var failed = false
         var failedAfterItsEnd = false
+        var handOvers = 0
         func outcome(_ step: RelayState.Step) -> Outcome {
             Outcome(
                 step: step, kernel: kernel, sentByClient: sentByClient, sentByServer: sentByServer, relay: relay,
-                waitedWithBytesHeldBack: waitedWithBytesHeldBack, failedAfterItsEnd: failedAfterItsEnd, failed: failed)
+                waitedWithBytesHeldBack: waitedWithBytesHeldBack, failedAfterItsEnd: failedAfterItsEnd, failed: failed,
+                handOvers: handOvers)
         }
 
         for _ in 0..<200_000 {
@@ -83,6 +90,22 @@ import Testing
                 if let side = scenario.failingSide, let error = kernel.takePendingError(side) {
                     relay.reportFailure(of: side, error)
                 }
+            case 5 where scenario.handsOver:
+                // A restart: the old process gives its pipes back and stores the sockets with the snapshot, the new one
+                // restores the relay from it. epoll reports the sockets' state when the new process registers them:
+                // the hang-ups and errors come again, while readability and room are found out by the first calls.
+                guard let snapshot = relay.snapshot else { break }
+                relay.releaseResources(&io)
+                let reported = relay.readiness
+                relay = RelayState(restoring: snapshot)
+                for side in [Side.client, .server] {
+                    relay.readiness[side].hungUp = reported[side].hungUp
+                    relay.readiness[side].endReported = reported[side].endReported
+                    relay.readiness[side].failed = reported[side].failed
+                    relay.readiness[side].urgent = reported[side].urgent
+                }
+                #expect(relay.snapshot == snapshot)
+                handOvers += 1
             case 0 where clientOffset < sentByClient.count && clientAlive:
                 let count = min(sentByClient.count - clientOffset, Int.random(in: 1...70_000, using: &random))
                 kernel.peerSends(
@@ -176,6 +199,29 @@ import Testing
                 window: Int.random(in: 1...200_000, using: &random))
             expectComplete(run(scenario), scenario)
         }
+    }
+
+    /// A restart in the middle of a transfer: the relay is snapshotted and restored (as a stopping process hands its
+    /// connections to the next through systemd's file descriptor store) whenever it holds no bytes, and every byte
+    /// still arrives in order, with one FIN each way.
+    @Test func relay_whenHandedOverMidTransfer_everyByteArrivesInOrder() {
+        var handOvers = 0
+        for seed in UInt64(1)...150 {
+            var random = SeededRandom(seed: seed &+ 1000)
+            let scenario = Scenario(
+                seed: seed,
+                clientBytes: Int.random(in: 0...300_000, using: &random),
+                serverBytes: Int.random(in: 0...300_000, using: &random),
+                clientEndsFirst: Bool.random(using: &random),
+                pipeCapacity: [8192, 65536, 1 << 20].randomElement(using: &random)!,
+                window: Int.random(in: 1...200_000, using: &random),
+                handsOver: true)
+            let outcome = run(scenario)
+            expectComplete(outcome, scenario)
+            handOvers += outcome.handOvers
+        }
+        // The schedules did hand over, many times.
+        #expect(handOvers > 500, "\(handOvers) hand-overs")
     }
 
     /// A connection whose `scenario.failingSide` failed: what a side sent before its FIN reaches the other side

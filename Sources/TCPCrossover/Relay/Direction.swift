@@ -103,6 +103,42 @@ public struct Direction {
         self.destination = destination
     }
 
+    /// What a direction is when it holds no bytes: all that a new process needs to go on with it after a hand-over
+    /// (see `RelayState.Snapshot`). The pipe, the buffer and the wish to splice are not part of it: a restored
+    /// direction starts by copying, as a new one does, and splices again once the traffic asks for it.
+    public struct Snapshot: Equatable, Sendable {
+        /// Bytes delivered so far.
+        public var bytes: UInt64
+        public var sourceEnded: Bool
+        /// The end of stream was passed on; implies `sourceEnded`.
+        public var finished: Bool
+        /// splice(2) is out of the question for this source (see `spliceUnsupported`).
+        public var copiesOnly: Bool
+
+        public init(bytes: UInt64, sourceEnded: Bool, finished: Bool, copiesOnly: Bool) {
+            self.bytes = bytes
+            self.sourceEnded = sourceEnded || finished
+            self.finished = finished
+            self.copiesOnly = copiesOnly
+        }
+    }
+
+    /// The direction's snapshot; nil while it holds bytes (in its pipe, its buffer, an urgent byte, a header still
+    /// to send) or has been abandoned: such a direction cannot be described by figures alone.
+    public var snapshot: Snapshot? {
+        guard !holdsBytes, !abandoned, headerBytesLeft == 0, unsentAtFailure == 0 else { return nil }
+        return Snapshot(bytes: bytes, sourceEnded: sourceEnded, finished: finished, copiesOnly: spliceUnsupported)
+    }
+
+    /// A direction that goes on from `snapshot`, holding nothing.
+    public init(from source: Side, to destination: Side, restoring snapshot: Snapshot) {
+        self.init(from: source, to: destination)
+        bytes = snapshot.bytes
+        sourceEnded = snapshot.sourceEnded
+        finished = snapshot.finished
+        spliceUnsupported = snapshot.copiesOnly
+    }
+
     /// Whether bytes are held in the pipe or in a buffer, received and not yet delivered.
     public var holdsBytes: Bool { pipeBytes > 0 || held != nil || urgentByte != nil }
 

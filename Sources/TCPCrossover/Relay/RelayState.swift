@@ -120,6 +120,43 @@ public struct RelayState {
         clientToServer.hold(header: header, received: received, &io)
     }
 
+    /// What a relay is when neither direction holds bytes and no failure is being judged: the two directions'
+    /// snapshots and who ended first. A process that stops hands its connections over with it (see `StoredConnection`)
+    /// and the next one goes on from there with `init(restoring:)`. Readiness is not part of it: the driver learns it
+    /// again from epoll, which reports a socket's current state when it is registered.
+    public struct Snapshot: Equatable, Sendable {
+        public var clientToServer: Direction.Snapshot
+        public var serverToClient: Direction.Snapshot
+        public var firstToEnd: Side?
+
+        public init(clientToServer: Direction.Snapshot, serverToClient: Direction.Snapshot, firstToEnd: Side?) {
+            self.clientToServer = clientToServer
+            self.serverToClient = serverToClient
+            self.firstToEnd = firstToEnd
+        }
+    }
+
+    /// The relay's snapshot; nil while a direction holds bytes (the driver goes on relaying until it does not), or
+    /// after a side failed (the connection is near its end, and ends in this process).
+    public var snapshot: Snapshot? {
+        guard failedAfterEnd == nil, reportedFailure == nil, let up = clientToServer.snapshot,
+            let down = serverToClient.snapshot
+        else { return nil }
+        return Snapshot(clientToServer: up, serverToClient: down, firstToEnd: firstToEnd)
+    }
+
+    /// A relay that goes on from `snapshot`. Both sockets are taken as readable and writable: the first calls find
+    /// out, and a call that finds nothing clears the flag until epoll reports the socket again.
+    public init(restoring snapshot: Snapshot) {
+        clientToServer = Direction(from: .client, to: .server, restoring: snapshot.clientToServer)
+        serverToClient = Direction(from: .server, to: .client, restoring: snapshot.serverToClient)
+        firstToEnd = snapshot.firstToEnd
+        readiness.client.readable = true
+        readiness.client.writable = true
+        readiness.server.readable = true
+        readiness.server.writable = true
+    }
+
     /// Bytes delivered from the client to the server, and from the server to the client.
     public var bytes: (up: UInt64, down: UInt64) { (clientToServer.bytes, serverToClient.bytes) }
 

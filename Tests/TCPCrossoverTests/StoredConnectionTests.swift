@@ -1,0 +1,73 @@
+import TCPCrossover
+import TestSupport
+import Testing
+
+/// The names under which a stopping process stores its connections in systemd's file descriptor store, and the
+/// relay snapshot they carry.
+@Suite struct StoredConnectionTests {
+    func randomDirection(_ random: inout SeededRandom) -> Direction.Snapshot {
+        let finished = Int.random(in: 0..<3, using: &random) == 0
+        return Direction.Snapshot(
+            bytes: [0, 1, UInt64.max, UInt64.random(in: 0...UInt64.max, using: &random)].randomElement(using: &random)!,
+            sourceEnded: finished || Bool.random(using: &random), finished: finished,
+            copiesOnly: Bool.random(using: &random))
+    }
+
+    func randomConnection(_ random: inout SeededRandom) -> StoredConnection {
+        StoredConnection(
+            id: "\(Int.random(in: 1...4_194_304, using: &random))-\(Int.random(in: 0...Int.max, using: &random))",
+            service: Int.random(in: 0...1000, using: &random),
+            startedAt: Int64.random(in: 0...Int64.max, using: &random),
+            relay: RelayState.Snapshot(
+                clientToServer: randomDirection(&random), serverToClient: randomDirection(&random),
+                firstToEnd: [nil, Side.client, .server].randomElement(using: &random)!))
+    }
+
+    @Test func snapshot_restoredThenTakenAgain_isTheSame() {
+        var random = SeededRandom(seed: 17)
+        for _ in 0..<2000 {
+            let snapshot = randomConnection(&random).relay
+            let relay = RelayState(restoring: snapshot)
+            #expect(relay.snapshot == snapshot)
+            #expect(relay.bytes.up == snapshot.clientToServer.bytes)
+            #expect(relay.bytes.down == snapshot.serverToClient.bytes)
+            #expect(relay.firstToEnd == snapshot.firstToEnd)
+            #expect(relay.clientToServer.finished == snapshot.clientToServer.finished)
+            #expect(!relay.holdsResources)
+        }
+    }
+
+    @Test func names_parsedBack_giveTheSameConnection() {
+        var random = SeededRandom(seed: 23)
+        for _ in 0..<2000 {
+            let connection = randomConnection(&random)
+            #expect(StoredConnection.parse(connection.clientName) == .client(connection))
+            #expect(StoredConnection.parse(connection.serverName) == .server(id: connection.id))
+            for name in [connection.clientName, connection.serverName] {
+                // systemd's rules for FDNAME=: at most 255 printable ASCII characters, no ':'.
+                #expect(name.utf8.count <= 255, "\(name)")
+                #expect(name.utf8.allSatisfy { $0 > 32 && $0 < 127 && $0 != UInt8(ascii: ":") }, "\(name)")
+                #expect(StoredConnection.isStoredName(name))
+            }
+        }
+    }
+
+    @Test func names_ofOtherDescriptorsOrDamaged_areNotConnections() {
+        let good = StoredConnection(
+            id: "42-7", service: 1, startedAt: 5000,
+            relay: RelayState.Snapshot(
+                clientToServer: Direction.Snapshot(bytes: 10, sourceEnded: true, finished: true, copiesOnly: false),
+                serverToClient: Direction.Snapshot(bytes: 20, sourceEnded: false, finished: false, copiesOnly: true),
+                firstToEnd: .client))
+        #expect(good.clientName == "tcx-c.42-7.1.5000.10.ef.20.c.c")
+        #expect(good.serverName == "tcx-s.42-7")
+        for name in [
+            "smtp", "metrics", "tcx-", "tcx-s.", "tcx-s.42.7", "tcx-x.42-7", "tcx-c.42-7.1.5000.10.ef.20.c",
+            "tcx-c.42-7.1.5000.10.ef.20.c.c.x", "tcx-c.42-7.-1.5000.10.ef.20.c.c", "tcx-c.42-7.1.5000.10.f.20.c.c",
+            "tcx-c.42-7.1.5000.10.ex.20.c.c", "tcx-c.42-7.1.5000.10..20.c.c", "tcx-c.42-7.1.5000.1x.ef.20.c.c",
+            "tcx-c.42-7.1.5000.10.ef.20.c.x", "tcx-c.4 2.1.5000.10.ef.20.c.c",
+        ] {
+            #expect(StoredConnection.parse(name) == nil, "\(name)")
+        }
+    }
+}
