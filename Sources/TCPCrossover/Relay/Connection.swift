@@ -91,7 +91,8 @@ final class Connection {
         client: CInt,
         clientAddress: SocketAddress,
         localAddress: SocketAddress,
-        now: Int64
+        now: Int64,
+        startedAt: Int64? = nil
     ) {
         self.slot = slot
         self.generation = generation
@@ -99,7 +100,7 @@ final class Connection {
         self.client = client
         self.clientAddress = clientAddress
         self.localAddress = localAddress
-        self.startedAt = now
+        self.startedAt = startedAt ?? now
         self.lastActivity = now
     }
 

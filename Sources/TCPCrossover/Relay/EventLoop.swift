@@ -56,6 +56,9 @@ final class EventLoop: @unchecked Sendable {
     /// SIGTERM seen: the listeners are closed and live connections get until `stopDeadline`.
     private var stopping = false
     private var stopDeadline: Int64?
+    /// Stopping hands the connections over to the next process through systemd's file descriptor store, each as
+    /// soon as it holds no bytes (see `handOver(_:)`).
+    private var handingOver = false
     /// Periodic work of the first loop (status, watchdog); the time each is next due.
     private var periodicDue: [Int64] = []
     /// Which remotes that are not loopback addresses are this machine's own (for `--loopback-congestion-control`).
@@ -376,6 +379,7 @@ final class EventLoop: @unchecked Sendable {
                 armTimer(connection)
             }
         }
+        if handingOver, step != .finished, connections[Int(connection.slot)] === connection { handOver(connection) }
     }
 
     /// ENOTCONN and EPIPE say only that the socket is no longer connected; the socket's pending error, if it has
@@ -479,20 +483,11 @@ final class EventLoop: @unchecked Sendable {
         let (fd, peer, local, service) = (incoming.fd, incoming.peer, incoming.local, incoming.service)
         engine.statistics.accepted.add(1, ordering: .relaxed)
         meter?.accepted(service)
-        let slot: Int32
-        if let free = freeSlots.popLast() {
-            slot = free
-        } else {
-            slot = Int32(connections.count)
-            connections.append(nil)
+        let connection = place { slot, generation in
+            Connection(
+                slot: slot, generation: generation, service: service, client: fd,
+                clientAddress: peer, localAddress: local, now: now)
         }
-        let connection = Connection(
-            slot: slot, generation: nextGeneration, service: service, client: fd,
-            clientAddress: peer, localAddress: local, now: now)
-        nextGeneration &+= 1
-        if nextGeneration == 0 { nextGeneration = 1 }
-        connections[Int(slot)] = connection
-        liveConnections += 1
         if Log.enabled(.debug) { Log.debug("accepted \(peer) on \(local)") }
         if !engine.options.access.isEmpty, let reason = engine.options.access.refusal(of: peer) {
             engine.statistics.refusedByAccessRule.add(1, ordering: .relaxed)
@@ -517,7 +512,7 @@ final class EventLoop: @unchecked Sendable {
             connection.relay.readiness.client.writable = true
             try control(
                 EPOLL_CTL_ADD, fd, Self.inputEvents,
-                EventTag.make(EventTag.client, index: Int(slot), generation: connection.generation))
+                EventTag.make(EventTag.client, index: Int(connection.slot), generation: connection.generation))
         } catch {
             Log.error("cannot watch the connection from \(peer): \(error)")
             finish(connection, .failed(.client, error.errno))
@@ -525,6 +520,112 @@ final class EventLoop: @unchecked Sendable {
         }
         connection.candidates = engine.services[service].pool.candidates(now: now)
         connect(connection)
+    }
+
+    /// Gives a new connection a slot and a generation, and counts it live.
+    private func place(_ make: (Int32, UInt32) -> Connection) -> Connection {
+        let slot: Int32
+        if let free = freeSlots.popLast() {
+            slot = free
+        } else {
+            slot = Int32(connections.count)
+            connections.append(nil)
+        }
+        let connection = make(slot, nextGeneration)
+        nextGeneration &+= 1
+        if nextGeneration == 0 { nextGeneration = 1 }
+        connections[Int(slot)] = connection
+        liveConnections += 1
+        return connection
+    }
+
+    /// Goes on relaying a connection that the previous process handed over through systemd's file descriptor
+    /// store, from the state its name carried: its start, its bytes so far, which ends have passed. The caller has
+    /// removed it from the store and checked its service. Not counted as accepted: the previous process did that.
+    func adopt(_ adopted: AdoptedConnection) {
+        let stored = adopted.stored
+        guard engine.reserveConnection() else {
+            Log.warning("cannot take over a connection from the previous process: at the connection limit")
+            for fd in [adopted.client, adopted.server] {
+                Syscall.setResetOnClose(fd)
+                Syscall.close(fd)
+            }
+            return
+        }
+        load.add(1, ordering: .relaxed)
+        let peer = (try? Syscall.peerAddress(adopted.client)) ?? .unspecified
+        let local = (try? Syscall.localAddress(adopted.client)) ?? .unspecified
+        let connection = place { slot, generation in
+            Connection(
+                slot: slot, generation: generation, service: stored.service, client: adopted.client,
+                clientAddress: peer, localAddress: local, now: now, startedAt: min(stored.startedAt, now))
+        }
+        connection.server = adopted.server
+        connection.remoteAddress = (try? Syscall.peerAddress(adopted.server)) ?? .unspecified
+        connection.phase = .relaying
+        connection.relay = RelayState(restoring: stored.relay)
+        // Only bytes moved from now on count in this process's figures.
+        (connection.accountedUp, connection.accountedDown) = connection.relay.bytes
+        if let limits = engine.clientLimits, case .admitted(let block) = limits.admit(peer, now: now) {
+            connection.clientBlock = block
+        }
+        // Non-blocking already (the flag belongs to the open socket, which the store kept): set again all the same.
+        try? Syscall.setNonBlocking(adopted.client)
+        try? Syscall.setNonBlocking(adopted.server)
+        do throws(SystemError) {
+            // Registered as `admit` and `connect` do; epoll reports each socket's present state at once (a FIN
+            // or a reset that came while no process held it included).
+            try control(
+                EPOLL_CTL_ADD, adopted.client, Self.inputEvents,
+                EventTag.make(EventTag.client, index: Int(connection.slot), generation: connection.generation))
+            try control(
+                EPOLL_CTL_ADD, adopted.server, Self.connectionEvents,
+                EventTag.make(EventTag.server, index: Int(connection.slot), generation: connection.generation))
+        } catch {
+            Log.error("cannot take over the connection from \(peer): \(error)")
+            finish(connection, .failed(.client, error.errno))
+            return
+        }
+        if engine.options.keepalive != nil && !stored.relay.serverToClient.sourceEnded {
+            connection.keepaliveDue = now + Self.keepaliveDelay
+        }
+        if Log.enabled(.debug) {
+            Log.debug("took over \(peer) -> \(local) -> \(connection.remoteAddress!) from the previous process")
+        }
+        armTimer(connection)
+        service(connection)
+    }
+
+    /// Hands a connection over to the next process through systemd's file descriptor store, if it holds no bytes
+    /// and the store has room: its two sockets are stored under names that carry its state (`StoredConnection`),
+    /// and this process lets go of them without a reset; systemd's duplicates keep them open. Otherwise the
+    /// connection goes on here, and is tried again after its next turn (until the stop's deadline).
+    private func handOver(_ connection: Connection) {
+        guard connection.phase == .relaying, connection.acknowledgementCheckAt == nil,
+            let snapshot = connection.relay.snapshot, engine.reserveStoreSlots()
+        else { return }
+        let stored = StoredConnection(
+            id: "\(engine.storeIdentifierPrefix)-\(engine.handedOver.add(1, ordering: .relaxed).newValue)",
+            service: connection.service, startedAt: connection.startedAt, relay: snapshot)
+        // The server's socket first: a client's socket stored alone would be closed by the next process.
+        guard Systemd.store(connection.server, name: stored.serverName) else {
+            handOverFailed()
+            return
+        }
+        guard Systemd.store(connection.client, name: stored.clientName) else {
+            Systemd.removeStored(name: stored.serverName)
+            handOverFailed()
+            return
+        }
+        if Log.enabled(.debug) {
+            Log.debug("handed \(connection.clientAddress) -> \(connection.remoteAddress!) over to the next process")
+        }
+        forget(connection)
+    }
+
+    private func handOverFailed() {
+        engine.handedOver.subtract(1, ordering: .relaxed)
+        engine.releaseStoreSlots()
     }
 
     /// Reads what the client sent with its handshake, if anything (an HTTP request, usually): it is held for the
@@ -700,8 +801,6 @@ final class EventLoop: @unchecked Sendable {
     /// Ends a connection: gives back its pipes and buffers, closes both sockets (with a reset unless both sides
     /// ended cleanly), and logs its line.
     private func finish(_ connection: Connection, _ ending: Connection.Ending) {
-        var io = SocketIO(client: connection.client, server: connection.server, resources: resources)
-        if connection.relay.holdsResources { connection.relay.releaseResources(&io) }
         let clean: Bool
         if case .completed = ending { clean = true } else { clean = false }
         if !clean {
@@ -710,6 +809,22 @@ final class EventLoop: @unchecked Sendable {
             Syscall.setResetOnClose(connection.client)
             if connection.server >= 0 { Syscall.setResetOnClose(connection.server) }
         }
+        if case .connectFailed = ending {
+            engine.statistics.failedConnects.add(1, ordering: .relaxed)
+        }
+        forget(connection)
+        if let meter { meter.ended(connection, ending, now: now) }
+        // Refusals over a per-client limit are counted and logged once per episode (`ClientLimits`): a line each
+        // would let one client flood the log.
+        if case .refusedForClient = ending, !Log.enabled(.debug) { return }
+        if engine.options.logConnections { logBatch.info { connection.summary(ending, now: now, into: &$0) } }
+    }
+
+    /// Closes a connection's sockets (as they are set: `finish` sets a reset first where one is due) and frees its
+    /// slot, its client block and its count.
+    private func forget(_ connection: Connection) {
+        var io = SocketIO(client: connection.client, server: connection.server, resources: resources)
+        if connection.relay.holdsResources { connection.relay.releaseResources(&io) }
         Syscall.close(connection.client)
         closeServer(connection)
         if let block = connection.clientBlock {
@@ -725,15 +840,7 @@ final class EventLoop: @unchecked Sendable {
             assert(resources.pipesInUse == 0, "a connection did not give its pipe back")
             resources.trimPipes()
         }
-        if case .connectFailed = ending {
-            engine.statistics.failedConnects.add(1, ordering: .relaxed)
-        }
         engine.connectionEnded()
-        if let meter { meter.ended(connection, ending, now: now) }
-        // Refusals over a per-client limit are counted and logged once per episode (`ClientLimits`): a line each
-        // would let one client flood the log.
-        if case .refusedForClient = ending, !Log.enabled(.debug) { return }
-        if engine.options.logConnections { logBatch.info { connection.summary(ending, now: now, into: &$0) } }
     }
 
     // MARK: timers
@@ -876,6 +983,12 @@ final class EventLoop: @unchecked Sendable {
         if level > 0 && !stopping {
             stopping = true
             stopDeadline = now + engine.options.shutdownTimeout
+            if engine.descriptorStoreSlots.load(ordering: .sequentiallyConsistent) > 0 && level == 1 {
+                handingOver = true
+                for connection in connections {
+                    if let connection { handOver(connection) }
+                }
+            }
             if !listeners.isEmpty {
                 unregisterListeners()
                 for listener in listeners { Syscall.close(listener.fd) }
@@ -895,8 +1008,22 @@ final class EventLoop: @unchecked Sendable {
         }
     }
 
+    /// SIGUSR2: the stop that follows is a restart (the units' ExecStop= asks systemd which job stops the service,
+    /// and sends it with sigqueue(3) and the store's size, FileDescriptorStoreMax=, as its value; without a value,
+    /// $FDSTORE gives the size): it hands the established connections over to the next process through systemd's
+    /// file descriptor store, instead of draining them. Where there is no store, nothing changes.
+    private func prepareHandOver(slots value: Int) {
+        let slots = value > 0 ? value : Syscall.environment("FDSTORE").flatMap { Int($0) } ?? 0
+        guard engine.descriptorStoreAvailable, slots > 0, !stopping else {
+            Log.notice("SIGUSR2 ignored: no file descriptor store to hand the connections over to")
+            return
+        }
+        engine.descriptorStoreSlots.store(slots, ordering: .sequentiallyConsistent)
+        Log.info("the next stop hands the connections over to the next process (file descriptor store of \(slots))")
+    }
+
     private func receiveSignals() {
-        while let signal = Syscall.readSignal(signals) {
+        while let (signal, value) = Syscall.readSignal(signals) {
             switch signal {
             case SIGTERM, SIGINT:
                 if engine.requestStop() > 1 {
@@ -909,6 +1036,8 @@ final class EventLoop: @unchecked Sendable {
                 }
             case SIGUSR1:
                 Log.notice("statistics: \(engine.statistics.snapshot())\(engine.loadPerThread)")
+            case SIGUSR2:
+                prepareHandOver(slots: Int(value))
             default:
                 Log.info("signal \(signal) ignored")
             }

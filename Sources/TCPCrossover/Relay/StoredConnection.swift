@@ -1,3 +1,5 @@
+import Glibc
+
 /// A relayed connection as a stopping process leaves it in systemd's file descriptor store, for the process that
 /// systemd starts next (`systemctl restart`, a package upgrade): its two sockets, each stored under its own name
 /// (`FDSTORE=1` with `FDNAME=`), and in the client socket's name what the sockets do not carry themselves: which
@@ -112,5 +114,52 @@ public struct StoredConnection: Equatable, Sendable {
                 (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9"))
                     || (byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z")) || byte == UInt8(ascii: "-")
             }
+    }
+}
+
+/// A connection that the previous process stored, as systemd passed it: its two sockets and what its name said.
+public struct AdoptedConnection: Sendable {
+    public let client: CInt
+    public let server: CInt
+    public let stored: StoredConnection
+
+    public init(client: CInt, server: CInt, stored: StoredConnection) {
+        self.client = client
+        self.server = server
+        self.stored = stored
+    }
+
+    /// Pairs the stored descriptors by their names: each client socket with the server socket of the same ID. The
+    /// descriptors left over (a socket without its partner, a name that does not parse, a second socket under one
+    /// name) are `unpaired`: the caller closes them with a reset.
+    public static func pair(_ descriptors: [(fd: CInt, name: String)]) -> (
+        connections: [AdoptedConnection], unpaired: [CInt]
+    ) {
+        var clients: [String: (fd: CInt, stored: StoredConnection)] = [:]
+        var servers: [String: CInt] = [:]
+        var unpaired: [CInt] = []
+        var order: [String] = []
+        for (fd, name) in descriptors {
+            switch StoredConnection.parse(name) {
+            case .client(let stored) where clients[stored.id] == nil:
+                clients[stored.id] = (fd, stored)
+                order.append(stored.id)
+            case .server(let id) where servers[id] == nil:
+                servers[id] = fd
+            default:
+                unpaired.append(fd)
+            }
+        }
+        var connections: [AdoptedConnection] = []
+        for id in order {
+            let client = clients[id]!
+            if let server = servers.removeValue(forKey: id) {
+                connections.append(AdoptedConnection(client: client.fd, server: server, stored: client.stored))
+            } else {
+                unpaired.append(client.fd)
+            }
+        }
+        unpaired.append(contentsOf: servers.values.sorted())
+        return (connections, unpaired)
     }
 }
