@@ -71,3 +71,37 @@ import Testing
         }
     }
 }
+
+/// The pairing of the stored descriptors that a new process finds beside its listeners.
+@Suite struct AdoptedConnectionTests {
+    func stored(_ id: String, service: Int = 0) -> StoredConnection {
+        let direction = Direction.Snapshot(bytes: 5, sourceEnded: false, finished: false, copiesOnly: false)
+        return StoredConnection(
+            id: id, service: service, startedAt: 1,
+            relay: RelayState.Snapshot(clientToServer: direction, serverToClient: direction, firstToEnd: nil))
+    }
+
+    @Test func pair_matchesEachClientWithItsServer_inAnyOrder() {
+        let first = stored("1-1")
+        let second = stored("1-2", service: 3)
+        let (connections, unpaired) = AdoptedConnection.pair([
+            (10, second.serverName), (11, first.clientName), (12, first.serverName), (13, second.clientName),
+        ])
+        #expect(unpaired.isEmpty)
+        #expect(connections.map(\.client) == [11, 13])
+        #expect(connections.map(\.server) == [12, 10])
+        #expect(connections.map(\.stored) == [first, second])
+    }
+
+    @Test func pair_leavesOrphansDuplicatesAndDamagedNamesUnpaired() {
+        let whole = stored("7-1")
+        let clientOnly = stored("7-2")
+        let (connections, unpaired) = AdoptedConnection.pair([
+            (20, whole.clientName), (21, whole.serverName), (22, clientOnly.clientName), (23, "tcx-s.7-3"),
+            (24, "tcx-c.garbage"), (25, whole.serverName),
+        ])
+        #expect(connections.map(\.client) == [20])
+        #expect(connections.map(\.server) == [21])
+        #expect(unpaired.sorted() == [22, 23, 24, 25])
+    }
+}
