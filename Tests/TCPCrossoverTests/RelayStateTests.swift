@@ -34,8 +34,9 @@ import Testing
         /// The failing side's peer had sent its FIN when its connection failed.
         var failedAfterItsEnd = false
         var failed = false
-        /// How many times the relay was handed over.
+        /// How many times the relay was handed over, and how many of those with bytes in a pipe.
         var handOvers = 0
+        var handOversWithPipes = 0
     }
 
     /// Runs a whole connection: both peers send their bytes in random chunks and end, in the scenario's order,
@@ -60,11 +61,12 @@ import Testing
         var failed = false
         var failedAfterItsEnd = false
         var handOvers = 0
+        var handOversWithPipes = 0
         func outcome(_ step: RelayState.Step) -> Outcome {
             Outcome(
                 step: step, kernel: kernel, sentByClient: sentByClient, sentByServer: sentByServer, relay: relay,
                 waitedWithBytesHeldBack: waitedWithBytesHeldBack, failedAfterItsEnd: failedAfterItsEnd, failed: failed,
-                handOvers: handOvers)
+                handOvers: handOvers, handOversWithPipes: handOversWithPipes)
         }
 
         for _ in 0..<200_000 {
@@ -91,13 +93,15 @@ import Testing
                     relay.reportFailure(of: side, error)
                 }
             case 5 where scenario.handsOver:
-                // A restart: the old process gives its pipes back and stores the sockets with the snapshot, the new one
-                // restores the relay from it. epoll reports the sockets' state when the new process registers them:
-                // the hang-ups and errors come again, while readability and room are found out by the first calls.
+                // A restart: the old process stores the sockets and the pipes that hold bytes with the snapshot, and
+                // gives its other pipes back; the new one restores the relay from them. epoll reports the sockets'
+                // state when the new process registers them: the hang-ups and errors come again, while readability
+                // and room are found out by the first calls.
                 guard let snapshot = relay.snapshot else { break }
+                let pipes = relay.detachPipesInTransit()
                 relay.releaseResources(&io)
                 let reported = relay.readiness
-                relay = RelayState(restoring: snapshot)
+                relay = RelayState(restoring: snapshot, upstreamPipe: pipes.upstream, downstreamPipe: pipes.downstream)
                 for side in [Side.client, .server] {
                     relay.readiness[side].hungUp = reported[side].hungUp
                     relay.readiness[side].endReported = reported[side].endReported
@@ -106,6 +110,7 @@ import Testing
                 }
                 #expect(relay.snapshot == snapshot)
                 handOvers += 1
+                if snapshot.clientToServer.pipeBytes + snapshot.serverToClient.pipeBytes > 0 { handOversWithPipes += 1 }
             case 0 where clientOffset < sentByClient.count && clientAlive:
                 let count = min(sentByClient.count - clientOffset, Int.random(in: 1...70_000, using: &random))
                 kernel.peerSends(
@@ -201,11 +206,12 @@ import Testing
         }
     }
 
-    /// A restart in the middle of a transfer: the relay is snapshotted and restored (as a stopping process hands its
-    /// connections to the next through systemd's file descriptor store) whenever it holds no bytes, and every byte
-    /// still arrives in order, with one FIN each way.
+    /// A restart in the middle of a transfer: the relay is snapshotted and restored with its pipes (as a stopping
+    /// process hands its connections to the next through systemd's file descriptor store) whenever it holds no bytes
+    /// outside them, and every byte still arrives in order, with one FIN each way.
     @Test func relay_whenHandedOverMidTransfer_everyByteArrivesInOrder() {
         var handOvers = 0
+        var handOversWithPipes = 0
         for seed in UInt64(1)...150 {
             var random = SeededRandom(seed: seed &+ 1000)
             let scenario = Scenario(
@@ -219,9 +225,11 @@ import Testing
             let outcome = run(scenario)
             expectComplete(outcome, scenario)
             handOvers += outcome.handOvers
+            handOversWithPipes += outcome.handOversWithPipes
         }
-        // The schedules did hand over, many times.
+        // The schedules did hand over, many times, and often with bytes in a pipe.
         #expect(handOvers > 500, "\(handOvers) hand-overs")
+        #expect(handOversWithPipes > 100, "\(handOversWithPipes) hand-overs with bytes in a pipe")
     }
 
     /// A connection whose `scenario.failingSide` failed: what a side sent before its FIN reaches the other side

@@ -103,9 +103,10 @@ public struct Direction {
         self.destination = destination
     }
 
-    /// What a direction is when it holds no bytes: all that a new process needs to go on with it after a hand-over
-    /// (see `RelayState.Snapshot`). The pipe, the buffer and the wish to splice are not part of it: a restored
-    /// direction starts by copying, as a new one does, and splices again once the traffic asks for it.
+    /// What a direction is when it holds no bytes outside its pipe: all that a new process needs to go on with it
+    /// after a hand-over (see `RelayState.Snapshot`), beside the pipe itself when it holds bytes, which is handed
+    /// over as descriptors. An empty pipe and the wish to splice are not part of it: a restored direction without
+    /// bytes in a pipe starts by copying, as a new one does, and splices again once the traffic asks for it.
     public struct Snapshot: Equatable, Sendable {
         /// Bytes delivered so far.
         public var bytes: UInt64
@@ -114,29 +115,50 @@ public struct Direction {
         public var finished: Bool
         /// splice(2) is out of the question for this source (see `spliceUnsupported`).
         public var copiesOnly: Bool
+        /// Bytes in the pipe, received and not yet delivered: the pipe goes with the snapshot.
+        public var pipeBytes: Int
 
-        public init(bytes: UInt64, sourceEnded: Bool, finished: Bool, copiesOnly: Bool) {
+        public init(bytes: UInt64, sourceEnded: Bool, finished: Bool, copiesOnly: Bool, pipeBytes: Int = 0) {
             self.bytes = bytes
             self.sourceEnded = sourceEnded || finished
-            self.finished = finished
+            // The end is passed on only once the pipe is empty.
+            self.finished = finished && pipeBytes == 0
             self.copiesOnly = copiesOnly
+            self.pipeBytes = max(0, pipeBytes)
         }
     }
 
-    /// The direction's snapshot; nil while it holds bytes (in its pipe, its buffer, an urgent byte, a header still
-    /// to send) or has been abandoned: such a direction cannot be described by figures alone.
+    /// The direction's snapshot; nil while it holds bytes outside its pipe (in a buffer, an urgent byte, a header
+    /// still to send) or has been abandoned: such a direction cannot be described by figures and a pipe alone.
     public var snapshot: Snapshot? {
-        guard !holdsBytes, !abandoned, headerBytesLeft == 0, unsentAtFailure == 0 else { return nil }
-        return Snapshot(bytes: bytes, sourceEnded: sourceEnded, finished: finished, copiesOnly: spliceUnsupported)
+        guard held == nil, urgentByte == nil, !abandoned, headerBytesLeft == 0, unsentAtFailure == 0 else {
+            return nil
+        }
+        return Snapshot(
+            bytes: bytes, sourceEnded: sourceEnded, finished: finished, copiesOnly: spliceUnsupported,
+            pipeBytes: pipeBytes)
     }
 
-    /// A direction that goes on from `snapshot`, holding nothing.
-    public init(from source: Side, to destination: Side, restoring snapshot: Snapshot) {
+    /// A direction that goes on from `snapshot`; `pipe` holds its `pipeBytes` when there are any, and is nil
+    /// otherwise.
+    public init(from source: Side, to destination: Side, restoring snapshot: Snapshot, pipe: PipeHandle? = nil) {
+        precondition((snapshot.pipeBytes > 0) == (pipe != nil), "a pipe goes with the bytes in it, and only then")
         self.init(from: source, to: destination)
         bytes = snapshot.bytes
         sourceEnded = snapshot.sourceEnded
         finished = snapshot.finished
         spliceUnsupported = snapshot.copiesOnly
+        self.pipe = pipe
+        pipeBytes = snapshot.pipeBytes
+    }
+
+    /// Lets go of the pipe when it holds bytes, for a hand-over: the caller passes it on with the snapshot taken
+    /// just before. The direction holds nothing afterwards.
+    mutating func detachPipeInTransit() -> PipeHandle? {
+        guard pipeBytes > 0, let pipe else { return nil }
+        self.pipe = nil
+        pipeBytes = 0
+        return pipe
     }
 
     /// Whether bytes are held in the pipe or in a buffer, received and not yet delivered.

@@ -44,13 +44,16 @@ public final class Engine: @unchecked Sendable {
     /// until then. When it is more than 0, the next stop hands the established connections over to the next process
     /// through the store instead of draining them (see `EventLoop.handOver(_:)`).
     let descriptorStoreSlots = Atomic<Int>(0)
-    /// Store slots taken by connections handed over, two per connection.
+    /// Store slots taken by connections handed over: two sockets each, and two for each pipe that holds bytes.
     private let storeSlotsTaken = Atomic<Int>(0)
-    /// Connections handed over to the next process.
+    /// Connections handed over to the next process, and the bytes in transit in their pipes.
     public let handedOver = Atomic<Int>(0)
+    public let bytesHandedOverInPipes = Atomic<Int>(0)
     /// The start of the IDs of the connections this process hands over: its process ID, unique among the
     /// processes of the service.
     let storeIdentifierPrefix = String(Syscall.processID)
+    /// The counter after that prefix.
+    let storeSerial = Atomic<Int>(0)
     private var loops: [EventLoop] = []
 
     /// The signals the engine takes through a signalfd; they are blocked in every thread.
@@ -262,19 +265,19 @@ public final class Engine: @unchecked Sendable {
 
     var hasCapacity: Bool { statistics.active.load(ordering: .sequentiallyConsistent) < options.maximumConnections }
 
-    /// Takes the two store slots of a connection to hand over; false when the store is full (or there is none),
+    /// Takes `count` store slots for a connection to hand over; false when the store is full (or there is none),
     /// for systemd would close what it cannot store, and the connection would end with a clean end of stream.
-    func reserveStoreSlots() -> Bool {
+    func reserveStoreSlots(_ count: Int) -> Bool {
         let slots = descriptorStoreSlots.load(ordering: .relaxed)
         guard slots > 0 else { return false }
-        if storeSlotsTaken.add(2, ordering: .relaxed).newValue <= slots { return true }
-        storeSlotsTaken.subtract(2, ordering: .relaxed)
+        if storeSlotsTaken.add(count, ordering: .relaxed).newValue <= slots { return true }
+        storeSlotsTaken.subtract(count, ordering: .relaxed)
         return false
     }
 
     /// Gives back the slots of a connection whose hand-over failed.
-    func releaseStoreSlots() {
-        storeSlotsTaken.subtract(2, ordering: .relaxed)
+    func releaseStoreSlots(_ count: Int) {
+        storeSlotsTaken.subtract(count, ordering: .relaxed)
     }
 
     /// Counts a connection that ended, and wakes loops waiting at the limit.

@@ -546,7 +546,7 @@ final class EventLoop: @unchecked Sendable {
         let stored = adopted.stored
         guard engine.reserveConnection() else {
             Log.warning("cannot take over a connection from the previous process: at the connection limit")
-            for fd in [adopted.client, adopted.server] {
+            for fd in adopted.descriptors {
                 Syscall.setResetOnClose(fd)
                 Syscall.close(fd)
             }
@@ -563,7 +563,9 @@ final class EventLoop: @unchecked Sendable {
         connection.server = adopted.server
         connection.remoteAddress = (try? Syscall.peerAddress(adopted.server)) ?? .unspecified
         connection.phase = .relaying
-        connection.relay = RelayState(restoring: stored.relay)
+        connection.relay = RelayState(
+            restoring: stored.relay, upstreamPipe: adopted.upstreamPipe.map(resources.adoptPipe),
+            downstreamPipe: adopted.downstreamPipe.map(resources.adoptPipe))
         // Only bytes moved from now on count in this process's figures.
         (connection.accountedUp, connection.accountedDown) = connection.relay.bytes
         if let limits = engine.clientLimits, case .admitted(let block) = limits.admit(peer, now: now) {
@@ -602,30 +604,41 @@ final class EventLoop: @unchecked Sendable {
     /// connection goes on here, and is tried again after its next turn (until the stop's deadline).
     private func handOver(_ connection: Connection) {
         guard connection.phase == .relaying, connection.acknowledgementCheckAt == nil,
-            let snapshot = connection.relay.snapshot, engine.reserveStoreSlots()
+            let snapshot = connection.relay.snapshot
         else { return }
+        var descriptors: [(fd: CInt, name: (StoredConnection) -> String)] = [
+            // The client's socket last: it names the others, and one stored without them would be reset.
+            (connection.server, { $0.serverName })
+        ]
+        for (direction, source) in [
+            (connection.relay.clientToServer, Side.client), (connection.relay.serverToClient, .server),
+        ]
+        where direction.pipeBytes > 0 {
+            guard let pipe = direction.pipe else { return }
+            descriptors.append((pipe.readEnd, { $0.pipeName(source: source, writeEnd: false) }))
+            descriptors.append((pipe.writeEnd, { $0.pipeName(source: source, writeEnd: true) }))
+        }
+        descriptors.append((connection.client, { $0.clientName }))
+        guard engine.reserveStoreSlots(descriptors.count) else { return }
         let stored = StoredConnection(
-            id: "\(engine.storeIdentifierPrefix)-\(engine.handedOver.add(1, ordering: .relaxed).newValue)",
+            id: "\(engine.storeIdentifierPrefix)-\(engine.storeSerial.add(1, ordering: .relaxed).newValue)",
             service: connection.service, startedAt: connection.startedAt, relay: snapshot)
-        // The server's socket first: a client's socket stored alone would be closed by the next process.
-        guard Systemd.store(connection.server, name: stored.serverName) else {
-            handOverFailed()
+        for (position, descriptor) in descriptors.enumerated()
+        where !Systemd.store(descriptor.fd, name: descriptor.name(stored)) {
+            for earlier in descriptors[..<position] { Systemd.removeStored(name: earlier.name(stored)) }
+            engine.releaseStoreSlots(descriptors.count)
             return
         }
-        guard Systemd.store(connection.client, name: stored.clientName) else {
-            Systemd.removeStored(name: stored.serverName)
-            handOverFailed()
-            return
-        }
+        engine.handedOver.add(1, ordering: .relaxed)
+        engine.bytesHandedOverInPipes.add(
+            snapshot.clientToServer.pipeBytes + snapshot.serverToClient.pipeBytes, ordering: .relaxed)
+        // The pipes with bytes are in the store now: this process closes its ends without emptying them.
+        let pipes = connection.relay.detachPipesInTransit()
+        for pipe in [pipes.upstream, pipes.downstream].compactMap({ $0 }) { resources.discardPipe(pipe) }
         if Log.enabled(.debug) {
             Log.debug("handed \(connection.clientAddress) -> \(connection.remoteAddress!) over to the next process")
         }
         forget(connection)
-    }
-
-    private func handOverFailed() {
-        engine.handedOver.subtract(1, ordering: .relaxed)
-        engine.releaseStoreSlots()
     }
 
     /// Reads what the client sent with its handshake, if anything (an HTTP request, usually): it is held for the

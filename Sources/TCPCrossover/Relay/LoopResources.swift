@@ -50,6 +50,14 @@ final class LoopResources {
         }
     }
 
+    /// A pipe that the previous process handed over with bytes in it (see `EventLoop.adopt(_:)`): counted as in
+    /// use, and given back as any other when its connection is done with it.
+    func adoptPipe(_ ends: (read: CInt, write: CInt)) -> PipeHandle {
+        pipesInUse += 1
+        return PipeHandle(
+            readEnd: ends.read, writeEnd: ends.write, capacity: max(Syscall.pipeCapacity(ends.write), 4096))
+    }
+
     func discardPipe(_ pipe: PipeHandle) {
         pipesInUse -= 1
         close(pipe)

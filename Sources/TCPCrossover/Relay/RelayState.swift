@@ -136,8 +136,9 @@ public struct RelayState {
         }
     }
 
-    /// The relay's snapshot; nil while a direction holds bytes (the driver goes on relaying until it does not), or
-    /// after a side failed (the connection is near its end, and ends in this process).
+    /// The relay's snapshot; nil while a direction holds bytes outside its pipe (the driver goes on relaying until
+    /// it does not), or after a side failed (the connection is near its end, and ends in this process). The pipes
+    /// that hold bytes go with it (`detachPipesInTransit`).
     public var snapshot: Snapshot? {
         guard failedAfterEnd == nil, reportedFailure == nil, let up = clientToServer.snapshot,
             let down = serverToClient.snapshot
@@ -145,16 +146,25 @@ public struct RelayState {
         return Snapshot(clientToServer: up, serverToClient: down, firstToEnd: firstToEnd)
     }
 
-    /// A relay that goes on from `snapshot`. Both sockets are taken as readable and writable: the first calls find
-    /// out, and a call that finds nothing clears the flag until epoll reports the socket again.
-    public init(restoring snapshot: Snapshot) {
-        clientToServer = Direction(from: .client, to: .server, restoring: snapshot.clientToServer)
-        serverToClient = Direction(from: .server, to: .client, restoring: snapshot.serverToClient)
+    /// A relay that goes on from `snapshot`, with the pipes that hold its directions' `pipeBytes`. Both sockets are
+    /// taken as readable and writable: the first calls find out, and a call that finds nothing clears the flag
+    /// until epoll reports the socket again.
+    public init(restoring snapshot: Snapshot, upstreamPipe: PipeHandle? = nil, downstreamPipe: PipeHandle? = nil) {
+        clientToServer = Direction(
+            from: .client, to: .server, restoring: snapshot.clientToServer, pipe: upstreamPipe)
+        serverToClient = Direction(
+            from: .server, to: .client, restoring: snapshot.serverToClient, pipe: downstreamPipe)
         firstToEnd = snapshot.firstToEnd
         readiness.client.readable = true
         readiness.client.writable = true
         readiness.server.readable = true
         readiness.server.writable = true
+    }
+
+    /// Lets go of the pipes that hold bytes, client to server and server to client, for a hand-over with the
+    /// snapshot taken just before.
+    public mutating func detachPipesInTransit() -> (upstream: PipeHandle?, downstream: PipeHandle?) {
+        (clientToServer.detachPipeInTransit(), serverToClient.detachPipeInTransit())
     }
 
     /// Bytes delivered from the client to the server, and from the server to the client.

@@ -241,8 +241,10 @@ public enum Launcher {
         }
         let handedOver = engine.handedOver.load(ordering: .relaxed)
         if handedOver > 0 {
+            let inPipes = engine.bytesHandedOverInPipes.load(ordering: .relaxed)
             Log.notice(
-                "handed \(handedOver) connection(s) over to the next process through systemd's file descriptor store")
+                "handed \(handedOver) connection(s) over to the next process through systemd's file descriptor "
+                    + "store, with \(inPipes) bytes in transit in their pipes")
         }
         if !listeners.isEmpty { Log.notice("stopped: \(engine.statistics.snapshot())") }
     }
@@ -258,7 +260,7 @@ public enum Launcher {
         var (connections, unpaired) = AdoptedConnection.pair(stored)
         connections.removeAll { connection in
             guard connection.stored.service >= services.count else { return false }
-            unpaired.append(contentsOf: [connection.client, connection.server])
+            unpaired.append(contentsOf: connection.descriptors)
             return true
         }
         for fd in unpaired {
@@ -267,7 +269,9 @@ public enum Launcher {
         }
         if !unpaired.isEmpty {
             Log.warning(
-                "reset \(unpaired.count) stored socket(s) of the previous process that could not be paired or served")
+                "closed \(unpaired.count) stored descriptor(s) of the previous process that could not be paired or "
+                    + "served: "
+                    + stored.filter { unpaired.contains($0.fd) }.map(\.name).joined(separator: " "))
         }
         if !connections.isEmpty {
             Log.notice("took over \(connections.count) connection(s) from the previous process")

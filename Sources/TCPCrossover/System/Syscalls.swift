@@ -215,6 +215,11 @@ public enum Syscall {
         return Int(tcx_get_pipe_size(fd))
     }
 
+    /// fcntl(2) F_GETPIPE_SZ: the pipe's capacity.
+    static func pipeCapacity(_ fd: CInt) -> Int {
+        Int(tcx_get_pipe_size(fd))
+    }
+
     /// splice(2) of up to `count` bytes from `source` to `destination`, one of which is a pipe; non-blocking.
     @inline(__always)
     static func splice(from source: CInt, to destination: CInt, count: Int) throws(Errno) -> IOResult<Int> {

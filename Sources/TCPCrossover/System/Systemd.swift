@@ -43,10 +43,12 @@ enum Systemd {
 
     /// sd_pid_notify_with_fds(3) with `FDSTORE=1` and `FDNAME=name`: systemd keeps a duplicate of `fd` in the
     /// service's file descriptor store and passes it to the service's next process (in LISTEN_FDS, under that
-    /// name). False when the notification could not be sent.
+    /// name). False when the notification could not be sent. `FDPOLL=0`: systemd would otherwise drop a stored
+    /// socket on EPOLLHUP, which a socket whose two ends of stream have both passed reports, while bytes for it
+    /// may still wait in a pipe; the next process takes every stored descriptor out of the store itself.
     static func store(_ fd: CInt, name: String) -> Bool {
         var descriptor = fd
-        return tcx_sd_notify_with_fds("FDSTORE=1\nFDNAME=\(name)", &descriptor, 1) > 0
+        return tcx_sd_notify_with_fds("FDSTORE=1\nFDPOLL=0\nFDNAME=\(name)", &descriptor, 1) > 0
     }
 
     /// `FDSTOREREMOVE=1` with `FDNAME=name`: systemd closes its duplicates stored under that name. A process that
