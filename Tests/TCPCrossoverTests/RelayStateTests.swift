@@ -97,6 +97,7 @@ import Testing
                 // gives its other pipes back; the new one restores the relay from them. epoll reports the sockets'
                 // state when the new process registers them: the hang-ups and errors come again, while readability
                 // and room are found out by the first calls.
+                relay.moveHeldBytesIntoPipes(&io)
                 guard let snapshot = relay.snapshot else { break }
                 let pipes = relay.detachPipesInTransit()
                 relay.releaseResources(&io)
@@ -230,6 +231,37 @@ import Testing
         // The schedules did hand over, many times, and often with bytes in a pipe.
         #expect(handOvers > 500, "\(handOvers) hand-overs")
         #expect(handOversWithPipes > 100, "\(handOversWithPipes) hand-overs with bytes in a pipe")
+    }
+
+    /// Bytes held in a copy buffer (the server took only part of them) cannot be described by a snapshot; moved into
+    /// a pipe, they can, and after the hand-over they reach the server, in order, before anything sent later.
+    @Test func handOver_whenBytesAreHeldInACopyBuffer_movesThemIntoAPipe() {
+        let kernel = SimulatedKernel(seed: 71, pipeCapacity: 65536)
+        kernel.server.window = 1000
+        var io = SimulatedKernel.IO(kernel: kernel)
+        var relay = RelayState.connected()
+        var random = SeededRandom(seed: 72)
+        let first = randomBytes(6000, &random)
+        let later = randomBytes(3000, &random)
+        kernel.peerSends(.client, first, readiness: &relay.readiness)
+        for _ in 0..<20 { _ = relay.advance(&io, budget: 4) }
+        #expect(kernel.server.received.count < first.count, "the server took everything: nothing held")
+        #expect(relay.snapshot == nil)
+        relay.moveHeldBytesIntoPipes(&io)
+        let snapshot = relay.snapshot
+        #expect(snapshot?.clientToServer.pipeBytes == first.count - kernel.server.received.count)
+        guard let snapshot else { return }
+        let pipes = relay.detachPipesInTransit()
+        relay.releaseResources(&io)
+        #expect(kernel.buffersInUse == 0)
+        var restored = RelayState(restoring: snapshot, upstreamPipe: pipes.upstream, downstreamPipe: pipes.downstream)
+        kernel.peerSends(.client, later, readiness: &restored.readiness)
+        for _ in 0..<200 where kernel.server.received.count < first.count + later.count {
+            kernel.peerReads(.server, upTo: 700, readiness: &restored.readiness)
+            _ = restored.advance(&io, budget: 4)
+        }
+        #expect(kernel.server.received == first + later)
+        #expect(restored.bytes.up == UInt64(first.count + later.count))
     }
 
     /// A connection whose `scenario.failingSide` failed: what a side sent before its FIN reaches the other side

@@ -152,6 +152,27 @@ public struct Direction {
         pipeBytes = snapshot.pipeBytes
     }
 
+    /// For a hand-over: moves the bytes held in a copy buffer (received, not yet taken by the destination) into a
+    /// pipe, which can be handed over where a buffer cannot. Nothing changes when there are none, when a header or
+    /// an urgent byte waits, or when no pipe takes them all (the pipe is closed, and the buffer keeps them).
+    mutating func moveHeldBytesIntoPipe<IO: RelayIO>(_ io: inout IO) {
+        guard let held, pipe == nil, headerBytesLeft == 0, urgentByte == nil, !abandoned,
+            let newPipe = io.acquirePipe()
+        else { return }
+        let count = held.end - held.start
+        let written = io.write(into: newPipe, UnsafeRawBufferPointer(rebasing: held.buffer[held.start..<held.end]))
+        guard written == count else {
+            io.discardPipe(newPipe)
+            return
+        }
+        io.releaseBuffer(held.buffer)
+        self.held = nil
+        wantsSplice = false
+        pipe = newPipe
+        pipeBytes = count
+        inflowSinceEmpty = 0
+    }
+
     /// Lets go of the pipe when it holds bytes, for a hand-over: the caller passes it on with the snapshot taken
     /// just before. The direction holds nothing afterwards.
     mutating func detachPipeInTransit() -> PipeHandle? {

@@ -603,9 +603,12 @@ final class EventLoop: @unchecked Sendable {
     /// and this process lets go of them without a reset; systemd's duplicates keep them open. Otherwise the
     /// connection goes on here, and is tried again after its next turn (until the stop's deadline).
     private func handOver(_ connection: Connection) {
-        guard connection.phase == .relaying, connection.acknowledgementCheckAt == nil,
-            let snapshot = connection.relay.snapshot
-        else { return }
+        guard connection.phase == .relaying, connection.acknowledgementCheckAt == nil else { return }
+        if connection.relay.holdsResources {
+            var io = SocketIO(client: connection.client, server: connection.server, resources: resources)
+            connection.relay.moveHeldBytesIntoPipes(&io)
+        }
+        guard let snapshot = connection.relay.snapshot else { return }
         var descriptors: [(fd: CInt, name: (StoredConnection) -> String)] = [
             // The client's socket last: it names the others, and one stored without them would be reset.
             (connection.server, { $0.serverName })

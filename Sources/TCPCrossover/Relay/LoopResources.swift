@@ -135,6 +135,10 @@ struct SocketIO: RelayIO {
     func acquirePipe() -> PipeHandle? { resources.acquirePipe() }
     func releasePipe(_ pipe: PipeHandle) { resources.releasePipe(pipe) }
     func discardPipe(_ pipe: PipeHandle) { resources.discardPipe(pipe) }
+    func write(into pipe: PipeHandle, _ bytes: UnsafeRawBufferPointer) -> Int {
+        guard case .processed(let count) = try? Syscall.write(pipe.writeEnd, bytes) else { return 0 }
+        return count
+    }
     func acquireBuffer() -> UnsafeMutableRawBufferPointer { resources.acquireBuffer() }
     func releaseBuffer(_ buffer: UnsafeMutableRawBufferPointer) { resources.releaseBuffer(buffer) }
     var scratch: UnsafeMutableRawBufferPointer { resources.scratch }

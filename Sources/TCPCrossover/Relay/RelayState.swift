@@ -161,6 +161,13 @@ public struct RelayState {
         readiness.server.writable = true
     }
 
+    /// For a hand-over: moves bytes held in copy buffers into pipes, so that a snapshot can be taken (see
+    /// `Direction.moveHeldBytesIntoPipe`).
+    public mutating func moveHeldBytesIntoPipes<IO: RelayIO>(_ io: inout IO) {
+        clientToServer.moveHeldBytesIntoPipe(&io)
+        serverToClient.moveHeldBytesIntoPipe(&io)
+    }
+
     /// Lets go of the pipes that hold bytes, client to server and server to client, for a hand-over with the
     /// snapshot taken just before.
     public mutating func detachPipesInTransit() -> (upstream: PipeHandle?, downstream: PipeHandle?) {
