@@ -541,7 +541,8 @@ final class EventLoop: @unchecked Sendable {
 
     /// Goes on relaying a connection that the previous process handed over through systemd's file descriptor
     /// store, from the state its name carried: its start, its bytes so far, which ends have passed. The caller has
-    /// removed it from the store and checked its service. Not counted as accepted: the previous process did that.
+    /// removed it from the store and checked its service. Not counted as accepted in the figures (STATUS=,
+    /// SIGUSR1): the previous process did that.
     func adopt(_ adopted: AdoptedConnection) {
         let stored = adopted.stored
         guard engine.reserveConnection() else {
@@ -553,6 +554,8 @@ final class EventLoop: @unchecked Sendable {
             return
         }
         load.add(1, ordering: .relaxed)
+        // The metrics' active gauge is accepted minus ended: the connection counts as accepted by this process there.
+        meter?.accepted(stored.service)
         let peer = (try? Syscall.peerAddress(adopted.client)) ?? .unspecified
         let local = (try? Syscall.localAddress(adopted.client)) ?? .unspecified
         let connection = place { slot, generation in
