@@ -48,10 +48,10 @@ struct TCPCrossoverCommand: ParsableCommand {
     var dualStack = false
 
     @Option(name: .table(.connectTimeout), help: .table(.connectTimeout))
-    var connectTimeout: String = Options.defaults.connectTimeout
+    var connectTimeout: [String] = []
 
     @Option(name: .table(.connectDeadline), help: .table(.connectDeadline))
-    var connectDeadline: String = Options.defaults.connectDeadline
+    var connectDeadline: [String] = []
 
     @Option(name: .table(.threads), help: .table(.threads))
     var threads: String = Options.defaults.threads
@@ -72,7 +72,7 @@ struct TCPCrossoverCommand: ParsableCommand {
     var clientPrefixLength: String?
 
     @Option(name: .table(.idleTimeout), help: .table(.idleTimeout))
-    var idleTimeout: String?
+    var idleTimeout: [String] = []
 
     @Option(name: .table(.keepalive), help: .table(.keepalive))
     var keepalive: String = Options.defaults.keepalive
@@ -87,7 +87,7 @@ struct TCPCrossoverCommand: ParsableCommand {
     var group: String?
 
     @Option(name: .table(.proxyProtocol), help: .table(.proxyProtocol))
-    var proxyProtocol: String?
+    var proxyProtocol: [String] = []
 
     @Option(name: .table(.source), help: .table(.source))
     var source: [String] = []

@@ -13,7 +13,7 @@ extension EventLoop {
 
     /// Starts the connect phase of an admitted connection: the service's addresses, failed ones last.
     func connect(_ connection: Connection) {
-        let options = engine.options
+        let options = engine.services[connection.service].options
         connection.connectPhase = ConnectPhase(
             targets: engine.services[connection.service].pool.candidates(now: now), sources: options.sources,
             timing: ConnectPhase.Timing(attemptTimeout: options.connectTimeout, deadline: options.connectDeadline))
@@ -77,7 +77,8 @@ extension EventLoop {
                         if Log.enabled(.debug) {
                             Log.debug(
                                 ConnectFailureReport.describe(
-                                    target, failure, deadline: engine.options.connectDeadline))
+                                    target, failure,
+                                    deadline: engine.services[connection.service].options.connectDeadline))
                         }
                     }
                     close(connection, attempt)

@@ -14,7 +14,7 @@ extension EventLoop {
         switch connection.phase {
         case .connecting: return connection.connectTimer
         case .relaying:
-            let idle = engine.options.idleTimeout.map { connection.lastActivity + $0 }
+            let idle = engine.services[connection.service].options.idleTimeout.map { connection.lastActivity + $0 }
             return earlier(earlier(idle, connection.keepaliveDue), connection.acknowledgementCheckAt)
         }
     }

@@ -349,7 +349,8 @@ public enum Launcher {
         return "; metrics on " + metrics.listeners.map(\.address.description).joined(separator: ", ")
     }
 
-    /// The services: one per name among the remotes, plus one for the unnamed remotes; each remote looked up now
+    /// The services: one per name among the remotes, plus one for the unnamed remotes, each with its per-connection
+    /// options (`Configuration.serviceOptions`, or the unnamed ones); each remote looked up now
     /// (a host name that does not resolve at start is an error), through `RemotePool.refresh`, as at every new
     /// lookup later.
     static func makeServices(_ configuration: Configuration) throws(StartupError) -> [Service] {
@@ -358,9 +359,9 @@ public enum Launcher {
         var services: [Service] = []
         for name in names {
             let endpoints = configuration.remotes.filter { $0.name == name }.map(\.endpoint)
+            let options = name.flatMap { configuration.serviceOptions[$0] } ?? configuration.relay.service
             let pool = RemotePool(
-                endpoints: endpoints, sources: configuration.relay.sources, backoff: configuration.relay.failoverBackoff
-            )
+                endpoints: endpoints, sources: options.sources, backoff: configuration.relay.failoverBackoff)
             for case .unresolved(let failure) in pool.refresh().problems {
                 let remote = configuration.remotes.first { $0.name == name && "\($0.endpoint)".hasPrefix(failure.host) }
                 throw StartupError(ExitStatus.noHost, "\(failure) (in --remote \(remote?.description ?? failure.host))")
@@ -369,7 +370,7 @@ public enum Launcher {
                 throw StartupError(
                     ExitStatus.usage, "no --remote address has the family of a --source address")
             }
-            services.append(Service(name: name, pool: pool))
+            services.append(Service(name: name, pool: pool, options: options))
         }
         return services
     }
