@@ -15,8 +15,7 @@ import Testing
     /// An option's manual text, with the sentence that says it may be given per service when it may.
     static func manual(_ option: OptionDescription) -> String {
         guard option.perService else { return "\(option.manual)" }
-        return "\(option.manual) Per service: `NAME=VALUE` sets it for the service of that name only; a value "
-            + "without a name is the default of the others (docs/OPERATIONS.md: Several services in one process)."
+        return "\(option.manual) Per service as `NAME=VALUE` (docs/OPERATIONS.md: Several services in one process)."
     }
 
     /// The README's options table, in Markdown.
