@@ -75,7 +75,7 @@ struct TCPCrossoverCommand: ParsableCommand {
     var idleTimeout: [String] = []
 
     @Option(name: .table(.keepalive), help: .table(.keepalive))
-    var keepalive: String = Options.defaults.keepalive
+    var keepalive: [String] = []
 
     @Option(name: .table(.shutdownTimeout), help: .table(.shutdownTimeout))
     var shutdownTimeout: String = Options.defaults.shutdownTimeout
@@ -111,7 +111,7 @@ struct TCPCrossoverCommand: ParsableCommand {
     var metrics: String?
 
     @Option(name: .table(.logConnections), help: .table(.logConnections))
-    var logConnections: String = Options.defaults.logConnections
+    var logConnections: [String] = []
 
     // Names and help come from `optionTable`; QuickCommandLineTests checks that each wrapper's kind (value, repeated
     // value, flag) is the table's.

@@ -236,7 +236,10 @@ final class ProxyProtocolNginx {
         let dovecot = try RelayTests.echoServer()
         let relay = try Relay(
             local: ["smtp=127.0.0.1:0", "smtp=[::1]:0", "imap=[::1]:0"], remote: "smtp=\(postfix.address)",
-            ["--remote", "imap=\(dovecot.address)", "--proxy-protocol", "imap=v2", "--deny", "smtp=::1/128"])
+            [
+                "--remote", "imap=\(dovecot.address)", "--proxy-protocol", "imap=v2", "--deny", "smtp=::1/128",
+                "--log-connections", "imap=no",
+            ])
         let ports = relay.listening.map { UInt16($0.split(separator: ":").last!.prefix { $0.isNumber })! }
         func exchange(_ address: TestAddress) throws -> [UInt8] {
             let connection = try TestSocket.connect(to: address)
@@ -257,6 +260,9 @@ final class ProxyProtocolNginx {
         #expect(eventually { relay.connectionLines.contains { $0.contains("end=refused: by --deny ::1/128") } })
         #expect(postfix.accepted == 1)
         #expect(dovecot.accepted == 1)
+        // imap's connections are not logged, smtp's are.
+        #expect(relay.connectionLines.contains { $0.contains("\(postfix.address)") }, "\(relay.connectionLines)")
+        #expect(!relay.connectionLines.contains { $0.contains("\(dovecot.address)") }, "\(relay.connectionLines)")
     }
 
     @Test func severalServices_socketActivation_pickTheRemoteByFileDescriptorName() throws {

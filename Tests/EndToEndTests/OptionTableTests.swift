@@ -91,7 +91,7 @@ import Testing
         case .keepalive:
             return Behaviour(
                 arguments: ["--keepalive", "60,10,5"],
-                change: { $0.relay.keepalive = Keepalive(idle: 60, interval: 10, count: 5) },
+                change: { $0.relay.service.keepalive = Keepalive(idle: 60, interval: 10, count: 5) },
                 invalid: ["--keepalive", "60,10"])
         case .shutdownTimeout:
             return Behaviour(
@@ -153,7 +153,7 @@ import Testing
                 invalid: ["--metrics", "[::1]"])
         case .logConnections:
             return Behaviour(
-                arguments: ["--log-connections", "no"], change: { $0.relay.logConnections = false },
+                arguments: ["--log-connections", "no"], change: { $0.relay.service.logConnections = false },
                 invalid: ["--log-connections", "maybe"])
         case .dualStack:
             return Behaviour(

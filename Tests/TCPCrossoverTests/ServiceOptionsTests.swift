@@ -61,6 +61,19 @@ import Testing
         #expect(configuration.serviceOptions["smtp"] == nil)
     }
 
+    @Test func keepaliveAndConnectionLines_perService() throws {
+        let configuration = try Self.mailRelay {
+            $0.keepalive = ["off", "imap=60"]
+            $0.logConnections = ["smtp=no"]
+        }
+        #expect(configuration.relay.service.keepalive == nil)
+        #expect(configuration.relay.service.logConnections)
+        #expect(configuration.serviceOptions["imap"]?.keepalive == Keepalive(idle: 60, interval: 15, count: 4))
+        #expect(configuration.serviceOptions["imap"]?.logConnections == true)
+        #expect(configuration.serviceOptions["smtp"]?.keepalive == nil)
+        #expect(configuration.serviceOptions["smtp"]?.logConnections == false)
+    }
+
     @Test func singleValuedOption_givenTwiceForAService_keepsTheLast() throws {
         let configuration = try Self.mailRelay { $0.connectTimeout = ["1", "smtp=3", "7", "smtp=4"] }
         #expect(configuration.relay.service.connectTimeout == 7000)
@@ -70,7 +83,7 @@ import Testing
     @Test func nameThatNoRemoteHas_isAnError() {
         for change: (inout Options) -> Void in [
             { $0.proxyProtocol = ["imapp=v2"] }, { $0.source = ["pop3=127.0.0.1"] }, { $0.deny = ["=10.0.0.0/8"] },
-            { $0.idleTimeout = ["submission=60"] },
+            { $0.idleTimeout = ["submission=60"] }, { $0.keepalive = ["pop3=60"] }, { $0.logConnections = ["x=no"] },
         ] {
             #expect(throws: OptionError.self) { try Self.mailRelay(change) }
         }

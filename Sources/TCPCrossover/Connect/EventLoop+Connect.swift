@@ -182,7 +182,8 @@ extension EventLoop {
         connection.relay.readiness.server.writable = true
         connection.lastActivity = now
         // Not for a server whose end of stream came with the connect (see `stopKeepalive`).
-        if engine.options.keepalive != nil && !connection.relay.readiness.server.endReported {
+        let keepalive = engine.services[connection.service].options.keepalive
+        if keepalive != nil && !connection.relay.readiness.server.endReported {
             connection.keepaliveDue = now + Self.keepaliveDelay
         }
         engine.services[connection.service].pool.succeeded(address)

@@ -45,7 +45,7 @@ extension EventLoop {
                 if connections[Int(connection.slot)] === connection { armTimer(connection) }
             case .relaying where connection.keepaliveDue.map({ $0 <= now }) ?? false:
                 connection.keepaliveDue = nil
-                if let keepalive = engine.options.keepalive {
+                if let keepalive = engine.services[connection.service].options.keepalive {
                     do {
                         try Syscall.setKeepalive(connection.server, keepalive)
                         connection.keepaliveOnServer = true

@@ -20,9 +20,6 @@ public struct RelayOptions: Sendable, Equatable {
     public var shutdownTimeout: Int64 = 10_000
     /// Rounds a direction may move bytes in one turn before other connections get theirs.
     public var budget = 16
-    /// TCP keepalive on both sockets of every connection, so that a vanished peer does not hold a connection
-    /// forever; nil turns it off (`--keepalive`).
-    public var keepalive: Keepalive? = .standard
     /// Connections one client (an address block, see `clientPrefixes`) may have open at once; nil for no such limit
     /// (`--max-connections-per-client`).
     public var maximumConnectionsPerClient: Int?
@@ -38,8 +35,6 @@ public struct RelayOptions: Sendable, Equatable {
     /// The congestion control algorithm of the sockets whose peer is on this machine; nil leaves them the system's
     /// (`--loopback-congestion-control`, see `Syscall.useCongestionControl`).
     public var loopbackCongestionControl: CongestionControl? = .reno
-    /// Each finished connection gets its log line (`--log-connections`); the figures are counted either way.
-    public var logConnections = true
 
     public init() {}
 }
@@ -60,6 +55,11 @@ public struct ServiceOptions: Sendable, Equatable {
     public var sources: [SocketAddress] = []
     /// Which clients are served (`--allow`, `--deny`).
     public var access = AccessRules()
+    /// TCP keepalive on both sockets of every connection, so that a vanished peer does not hold a connection
+    /// forever; nil turns it off (`--keepalive`).
+    public var keepalive: Keepalive? = .standard
+    /// Each finished connection gets its log line (`--log-connections`); the figures are counted either way.
+    public var logConnections = true
 
     public init() {}
 }

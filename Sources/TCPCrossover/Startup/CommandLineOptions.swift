@@ -28,7 +28,7 @@ public struct Options: Equatable, Sendable {
     public var maxNewConnectionsPerClient: String?
     public var clientPrefixLength: String?
     public var idleTimeout: [String]
-    public var keepalive: String
+    public var keepalive: [String]
     public var shutdownTimeout: String
     public var user: String?
     public var group: String?
@@ -39,7 +39,7 @@ public struct Options: Equatable, Sendable {
     public var resolveInterval: String
     public var loopbackCongestionControl: String
     public var metrics: String?
-    public var logConnections: String
+    public var logConnections: [String]
 
     public static let defaults = Options()
 
@@ -49,10 +49,10 @@ public struct Options: Equatable, Sendable {
         connectTimeout: [String] = [], connectDeadline: [String] = [], threads: String = "0",
         exitIdleTime: String? = nil, maxConnections: String? = nil, maxConnectionsPerClient: String? = nil,
         maxNewConnectionsPerClient: String? = nil, clientPrefixLength: String? = nil, idleTimeout: [String] = [],
-        keepalive: String = "120,30,4", shutdownTimeout: String = "10", user: String? = nil, group: String? = nil,
+        keepalive: [String] = [], shutdownTimeout: String = "10", user: String? = nil, group: String? = nil,
         proxyProtocol: [String] = [], source: [String] = [], allow: [String] = [], deny: [String] = [],
         resolveInterval: String = "60", loopbackCongestionControl: String = "reno",
-        noProxyWarning: Bool = false, metrics: String? = nil, logConnections: String = "yes"
+        noProxyWarning: Bool = false, metrics: String? = nil, logConnections: [String] = []
     ) {
         self.local = local
         self.remote = remote
@@ -126,7 +126,6 @@ public struct Options: Equatable, Sendable {
             }
             configuration.relay.clientPrefixes = try clientPrefixes(clientPrefixLength)
         }
-        configuration.relay.keepalive = try parseKeepalive(keepalive)
         configuration.relay.shutdownTimeout = try milliseconds(
             shutdownTimeout, option: "--shutdown-timeout", zero: true)
         // Checked one by one rather than through a collection of pairs: each new generic type instantiated at
@@ -147,7 +146,6 @@ public struct Options: Equatable, Sendable {
                 throw OptionError("--metrics: \(error)")
             }
         }
-        configuration.relay.logConnections = try yesOrNo(logConnections, option: "--log-connections")
         return configuration
     }
 }
@@ -167,6 +165,8 @@ extension Options {
         try collectServiceNames(source, option: "--source", remotes: remotes, into: &names)
         try collectServiceNames(allow, option: "--allow", remotes: remotes, into: &names)
         try collectServiceNames(deny, option: "--deny", remotes: remotes, into: &names)
+        try collectServiceNames(keepalive, option: "--keepalive", remotes: remotes, into: &names)
+        try collectServiceNames(logConnections, option: "--log-connections", remotes: remotes, into: &names)
         configuration.relay.service = try serviceOptions(for: nil, over: ServiceOptions())
         for name in names {
             configuration.serviceOptions[name] = try serviceOptions(for: name, over: configuration.relay.service)
@@ -202,6 +202,10 @@ extension Options {
         if !allowed.isEmpty || name == nil { options.access.allow = allowed }
         let denied = try values(deny, for: name).map { try range($0, option: "--deny") }
         if !denied.isEmpty || name == nil { options.access.deny = denied }
+        if let value = values(keepalive, for: name).last { options.keepalive = try parseKeepalive(value) }
+        if let value = values(logConnections, for: name).last {
+            options.logConnections = try yesOrNo(value, option: "--log-connections")
+        }
         return options
     }
 }

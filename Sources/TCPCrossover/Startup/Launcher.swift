@@ -174,19 +174,29 @@ public enum Launcher {
             let address: SocketAddress
             do {
                 try Syscall.setNonBlocking(fd)
-                try Syscall.setConnectionOptions(fd, keepalive: configuration.relay.keepalive)
                 address = try Syscall.localAddress(fd)
             } catch {
                 throw StartupError(
                     ExitStatus.systemError, "the socket passed as descriptor \(fd) is unusable: \(error)")
             }
-            if name == MetricsServer.socketName {
+            let service =
+                name == MetricsServer.socketName
+                ? nil
+                : try serviceIndex(
+                    for: name, in: services, socket: name.map { "socket '\($0)'" } ?? address.description)
+            do {
+                // The sockets it accepts inherit these.
+                let keepalive = service.map { services[$0].options.keepalive } ?? configuration.relay.service.keepalive
+                try Syscall.setConnectionOptions(fd, keepalive: keepalive)
+            } catch {
+                throw StartupError(
+                    ExitStatus.systemError, "the socket passed as descriptor \(fd) is unusable: \(error)")
+            }
+            guard let service else {
                 // Never relayed: the metrics endpoint's own socket.
                 metricsSockets.append(ListeningSocket(fd: fd, address: address, service: -1, name: name))
                 continue
             }
-            let service = try serviceIndex(
-                for: name, in: services, socket: name.map { "socket '\($0)'" } ?? address.description)
             listeners.append(ListeningSocket(fd: fd, address: address, service: service, name: name))
         }
         if listeners.isEmpty && !descriptors.isEmpty {
@@ -254,7 +264,7 @@ public enum Launcher {
             for address in addresses {
                 listeners.append(
                     try Listener.open(
-                        address, dualStack: configuration.dualStack, keepalive: configuration.relay.keepalive,
+                        address, dualStack: configuration.dualStack, keepalive: services[service].options.keepalive,
                         loopbackCongestionControl: configuration.relay.loopbackCongestionControl,
                         service: service, name: local.name))
             }

@@ -170,7 +170,7 @@ extension OptionKey {
                 manual: "Reset a connection that carried no byte either way for that long. Default: never.")
         case .keepalive:
             entry(
-                "keepalive", .value, valueName: "idle[,interval,count]",
+                "keepalive", .repeatable, perService: true, valueName: "[name=]idle[,interval,count]",
                 help: """
                     TCP keepalive on both sockets: idle seconds before probes, seconds between them, probes before the \
                     connection is dropped; or 'off'.
@@ -289,7 +289,7 @@ extension OptionKey {
                     """)
         case .logConnections:
             entry(
-                "log-connections", .value, valueName: "yes|no",
+                "log-connections", .repeatable, perService: true, valueName: "[name=]yes|no",
                 help: """
                     Log a line for every finished connection ('no' for very busy relays; the figures are counted \
                     either way).

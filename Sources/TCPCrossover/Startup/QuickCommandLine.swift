@@ -58,7 +58,7 @@ public enum QuickCommandLine {
         case .maxNewConnectionsPerClient: options.maxNewConnectionsPerClient = value
         case .clientPrefixLength: options.clientPrefixLength = value
         case .idleTimeout: options.idleTimeout.append(value)
-        case .keepalive: options.keepalive = value
+        case .keepalive: options.keepalive.append(value)
         case .shutdownTimeout: options.shutdownTimeout = value
         case .user: options.user = value
         case .group: options.group = value
@@ -69,7 +69,7 @@ public enum QuickCommandLine {
         case .resolveInterval: options.resolveInterval = value
         case .loopbackCongestionControl: options.loopbackCongestionControl = value
         case .metrics: options.metrics = value
-        case .logConnections: options.logConnections = value
+        case .logConnections: options.logConnections.append(value)
         case .noProxyWarning: options.noProxyWarning = true
         case .dualStack: options.dualStack = true
         case .foreground: options.foreground = true
