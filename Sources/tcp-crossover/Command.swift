@@ -63,13 +63,13 @@ struct TCPCrossoverCommand: ParsableCommand {
     var maxConnections: String?
 
     @Option(name: .table(.maxConnectionsPerClient), help: .table(.maxConnectionsPerClient))
-    var maxConnectionsPerClient: String?
+    var maxConnectionsPerClient: [String] = []
 
     @Option(name: .table(.maxNewConnectionsPerClient), help: .table(.maxNewConnectionsPerClient))
-    var maxNewConnectionsPerClient: String?
+    var maxNewConnectionsPerClient: [String] = []
 
     @Option(name: .table(.clientPrefixLength), help: .table(.clientPrefixLength))
-    var clientPrefixLength: String?
+    var clientPrefixLength: [String] = []
 
     @Option(name: .table(.idleTimeout), help: .table(.idleTimeout))
     var idleTimeout: [String] = []

@@ -69,19 +69,19 @@ import Testing
         case .maxConnectionsPerClient:
             return Behaviour(
                 arguments: ["--max-connections-per-client", "20"],
-                change: { $0.relay.maximumConnectionsPerClient = 20 },
+                change: { $0.relay.service.maximumConnectionsPerClient = 20 },
                 invalid: ["--max-connections-per-client", "many"])
         case .maxNewConnectionsPerClient:
             return Behaviour(
                 arguments: ["--max-new-connections-per-client", "30/60"],
-                change: { $0.relay.newConnectionRatePerClient = ConnectionRate(count: 30, period: 60_000) },
+                change: { $0.relay.service.newConnectionRatePerClient = ConnectionRate(count: 30, period: 60_000) },
                 invalid: ["--max-new-connections-per-client", "0/60"])
         case .clientPrefixLength:
             return Behaviour(
                 arguments: ["--max-connections-per-client", "5", "--client-prefix-length", "24,56"],
                 change: {
-                    $0.relay.maximumConnectionsPerClient = 5
-                    $0.relay.clientPrefixes = ClientPrefixes(ipv4: 24, ipv6: 56)!
+                    $0.relay.service.maximumConnectionsPerClient = 5
+                    $0.relay.service.clientPrefixes = ClientPrefixes(ipv4: 24, ipv6: 56)!
                 },
                 invalid: ["--max-connections-per-client", "5", "--client-prefix-length", "33,64"])
         case .idleTimeout:

@@ -74,6 +74,30 @@ import Testing
         #expect(configuration.serviceOptions["smtp"]?.logConnections == false)
     }
 
+    @Test func perClientLimits_perService() throws {
+        let configuration = try Self.mailRelay {
+            $0.maxConnectionsPerClient = ["smtp=5"]
+            $0.maxNewConnectionsPerClient = ["imap=30/60"]
+            $0.clientPrefixLength = ["24,56"]
+        }
+        #expect(!configuration.relay.service.limitsClients)
+        let smtp = try #require(configuration.serviceOptions["smtp"])
+        #expect(smtp.maximumConnectionsPerClient == 5 && smtp.newConnectionRatePerClient == nil)
+        #expect(smtp.clientPrefixes == ClientPrefixes(ipv4: 24, ipv6: 56))
+        let imap = try #require(configuration.serviceOptions["imap"])
+        #expect(imap.maximumConnectionsPerClient == nil)
+        #expect(imap.newConnectionRatePerClient == ConnectionRate(count: 30, period: 60_000))
+        // A prefix length for a service without a limit, or for no service with one, has no effect: refused.
+        #expect(throws: OptionError.self) { try Self.mailRelay { $0.clientPrefixLength = ["smtp=24,56"] } }
+        #expect(throws: OptionError.self) {
+            try Self.mailRelay {
+                $0.maxConnectionsPerClient = ["imap=5"]
+                $0.clientPrefixLength = ["smtp=24,56"]
+            }
+        }
+        #expect(throws: OptionError.self) { try Self.mailRelay { $0.clientPrefixLength = ["24,56"] } }
+    }
+
     @Test func singleValuedOption_givenTwiceForAService_keepsTheLast() throws {
         let configuration = try Self.mailRelay { $0.connectTimeout = ["1", "smtp=3", "7", "smtp=4"] }
         #expect(configuration.relay.service.connectTimeout == 7000)

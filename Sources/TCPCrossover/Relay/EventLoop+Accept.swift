@@ -106,7 +106,7 @@ extension EventLoop {
             finish(connection, .refused(.accessRule, reason))
             return
         }
-        if let limits = engine.clientLimits {
+        if let limits = engine.clientLimits[connection.service] {
             switch limits.admit(peer, now: now) {
             case .admitted(let block):
                 connection.clientBlock = block

@@ -18,7 +18,7 @@ extension EventLoop {
         closeServer(connection)
         if !connection.otherAttempts.isEmpty { closeOtherAttempts(connection) }
         if let block = connection.clientBlock {
-            engine.clientLimits?.release(block, now: now)
+            engine.clientLimits[connection.service]?.release(block, now: now)
             connection.clientBlock = nil
         }
         connections[Int(connection.slot)] = nil

@@ -20,14 +20,6 @@ public struct RelayOptions: Sendable, Equatable {
     public var shutdownTimeout: Int64 = 10_000
     /// Rounds a direction may move bytes in one turn before other connections get theirs.
     public var budget = 16
-    /// Connections one client (an address block, see `clientPrefixes`) may have open at once; nil for no such limit
-    /// (`--max-connections-per-client`).
-    public var maximumConnectionsPerClient: Int?
-    /// New connections one client may open, in bursts and over time; nil for no such limit
-    /// (`--max-new-connections-per-client`).
-    public var newConnectionRatePerClient: ConnectionRate?
-    /// The address block that counts as one client for both (`--client-prefix-length`).
-    public var clientPrefixes = ClientPrefixes.standard
     /// How often host names among the remotes are looked up again, in milliseconds (`--resolve-interval`).
     public var resolveInterval: Int64 = 60_000
     /// How long a remote address that failed is tried last, in milliseconds.
@@ -60,6 +52,17 @@ public struct ServiceOptions: Sendable, Equatable {
     public var keepalive: Keepalive? = .standard
     /// Each finished connection gets its log line (`--log-connections`); the figures are counted either way.
     public var logConnections = true
+    /// Connections one client (an address block, see `clientPrefixes`) may have open at once; nil for no such limit
+    /// (`--max-connections-per-client`).
+    public var maximumConnectionsPerClient: Int?
+    /// New connections one client may open, in bursts and over time; nil for no such limit
+    /// (`--max-new-connections-per-client`).
+    public var newConnectionRatePerClient: ConnectionRate?
+    /// The address block that counts as one client for both (`--client-prefix-length`).
+    public var clientPrefixes = ClientPrefixes.standard
+
+    /// Some per-client limit applies.
+    public var limitsClients: Bool { maximumConnectionsPerClient != nil || newConnectionRatePerClient != nil }
 
     public init() {}
 }

@@ -24,9 +24,9 @@ public struct Options: Equatable, Sendable {
     public var threads: String
     public var exitIdleTime: String?
     public var maxConnections: String?
-    public var maxConnectionsPerClient: String?
-    public var maxNewConnectionsPerClient: String?
-    public var clientPrefixLength: String?
+    public var maxConnectionsPerClient: [String]
+    public var maxNewConnectionsPerClient: [String]
+    public var clientPrefixLength: [String]
     public var idleTimeout: [String]
     public var keepalive: [String]
     public var shutdownTimeout: String
@@ -47,8 +47,8 @@ public struct Options: Equatable, Sendable {
         local: [String] = [], remote: [String] = [], pidfile: String? = nil, bufferSize: String = "1m",
         pipeMemory: String? = nil, debug: Bool = false, foreground: Bool = false, dualStack: Bool = false,
         connectTimeout: [String] = [], connectDeadline: [String] = [], threads: String = "0",
-        exitIdleTime: String? = nil, maxConnections: String? = nil, maxConnectionsPerClient: String? = nil,
-        maxNewConnectionsPerClient: String? = nil, clientPrefixLength: String? = nil, idleTimeout: [String] = [],
+        exitIdleTime: String? = nil, maxConnections: String? = nil, maxConnectionsPerClient: [String] = [],
+        maxNewConnectionsPerClient: [String] = [], clientPrefixLength: [String] = [], idleTimeout: [String] = [],
         keepalive: [String] = [], shutdownTimeout: String = "10", user: String? = nil, group: String? = nil,
         proxyProtocol: [String] = [], source: [String] = [], allow: [String] = [], deny: [String] = [],
         resolveInterval: String = "60", loopbackCongestionControl: String = "reno",
@@ -111,21 +111,6 @@ public struct Options: Equatable, Sendable {
         configuration.maximumConnections = try maxConnections.map {
             try count($0, option: "--max-connections", range: 1...10_000_000)
         }
-        configuration.relay.maximumConnectionsPerClient = try maxConnectionsPerClient.map {
-            try count($0, option: "--max-connections-per-client", range: 1...10_000_000)
-        }
-        configuration.relay.newConnectionRatePerClient = try maxNewConnectionsPerClient.map(connectionRate)
-        if let clientPrefixLength {
-            guard
-                configuration.relay.maximumConnectionsPerClient != nil
-                    || configuration.relay.newConnectionRatePerClient != nil
-            else {
-                throw OptionError(
-                    "--client-prefix-length has no effect without --max-connections-per-client or "
-                        + "--max-new-connections-per-client")
-            }
-            configuration.relay.clientPrefixes = try clientPrefixes(clientPrefixLength)
-        }
         configuration.relay.shutdownTimeout = try milliseconds(
             shutdownTimeout, option: "--shutdown-timeout", zero: true)
         // Checked one by one rather than through a collection of pairs: each new generic type instantiated at
@@ -167,9 +152,19 @@ extension Options {
         try collectServiceNames(deny, option: "--deny", remotes: remotes, into: &names)
         try collectServiceNames(keepalive, option: "--keepalive", remotes: remotes, into: &names)
         try collectServiceNames(logConnections, option: "--log-connections", remotes: remotes, into: &names)
+        try collectServiceNames(
+            maxConnectionsPerClient, option: "--max-connections-per-client", remotes: remotes, into: &names)
+        try collectServiceNames(
+            maxNewConnectionsPerClient, option: "--max-new-connections-per-client", remotes: remotes, into: &names)
+        try collectServiceNames(clientPrefixLength, option: "--client-prefix-length", remotes: remotes, into: &names)
         configuration.relay.service = try serviceOptions(for: nil, over: ServiceOptions())
         for name in names {
             configuration.serviceOptions[name] = try serviceOptions(for: name, over: configuration.relay.service)
+        }
+        if values(clientPrefixLength, for: nil).last != nil, !configuration.relay.service.limitsClients,
+            !configuration.serviceOptions.values.contains(where: \.limitsClients)
+        {
+            throw clientPrefixLengthAlone()
         }
     }
 
@@ -206,8 +201,26 @@ extension Options {
         if let value = values(logConnections, for: name).last {
             options.logConnections = try yesOrNo(value, option: "--log-connections")
         }
+        if let value = values(maxConnectionsPerClient, for: name).last {
+            options.maximumConnectionsPerClient = try count(
+                value, option: "--max-connections-per-client", range: 1...10_000_000)
+        }
+        if let value = values(maxNewConnectionsPerClient, for: name).last {
+            options.newConnectionRatePerClient = try connectionRate(value)
+        }
+        if let value = values(clientPrefixLength, for: name).last {
+            // For the unnamed value, checked once every service has its limits (see `setServiceOptions`).
+            if name != nil && !options.limitsClients { throw clientPrefixLengthAlone() }
+            options.clientPrefixes = try clientPrefixes(value)
+        }
         return options
     }
+}
+
+private func clientPrefixLengthAlone() -> OptionError {
+    OptionError(
+        "--client-prefix-length has no effect without --max-connections-per-client or "
+            + "--max-new-connections-per-client")
 }
 
 /// Adds the service names among `values` to `names`; a name that no `--remote` has is an error.

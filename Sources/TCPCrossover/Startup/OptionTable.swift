@@ -122,7 +122,7 @@ extension OptionKey {
                     """)
         case .maxConnectionsPerClient:
             entry(
-                "max-connections-per-client", .value, valueName: "count",
+                "max-connections-per-client", .repeatable, perService: true, valueName: "[name=]count",
                 help: """
                     Connections one client (an address block, see --client-prefix-length) may have open at once; more \
                     are reset before any connection to the remote. Default: no such limit.
@@ -139,7 +139,7 @@ extension OptionKey {
                     """)
         case .maxNewConnectionsPerClient:
             entry(
-                "max-new-connections-per-client", .value, valueName: "count/seconds",
+                "max-new-connections-per-client", .repeatable, perService: true, valueName: "[name=]count/seconds",
                 help: """
                     New connections one client may open: COUNT at once, then COUNT per SECONDS (a token bucket); more \
                     are reset before any connection to the remote. Default: no such limit.
@@ -152,7 +152,7 @@ extension OptionKey {
                     """)
         case .clientPrefixLength:
             entry(
-                "client-prefix-length", .value, valueName: "ipv4,ipv6",
+                "client-prefix-length", .repeatable, perService: true, valueName: "[name=]ipv4,ipv6",
                 help: """
                     The address block that counts as one client for the per-client limits: IPv4 and IPv6 prefix \
                     lengths (default 32,64). IPv4 clients of a dual-stack listener count as IPv4.

@@ -54,9 +54,9 @@ public enum QuickCommandLine {
         case .threads: options.threads = value
         case .exitIdleTime: options.exitIdleTime = value
         case .maxConnections: options.maxConnections = value
-        case .maxConnectionsPerClient: options.maxConnectionsPerClient = value
-        case .maxNewConnectionsPerClient: options.maxNewConnectionsPerClient = value
-        case .clientPrefixLength: options.clientPrefixLength = value
+        case .maxConnectionsPerClient: options.maxConnectionsPerClient.append(value)
+        case .maxNewConnectionsPerClient: options.maxNewConnectionsPerClient.append(value)
+        case .clientPrefixLength: options.clientPrefixLength.append(value)
         case .idleTimeout: options.idleTimeout.append(value)
         case .keepalive: options.keepalive.append(value)
         case .shutdownTimeout: options.shutdownTimeout = value
