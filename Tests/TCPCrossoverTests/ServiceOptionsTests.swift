@@ -125,6 +125,20 @@ import Testing
         #expect(throws: OptionError.self) { try Self.mailRelay { $0.allow = ["imap=10.0.0.0/33"] } }
     }
 
+    /// The table's `perService` and the parsing agree: every option it marks takes a name (and repeats).
+    @Test func everyPerServiceOptionOfTheTable_takesAServiceName() throws {
+        let marked = optionTable.filter(\.perService)
+        #expect(marked.count == 12)
+        for option in marked {
+            #expect(option.kind == .repeatable, "--\(option.name)")
+            let options = try #require(
+                QuickCommandLine.parse(["--remote", "imap=127.0.0.1:1", "--\(option.name)", "nosuch=1"]),
+                "--\(option.name)")
+            let error = #expect(throws: OptionError.self, "--\(option.name)") { try options.configuration() }
+            #expect(error?.description.hasPrefix("--\(option.name) nosuch=1: no service is named 'nosuch'") == true)
+        }
+    }
+
     @Test func quickCommandLine_collectsEveryValueOfAPerServiceOption() throws {
         let options = try #require(
             QuickCommandLine.parse([
