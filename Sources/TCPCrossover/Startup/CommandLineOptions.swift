@@ -19,6 +19,8 @@ public struct Options: Equatable, Sendable {
     public var foreground: Bool
     public var dualStack: Bool
     public var noProxyWarning: Bool
+    /// The options that may be given per service (`OptionDescription.perService`) keep every value, as typed:
+    /// `[NAME=]VALUE`.
     public var connectTimeout: [String]
     public var connectDeadline: [String]
     public var threads: String
