@@ -46,6 +46,8 @@ import Testing
         #expect(smtpBackend.accepted == 1)
         #expect(imapBackend.accepted == 3)
         #expect(try Self.echoes(held, "QUIT"))
+        let line = "service smtp: client block 127.0.0.1/32 reached its limit of 1 connection; refusing new ones"
+        #expect(eventually { relay.process.standardError.contains(line) }, "\(relay.process.standardError)")
     }
 
     /// IPv4 clients of a dual-stack listener: 127.0.0.2 holds its limit of 3 connections; its fourth is reset before

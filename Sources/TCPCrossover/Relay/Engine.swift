@@ -52,7 +52,8 @@ public final class Engine: @unchecked Sendable {
             guard service.options.limitsClients else { return nil }
             return ClientLimits(
                 limit: service.options.maximumConnectionsPerClient, rate: service.options.newConnectionRatePerClient,
-                prefixes: service.options.clientPrefixes, expectedBlocks: min(options.maximumConnections, 4096))
+                prefixes: service.options.clientPrefixes, expectedBlocks: min(options.maximumConnections, 4096),
+                service: service.name)
         }
         for case let limits? in clientLimits {
             periodicTasks.append(
