@@ -14,6 +14,8 @@ static struct {
     __typeof__(sd_listen_fds_with_names) *listen_fds_with_names;
     __typeof__(sd_notify) *notify;
     __typeof__(sd_watchdog_enabled) *watchdog_enabled;
+    // Optional: the file descriptor store is used only when it is there.
+    __typeof__(sd_pid_notify_with_fds) *pid_notify_with_fds;
     const char *error;
 } libsystemd;
 
@@ -28,6 +30,7 @@ static void load_libsystemd(void) {
     libsystemd.listen_fds_with_names = dlsym(handle, "sd_listen_fds_with_names");
     libsystemd.notify = dlsym(handle, "sd_notify");
     libsystemd.watchdog_enabled = dlsym(handle, "sd_watchdog_enabled");
+    libsystemd.pid_notify_with_fds = dlsym(handle, "sd_pid_notify_with_fds");
     if (!libsystemd.listen_fds_with_names || !libsystemd.notify || !libsystemd.watchdog_enabled) {
         libsystemd.error = "libsystemd.so.0 lacks the sd-daemon functions";
         libsystemd.listen_fds_with_names = NULL;
@@ -54,4 +57,10 @@ int tcx_sd_notify(int unset_environment, const char *state) {
 int tcx_sd_watchdog_enabled(int unset_environment, uint64_t *usec) {
     if (tcx_systemd_load() != NULL) return -ENOSYS;
     return libsystemd.watchdog_enabled(unset_environment, usec);
+}
+
+int tcx_sd_notify_with_fds(const char *state, const int *fds, unsigned n_fds) {
+    if (tcx_systemd_load() != NULL) return -ENOSYS;
+    if (libsystemd.pid_notify_with_fds == NULL) return -ENOSYS;
+    return libsystemd.pid_notify_with_fds(0, 0, state, fds, n_fds);
 }

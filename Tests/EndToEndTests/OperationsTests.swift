@@ -220,6 +220,28 @@ import Testing
         #expect(relay.stop() == 0)
     }
 
+    /// SIGUSR2 asks for a hand-over through systemd's file descriptor store on the next stop; a standalone relay has
+    /// none, so it says so and goes on, and SIGTERM then drains as before (SIGUSR2 used to kill the process).
+    @Test func signals_usr2WithoutAStoreIsIgnoredAndTheStopDrains() throws {
+        let backend = try RelayTests.echoServer()
+        let relay = try Relay(remote: backend.address)
+        let connection = try TestSocket.connect(to: relay.address)
+        try connection.send(testBytes(1500))
+        #expect(try connection.receive(exactly: 1500) == testBytes(1500))
+        relay.process.kill(signal: SIGUSR2)
+        #expect(
+            relay.process.waitForError(containing: "SIGUSR2 ignored: no file descriptor store"),
+            "\(relay.process.standardError)")
+        #expect(relay.process.exitStatus() == nil)
+        relay.process.kill(signal: SIGTERM)
+        #expect(relay.process.waitForError(containing: "no new connections"), "\(relay.process.standardError)")
+        // The open connection still carries bytes, then ends cleanly, and the relay exits.
+        try connection.send(testBytes(700))
+        try connection.shutdownWrite()
+        #expect(try connection.receiveAll() == testBytes(700))
+        #expect(relay.process.waitForExit(timeout: 30) == 0)
+    }
+
     /// A burst of connections wakes one event loop, which accepts them all: it hands some to the other loop, so
     /// that long-lived connections are spread over the threads. The SIGUSR1 line gives each thread's count.
     @Test func burstOfConnections_isSpreadOverTheThreads() throws {

@@ -20,6 +20,9 @@ import Testing
         /// when `failsAfterEnd`, before it otherwise. Its peer sends and reads nothing more from then on.
         var failingSide: Side?
         var failsAfterEnd = true
+        /// The relay is handed over to a new process (snapshot, then restore) at random moments when it holds no
+        /// bytes, as a restart under systemd does.
+        var handsOver = false
     }
 
     struct Outcome {
@@ -33,6 +36,9 @@ import Testing
         /// The failing side's peer had sent its FIN when its connection failed.
         var failedAfterItsEnd = false
         var failed = false
+        /// How many times the relay was handed over, and how many of those with bytes in a pipe.
+        var handOvers = 0
+        var handOversWithPipes = 0
     }
 
     /// Runs a whole connection: both peers send their bytes in random chunks and end, in the scenario's order,
@@ -58,10 +64,13 @@ import Testing
         var waitedWithBytesHeldBack = false
         var failed = false
         var failedAfterItsEnd = false
+        var handOvers = 0
+        var handOversWithPipes = 0
         func outcome(_ step: RelayState.Step) -> Outcome {
             Outcome(
                 step: step, kernel: kernel, sentByClient: sentByClient, sentByServer: sentByServer, relay: relay,
-                waitedWithBytesHeldBack: waitedWithBytesHeldBack, failedAfterItsEnd: failedAfterItsEnd, failed: failed)
+                waitedWithBytesHeldBack: waitedWithBytesHeldBack, failedAfterItsEnd: failedAfterItsEnd, failed: failed,
+                handOvers: handOvers, handOversWithPipes: handOversWithPipes)
         }
 
         for _ in 0..<200_000 {
@@ -87,6 +96,26 @@ import Testing
                 if let side = scenario.failingSide, let error = kernel.takePendingError(side) {
                     relay.reportFailure(of: side, error)
                 }
+            case 5 where scenario.handsOver:
+                // A restart: the old process stores the sockets and the pipes that hold bytes with the snapshot, and
+                // gives its other pipes back; the new one restores the relay from them. epoll reports the sockets'
+                // state when the new process registers them: the hang-ups and errors come again, while readability
+                // and room are found out by the first calls.
+                relay.moveHeldBytesIntoPipes(&io)
+                guard let snapshot = relay.snapshot else { break }
+                let pipes = relay.detachPipesInTransit()
+                relay.releaseResources(&io)
+                let reported = relay.readiness
+                relay = RelayState(restoring: snapshot, upstreamPipe: pipes.upstream, downstreamPipe: pipes.downstream)
+                for side in [Side.client, .server] {
+                    relay.readiness[side].hungUp = reported[side].hungUp
+                    relay.readiness[side].endReported = reported[side].endReported
+                    relay.readiness[side].failed = reported[side].failed
+                    relay.readiness[side].urgent = reported[side].urgent
+                }
+                #expect(relay.snapshot == snapshot)
+                handOvers += 1
+                if snapshot.clientToServer.pipeBytes + snapshot.serverToClient.pipeBytes > 0 { handOversWithPipes += 1 }
             case 0 where clientOffset < sentByClient.count && clientAlive:
                 let count = min(sentByClient.count - clientOffset, Int.random(in: 1...70_000, using: &random))
                 kernel.peerSends(
@@ -184,6 +213,63 @@ import Testing
             scenario.pipeBudget = [Int.max, 0, 3 * scenario.pipeCapacity].randomElement(using: &random)!
             expectComplete(run(scenario), scenario)
         }
+    }
+
+    /// A restart in the middle of a transfer: the relay is snapshotted and restored with its pipes (as a stopping
+    /// process hands its connections to the next through systemd's file descriptor store) whenever it holds no bytes
+    /// outside them, and every byte still arrives in order, with one FIN each way.
+    @Test func relay_whenHandedOverMidTransfer_everyByteArrivesInOrder() {
+        var handOvers = 0
+        var handOversWithPipes = 0
+        for seed in UInt64(1)...150 {
+            var random = SeededRandom(seed: seed &+ 1000)
+            let scenario = Scenario(
+                seed: seed,
+                clientBytes: Int.random(in: 0...300_000, using: &random),
+                serverBytes: Int.random(in: 0...300_000, using: &random),
+                clientEndsFirst: Bool.random(using: &random),
+                pipeCapacity: [8192, 65536, 1 << 20].randomElement(using: &random)!,
+                window: Int.random(in: 1...200_000, using: &random),
+                handsOver: true)
+            let outcome = run(scenario)
+            expectComplete(outcome, scenario)
+            handOvers += outcome.handOvers
+            handOversWithPipes += outcome.handOversWithPipes
+        }
+        // The schedules did hand over, many times, and often with bytes in a pipe.
+        #expect(handOvers > 500, "\(handOvers) hand-overs")
+        #expect(handOversWithPipes > 100, "\(handOversWithPipes) hand-overs with bytes in a pipe")
+    }
+
+    /// Bytes held in a copy buffer (the server took only part of them) cannot be described by a snapshot; moved into
+    /// a pipe, they can, and after the hand-over they reach the server, in order, before anything sent later.
+    @Test func handOver_whenBytesAreHeldInACopyBuffer_movesThemIntoAPipe() {
+        let kernel = SimulatedKernel(seed: 71, pipeCapacity: 65536)
+        kernel.server.window = 1000
+        var io = SimulatedKernel.IO(kernel: kernel)
+        var relay = RelayState.connected()
+        var random = SeededRandom(seed: 72)
+        let first = randomBytes(6000, &random)
+        let later = randomBytes(3000, &random)
+        kernel.peerSends(.client, first, readiness: &relay.readiness)
+        for _ in 0..<20 { _ = relay.advance(&io, budget: 4) }
+        #expect(kernel.server.received.count < first.count, "the server took everything: nothing held")
+        #expect(relay.snapshot == nil)
+        relay.moveHeldBytesIntoPipes(&io)
+        let snapshot = relay.snapshot
+        #expect(snapshot?.clientToServer.pipeBytes == first.count - kernel.server.received.count)
+        guard let snapshot else { return }
+        let pipes = relay.detachPipesInTransit()
+        relay.releaseResources(&io)
+        #expect(kernel.buffersInUse == 0)
+        var restored = RelayState(restoring: snapshot, upstreamPipe: pipes.upstream, downstreamPipe: pipes.downstream)
+        kernel.peerSends(.client, later, readiness: &restored.readiness)
+        for _ in 0..<200 where kernel.server.received.count < first.count + later.count {
+            kernel.peerReads(.server, upTo: 700, readiness: &restored.readiness)
+            _ = restored.advance(&io, budget: 4)
+        }
+        #expect(kernel.server.received == first + later)
+        #expect(restored.bytes.up == UInt64(first.count + later.count))
     }
 
     /// A connection whose `scenario.failingSide` failed: what a side sent before its FIN reaches the other side

@@ -439,6 +439,19 @@ extension SimulatedKernel {
             }
         }
 
+        /// A write fills the pipe's slots a page at a time.
+        func write(into pipe: PipeHandle, _ bytes: UnsafeRawBufferPointer) -> Int {
+            kernel.calls += 1
+            var simulated = kernel.pipes[pipe.readEnd]!
+            let fitting = min(
+                bytes.count, simulated.capacity - simulated.count, (simulated.slots - simulated.slotsUsed) * 4096)
+            guard fitting > 0 else { return 0 }
+            simulated.bytes += bytes[0..<fitting]
+            simulated.slotsUsed += (fitting + 4095) / 4096
+            kernel.pipes[pipe.readEnd] = simulated
+            return fitting
+        }
+
         func acquireBuffer() -> UnsafeMutableRawBufferPointer {
             kernel.buffersInUse += 1
             return .allocate(byteCount: kernel.scratchBuffer.count, alignment: 16)

@@ -46,6 +46,8 @@ const char *tcx_systemd_load(void);
 int tcx_sd_listen_fds_with_names(int unset_environment, char ***names);
 int tcx_sd_notify(int unset_environment, const char *state);
 int tcx_sd_watchdog_enabled(int unset_environment, uint64_t *usec);
+/// sd_pid_notify_with_fds(0, 0, state, fds, n_fds): a notification that passes descriptors (FDSTORE=1).
+int tcx_sd_notify_with_fds(const char *state, const int *fds, unsigned n_fds);
 
 /// SPLICE_F_MOVE | SPLICE_F_NONBLOCK.
 extern const unsigned int tcx_splice_flags;

@@ -90,7 +90,8 @@ final class Connection {
         client: CInt,
         clientAddress: SocketAddress,
         localAddress: SocketAddress,
-        now: Int64
+        now: Int64,
+        startedAt: Int64? = nil
     ) {
         self.slot = slot
         self.generation = generation
@@ -98,7 +99,7 @@ final class Connection {
         self.client = client
         self.clientAddress = clientAddress
         self.localAddress = localAddress
-        self.startedAt = now
+        self.startedAt = startedAt ?? now
         self.lastActivity = now
     }
 

@@ -144,6 +144,85 @@ public struct Direction {
         self.destination = destination
     }
 
+    /// What a direction is when it holds no bytes outside its pipe: all that a new process needs to go on with it
+    /// after a hand-over (see `RelayState.Snapshot`), beside the pipe itself when it holds bytes, which is handed
+    /// over as descriptors. An empty pipe and the wish to splice are not part of it: a restored direction without
+    /// bytes in a pipe starts by copying, as a new one does, and splices again once the traffic asks for it.
+    public struct Snapshot: Equatable, Sendable {
+        /// Bytes delivered so far.
+        public var bytes: UInt64
+        public var sourceEnded: Bool
+        /// The end of stream was passed on; implies `sourceEnded`.
+        public var finished: Bool
+        /// splice(2) is out of the question for this source (see `spliceUnsupported`).
+        public var copiesOnly: Bool
+        /// Bytes in the pipe, received and not yet delivered: the pipe goes with the snapshot.
+        public var pipeBytes: Int
+
+        public init(bytes: UInt64, sourceEnded: Bool, finished: Bool, copiesOnly: Bool, pipeBytes: Int = 0) {
+            self.bytes = bytes
+            self.sourceEnded = sourceEnded || finished
+            // The end is passed on only once the pipe is empty.
+            self.finished = finished && pipeBytes == 0
+            self.copiesOnly = copiesOnly
+            self.pipeBytes = max(0, pipeBytes)
+        }
+    }
+
+    /// The direction's snapshot; nil while it holds bytes outside its pipe (in a buffer, an urgent byte, a header
+    /// still to send) or has been abandoned: such a direction cannot be described by figures and a pipe alone.
+    public var snapshot: Snapshot? {
+        guard held == nil, urgentByte == nil, !abandoned, headerBytesLeft == 0, unsentAtFailure == 0 else {
+            return nil
+        }
+        return Snapshot(
+            bytes: bytes, sourceEnded: sourceEnded, finished: finished, copiesOnly: spliceUnsupported,
+            pipeBytes: pipeBytes)
+    }
+
+    /// A direction that goes on from `snapshot`; `pipe` holds its `pipeBytes` when there are any, and is nil
+    /// otherwise.
+    public init(from source: Side, to destination: Side, restoring snapshot: Snapshot, pipe: PipeHandle? = nil) {
+        precondition((snapshot.pipeBytes > 0) == (pipe != nil), "a pipe goes with the bytes in it, and only then")
+        self.init(from: source, to: destination)
+        bytes = snapshot.bytes
+        sourceEnded = snapshot.sourceEnded
+        finished = snapshot.finished
+        spliceUnsupported = snapshot.copiesOnly
+        self.pipe = pipe
+        pipeBytes = snapshot.pipeBytes
+    }
+
+    /// For a hand-over: moves the bytes held in a copy buffer (received, not yet taken by the destination) into a
+    /// pipe, which can be handed over where a buffer cannot. Nothing changes when there are none, when a header or
+    /// an urgent byte waits, or when no pipe takes them all (the pipe is closed, and the buffer keeps them).
+    mutating func moveHeldBytesIntoPipe<IO: RelayIO>(_ io: inout IO) {
+        guard let held, pipe == nil, headerBytesLeft == 0, urgentByte == nil, !abandoned,
+            let newPipe = io.acquirePipe()
+        else { return }
+        let count = held.end - held.start
+        let written = io.write(into: newPipe, UnsafeRawBufferPointer(rebasing: held.buffer[held.start..<held.end]))
+        guard written == count else {
+            io.discardPipe(newPipe)
+            return
+        }
+        io.releaseBuffer(held.buffer)
+        self.held = nil
+        wantsSplice = false
+        pipe = newPipe
+        pipeBytes = count
+        inflowSinceEmpty = 0
+    }
+
+    /// Lets go of the pipe when it holds bytes, for a hand-over: the caller passes it on with the snapshot taken
+    /// just before. The direction holds nothing afterwards.
+    mutating func detachPipeInTransit() -> PipeHandle? {
+        guard pipeBytes > 0, let pipe else { return nil }
+        self.pipe = nil
+        pipeBytes = 0
+        return pipe
+    }
+
     /// Whether bytes are held in the pipe or in a buffer, received and not yet delivered.
     public var holdsBytes: Bool { pipeBytes > 0 || held != nil || urgentByte != nil }
 

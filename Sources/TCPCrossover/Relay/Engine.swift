@@ -39,10 +39,27 @@ public final class Engine: @unchecked Sendable {
     var onStop: (@Sendable () -> Void)?
     /// The metrics endpoint (`--metrics`); set before `run`. Without it the loops count nothing for it.
     public var metrics: MetricsServer?
+    /// systemd keeps a file descriptor store for the service's next process: the process serves listening sockets
+    /// that systemd passed, and systemd listens for notifications. Set before `run`.
+    public var descriptorStoreAvailable = false
+    /// How many descriptors systemd's file descriptor store takes (FileDescriptorStoreMax=), as SIGUSR2 told it: 0
+    /// until then. When it is more than 0, the next stop hands the established connections over to the next process
+    /// through the store instead of draining them (see `EventLoop.handOver(_:)`).
+    let descriptorStoreSlots = Atomic<Int>(0)
+    /// Store slots taken by connections handed over: two sockets each, and two for each pipe that holds bytes.
+    private let storeSlotsTaken = Atomic<Int>(0)
+    /// Connections handed over to the next process, and the bytes in transit in their pipes.
+    public let handedOver = Atomic<Int>(0)
+    public let bytesHandedOverInPipes = Atomic<Int>(0)
+    /// The start of the IDs of the connections this process hands over: its process ID, unique among the
+    /// processes of the service.
+    let storeIdentifierPrefix = String(Syscall.processID)
+    /// The counter after that prefix.
+    let storeSerial = Atomic<Int>(0)
     private var loops: [EventLoop] = []
 
     /// The signals the engine takes through a signalfd; they are blocked in every thread.
-    static let handledSignals: [CInt] = [SIGTERM, SIGINT, SIGHUP, SIGUSR1]
+    static let handledSignals: [CInt] = [SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2]
 
     public init(services: [Service], options: RelayOptions, statistics: Statistics = Statistics()) {
         self.services = services
@@ -81,6 +98,7 @@ public final class Engine: @unchecked Sendable {
     public func run(
         listeners: [ListeningSocket],
         connections: [AcceptedConnection],
+        stored: [AdoptedConnection] = [],
         onReady: () -> Void = {}
     ) throws(SystemError) {
         // The tasks and the stop handler hold their owners (the service notifier, the idle exit), which hold the
@@ -102,6 +120,7 @@ public final class Engine: @unchecked Sendable {
         loopsListening.store(listeners.isEmpty ? 0 : loopCount, ordering: .sequentiallyConsistent)
         try loops[0].handleSignals()
         for connection in connections { loops[0].adopt(connection) }
+        for connection in stored { loops[0].adopt(connection) }
 
         var threads: [pthread_t] = []
         if !listeners.isEmpty && options.resolveInterval > 0 && services.contains(where: { $0.pool.hasNames }) {
@@ -249,6 +268,21 @@ public final class Engine: @unchecked Sendable {
     }
 
     var hasCapacity: Bool { statistics.active.load(ordering: .sequentiallyConsistent) < options.maximumConnections }
+
+    /// Takes `count` store slots for a connection to hand over; false when the store is full (or there is none),
+    /// for systemd would close what it cannot store, and the connection would end with a clean end of stream.
+    func reserveStoreSlots(_ count: Int) -> Bool {
+        let slots = descriptorStoreSlots.load(ordering: .relaxed)
+        guard slots > 0 else { return false }
+        if storeSlotsTaken.add(count, ordering: .relaxed).newValue <= slots { return true }
+        storeSlotsTaken.subtract(count, ordering: .relaxed)
+        return false
+    }
+
+    /// Gives back the slots of a connection whose hand-over failed.
+    func releaseStoreSlots(_ count: Int) {
+        storeSlotsTaken.subtract(count, ordering: .relaxed)
+    }
 
     /// Counts a connection that ended, and wakes loops waiting at the limit.
     @inline(__always)

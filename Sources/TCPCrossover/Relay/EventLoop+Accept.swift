@@ -85,20 +85,11 @@ extension EventLoop {
         let (fd, peer, local, service) = (incoming.fd, incoming.peer, incoming.local, incoming.service)
         engine.statistics.accepted.add(1, ordering: .relaxed)
         meter?.accepted(service)
-        let slot: Int32
-        if let free = freeSlots.popLast() {
-            slot = free
-        } else {
-            slot = Int32(connections.count)
-            connections.append(nil)
+        let connection = place { slot, generation in
+            Connection(
+                slot: slot, generation: generation, service: service, client: fd,
+                clientAddress: peer, localAddress: local, now: now)
         }
-        let connection = Connection(
-            slot: slot, generation: nextGeneration, service: service, client: fd,
-            clientAddress: peer, localAddress: local, now: now)
-        nextGeneration &+= 1
-        if nextGeneration == 0 { nextGeneration = 1 }
-        connections[Int(slot)] = connection
-        liveConnections += 1
         if Log.enabled(.debug) { Log.debug("accepted \(peer) on \(local)") }
         let access = engine.services[connection.service].options.access
         if !access.isEmpty, let reason = access.refusal(of: peer) {
@@ -124,7 +115,7 @@ extension EventLoop {
             connection.relay.readiness.client.writable = true
             try control(
                 EPOLL_CTL_ADD, fd, Self.inputEvents,
-                EventTag.make(EventTag.client, index: Int(slot), generation: connection.generation))
+                EventTag.make(EventTag.client, index: Int(connection.slot), generation: connection.generation))
         } catch {
             Log.error("cannot watch the connection from \(peer): \(error)")
             finish(connection, .failed(.client, error.errno))

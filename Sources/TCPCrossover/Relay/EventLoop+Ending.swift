@@ -4,8 +4,6 @@ extension EventLoop {
     /// Ends a connection: gives back its pipes and buffers, closes both sockets (with a reset unless both sides
     /// ended cleanly), and logs its line.
     func finish(_ connection: Connection, _ ending: Connection.Ending) {
-        var io = SocketIO(client: connection.client, server: connection.server, resources: resources)
-        if connection.relay.holdsResources { connection.relay.releaseResources(&io) }
         let clean: Bool
         if case .completed = ending { clean = true } else { clean = false }
         if !clean {
@@ -14,6 +12,25 @@ extension EventLoop {
             Syscall.setResetOnClose(connection.client)
             if connection.server >= 0 { Syscall.setResetOnClose(connection.server) }
         }
+        if case .connectFailed = ending {
+            engine.statistics.failedConnects.add(1, ordering: .relaxed)
+        }
+        forget(connection)
+        if let meter { meter.ended(connection, ending, now: now) }
+        // Refusals over a per-client limit are counted and logged once per episode (`ClientLimits`): a line each
+        // would let one client flood the log.
+        if case .refusedForClient = ending, !Log.enabled(.debug) { return }
+        if engine.services[connection.service].options.logConnections {
+            logBatch.info { connection.summary(ending, now: now, into: &$0) }
+        }
+    }
+
+    /// Closes a connection's sockets (as they are set: `finish` sets a reset first where one is due) and frees its
+    /// slot, its client block and its count. A connection handed over to the next process (`handOver`) ends here
+    /// too, without a line: systemd's duplicates keep its sockets open.
+    func forget(_ connection: Connection) {
+        var io = SocketIO(client: connection.client, server: connection.server, resources: resources)
+        if connection.relay.holdsResources { connection.relay.releaseResources(&io) }
         Syscall.close(connection.client)
         closeServer(connection)
         if !connection.otherAttempts.isEmpty { closeOtherAttempts(connection) }
@@ -30,16 +47,6 @@ extension EventLoop {
             assert(resources.pipesInUse == 0, "a connection did not give its pipe back")
             resources.trimPipes()
         }
-        if case .connectFailed = ending {
-            engine.statistics.failedConnects.add(1, ordering: .relaxed)
-        }
         engine.connectionEnded()
-        if let meter { meter.ended(connection, ending, now: now) }
-        // Refusals over a per-client limit are counted and logged once per episode (`ClientLimits`): a line each
-        // would let one client flood the log.
-        if case .refusedForClient = ending, !Log.enabled(.debug) { return }
-        if engine.services[connection.service].options.logConnections {
-            logBatch.info { connection.summary(ending, now: now, into: &$0) }
-        }
     }
 }

@@ -88,6 +88,7 @@ extension EventLoop {
                 armTimer(connection)
             }
         }
+        if handingOver, step != .finished, connections[Int(connection.slot)] === connection { handOver(connection) }
     }
 
     /// ENOTCONN and EPIPE say only that the socket is no longer connected; the socket's pending error, if it has

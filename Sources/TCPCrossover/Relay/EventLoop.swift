@@ -72,6 +72,9 @@ final class EventLoop: @unchecked Sendable {
     /// SIGTERM seen: the listeners are closed and live connections get until `stopDeadline`.
     private(set) var stopping = false
     var stopDeadline: Int64?
+    /// Stopping hands the connections over to the next process through systemd's file descriptor store, each as
+    /// soon as it holds no bytes (see `handOver(_:)`).
+    var handingOver = false
     /// Periodic work of the first loop (status, watchdog); the time each is next due.
     var periodicDue: [Int64] = []
     /// Which remotes that are not loopback addresses are this machine's own (for `--loopback-congestion-control`).
@@ -378,6 +381,12 @@ final class EventLoop: @unchecked Sendable {
         if level > 0 && !stopping {
             stopping = true
             stopDeadline = now + engine.options.shutdownTimeout
+            if engine.descriptorStoreSlots.load(ordering: .sequentiallyConsistent) > 0 && level == 1 {
+                handingOver = true
+                for connection in connections {
+                    if let connection { handOver(connection) }
+                }
+            }
             if !listeners.isEmpty {
                 unregisterListeners()
                 for listener in listeners { Syscall.close(listener.fd) }
@@ -397,8 +406,22 @@ final class EventLoop: @unchecked Sendable {
         }
     }
 
+    /// SIGUSR2: the stop that follows is a restart (the units' ExecStop= asks systemd which job stops the service,
+    /// and sends it with sigqueue(3) and the store's size, FileDescriptorStoreMax=, as its value; without a value,
+    /// $FDSTORE gives the size): it hands the established connections over to the next process through systemd's
+    /// file descriptor store, instead of draining them. Where there is no store, nothing changes.
+    private func prepareHandOver(slots value: Int) {
+        let slots = value > 0 ? value : Syscall.environment("FDSTORE").flatMap { Int($0) } ?? 0
+        guard engine.descriptorStoreAvailable, slots > 0, !stopping else {
+            Log.notice("SIGUSR2 ignored: no file descriptor store to hand the connections over to")
+            return
+        }
+        engine.descriptorStoreSlots.store(slots, ordering: .sequentiallyConsistent)
+        Log.info("the next stop hands the connections over to the next process (file descriptor store of \(slots))")
+    }
+
     private func receiveSignals() {
-        while let signal = Syscall.readSignal(signals) {
+        while let (signal, value) = Syscall.readSignal(signals) {
             switch signal {
             case SIGTERM, SIGINT:
                 if engine.requestStop() > 1 {
@@ -411,6 +434,8 @@ final class EventLoop: @unchecked Sendable {
                 }
             case SIGUSR1:
                 Log.notice("statistics: \(engine.statistics.snapshot())\(engine.loadPerThread)")
+            case SIGUSR2:
+                prepareHandOver(slots: Int(value))
             default:
                 Log.info("signal \(signal) ignored")
             }

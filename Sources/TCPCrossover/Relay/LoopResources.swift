@@ -143,6 +143,14 @@ final class LoopResources {
         }
     }
 
+    /// A pipe that the previous process handed over with bytes in it (see `EventLoop.adopt(_:)`): counted as in
+    /// use, and given back as any other when its connection is done with it.
+    func adoptPipe(_ ends: (read: CInt, write: CInt)) -> PipeHandle {
+        pipesInUse += 1
+        return PipeHandle(
+            readEnd: ends.read, writeEnd: ends.write, capacity: max(Syscall.pipeCapacity(ends.write), 4096))
+    }
+
     func discardPipe(_ pipe: PipeHandle) {
         pipesInUse -= 1
         close(pipe)
@@ -226,6 +234,10 @@ struct SocketIO: RelayIO {
     func limitReceiveBuffer(_ side: Side, to bytes: Int) { Syscall.setReceiveBuffer(fd(side), bytes) }
     func limitUnsent(_ side: Side, to bytes: Int) { Syscall.setUnsentLimit(fd(side), bytes) }
     func discardPipe(_ pipe: PipeHandle) { resources.discardPipe(pipe) }
+    func write(into pipe: PipeHandle, _ bytes: UnsafeRawBufferPointer) -> Int {
+        guard case .processed(let count) = try? Syscall.write(pipe.writeEnd, bytes) else { return 0 }
+        return count
+    }
     func acquireBuffer() -> UnsafeMutableRawBufferPointer { resources.acquireBuffer() }
     func releaseBuffer(_ buffer: UnsafeMutableRawBufferPointer) { resources.releaseBuffer(buffer) }
     var scratch: UnsafeMutableRawBufferPointer { resources.scratch }

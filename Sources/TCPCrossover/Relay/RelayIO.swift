@@ -67,6 +67,8 @@ public protocol RelayIO {
     mutating func limitUnsent(_ side: Side, to bytes: Int)
     /// Closes a pipe that still holds bytes of an aborted connection.
     mutating func discardPipe(_ pipe: PipeHandle)
+    /// write(2) of `bytes` into an empty pipe, for a hand-over: how many it took (0 when it failed).
+    mutating func write(into pipe: PipeHandle, _ bytes: UnsafeRawBufferPointer) -> Int
     /// A buffer of `copyChunk` bytes for bytes that the destination could not take at once.
     mutating func acquireBuffer() -> UnsafeMutableRawBufferPointer
     /// Gives back a buffer from `acquireBuffer`.

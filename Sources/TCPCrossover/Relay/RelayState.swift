@@ -127,6 +127,60 @@ public struct RelayState {
         serverToClient.boundsSourceBuffer = onThisMachine
     }
 
+    /// What a relay is when neither direction holds bytes and no failure is being judged: the two directions'
+    /// snapshots and who ended first. A process that stops hands its connections over with it (see `StoredConnection`)
+    /// and the next one goes on from there with `init(restoring:)`. Readiness is not part of it: the driver learns it
+    /// again from epoll, which reports a socket's current state when it is registered.
+    public struct Snapshot: Equatable, Sendable {
+        public var clientToServer: Direction.Snapshot
+        public var serverToClient: Direction.Snapshot
+        public var firstToEnd: Side?
+
+        public init(clientToServer: Direction.Snapshot, serverToClient: Direction.Snapshot, firstToEnd: Side?) {
+            self.clientToServer = clientToServer
+            self.serverToClient = serverToClient
+            self.firstToEnd = firstToEnd
+        }
+    }
+
+    /// The relay's snapshot; nil while a direction holds bytes outside its pipe (the driver goes on relaying until
+    /// it does not), or after a side failed (the connection is near its end, and ends in this process). The pipes
+    /// that hold bytes go with it (`detachPipesInTransit`).
+    public var snapshot: Snapshot? {
+        guard failedAfterEnd == nil, reportedFailure == nil, let up = clientToServer.snapshot,
+            let down = serverToClient.snapshot
+        else { return nil }
+        return Snapshot(clientToServer: up, serverToClient: down, firstToEnd: firstToEnd)
+    }
+
+    /// A relay that goes on from `snapshot`, with the pipes that hold its directions' `pipeBytes`. Both sockets are
+    /// taken as readable and writable: the first calls find out, and a call that finds nothing clears the flag
+    /// until epoll reports the socket again.
+    public init(restoring snapshot: Snapshot, upstreamPipe: PipeHandle? = nil, downstreamPipe: PipeHandle? = nil) {
+        clientToServer = Direction(
+            from: .client, to: .server, restoring: snapshot.clientToServer, pipe: upstreamPipe)
+        serverToClient = Direction(
+            from: .server, to: .client, restoring: snapshot.serverToClient, pipe: downstreamPipe)
+        firstToEnd = snapshot.firstToEnd
+        readiness.client.readable = true
+        readiness.client.writable = true
+        readiness.server.readable = true
+        readiness.server.writable = true
+    }
+
+    /// For a hand-over: moves bytes held in copy buffers into pipes, so that a snapshot can be taken (see
+    /// `Direction.moveHeldBytesIntoPipe`).
+    public mutating func moveHeldBytesIntoPipes<IO: RelayIO>(_ io: inout IO) {
+        clientToServer.moveHeldBytesIntoPipe(&io)
+        serverToClient.moveHeldBytesIntoPipe(&io)
+    }
+
+    /// Lets go of the pipes that hold bytes, client to server and server to client, for a hand-over with the
+    /// snapshot taken just before.
+    public mutating func detachPipesInTransit() -> (upstream: PipeHandle?, downstream: PipeHandle?) {
+        (clientToServer.detachPipeInTransit(), serverToClient.detachPipeInTransit())
+    }
+
     /// Bytes delivered from the client to the server, and from the server to the client.
     public var bytes: (up: UInt64, down: UInt64) { (clientToServer.bytes, serverToClient.bytes) }
 

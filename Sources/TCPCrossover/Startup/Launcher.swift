@@ -23,7 +23,7 @@ public enum Launcher {
         let journal = Self.standardErrorIsJournal()
         Log.configure(target: initialLogTarget(standardInput: standardInput, journal: journal), level: level)
         do throws(StartupError) {
-            let mode = try detectMode(configuration, standardInput: standardInput)
+            let (mode, stored) = try detectMode(configuration, standardInput: standardInput)
             let identity = try Identity.lookUp(user: configuration.user, group: configuration.group)
             try checkCongestionControl(configuration.relay.loopbackCongestionControl)
             var configuration = configuration
@@ -39,7 +39,8 @@ public enum Launcher {
                 try runStandalone(configuration, identity: identity, level: level, journal: journal)
             case .systemdListeners(let descriptors):
                 try runActivated(
-                    configuration, identity, listeners: descriptors.map { ($0.fd, $0.name) }, connection: nil)
+                    configuration, identity, listeners: descriptors.map { ($0.fd, $0.name) }, connection: nil,
+                    stored: stored)
             case .systemdConnection(let descriptor):
                 try runActivated(configuration, identity, listeners: [], connection: descriptor.fd)
             case .inetdListener:
@@ -126,13 +127,22 @@ public enum Launcher {
         return value == "\(identity.device):\(identity.inode)"
     }
 
+    /// The start mode, and the connections the previous process stored in systemd's file descriptor store (their
+    /// names say so: `StoredConnection`), which are passed beside the listening sockets and are not part of the mode.
     private static func detectMode(_ configuration: Configuration, standardInput: DescriptorKind)
-        throws(StartupError) -> StartMode
+        throws(StartupError) -> (StartMode, stored: [(fd: CInt, name: String)])
     {
-        let passed: [(fd: CInt, name: String?)]
+        var passed: [(fd: CInt, name: String?)]
         switch Systemd.listenDescriptors() {
         case .success(let descriptors): passed = descriptors
         case .failure(let error): throw error
+        }
+        var stored: [(fd: CInt, name: String)] = []
+        passed.removeAll { descriptor in
+            guard let name = descriptor.name, StoredConnection.isStoredName(name) else { return false }
+            try? Syscall.setCloseOnExec(descriptor.fd)
+            stored.append((descriptor.fd, name))
+            return true
         }
         let inherited = passed.map { InheritedDescriptor(fd: $0.fd, name: $0.name, kind: Syscall.describe($0.fd)) }
         for descriptor in inherited where descriptor.fd >= 0 { try? Syscall.setCloseOnExec(descriptor.fd) }
@@ -140,7 +150,7 @@ public enum Launcher {
             systemd: inherited, standardInput: inherited.isEmpty ? standardInput : .notSocket,
             hasLocal: !configuration.locals.isEmpty)
         {
-        case .success(let mode): return mode
+        case .success(let mode): return (mode, stored)
         case .failure(let error): throw error
         }
     }
@@ -165,7 +175,8 @@ public enum Launcher {
         _ configuration: Configuration,
         _ identity: Identity?,
         listeners descriptors: [(fd: CInt, name: String?)],
-        connection: CInt?
+        connection: CInt?,
+        stored: [(fd: CInt, name: String)] = []
     ) throws(StartupError) {
         let services = try makeServices(configuration)
         var listeners: [ListeningSocket] = []
@@ -219,6 +230,8 @@ public enum Launcher {
         if !listeners.isEmpty { LocalRemoteWarning.check(configuration, served(by: listeners, services)) }
         let engine = Engine(services: services, options: configuration.relay)
         engine.metrics = metrics
+        let adopted = takeOver(stored, services: services)
+        engine.descriptorStoreAvailable = !listeners.isEmpty && Systemd.notificationsExpected
         let notifier = ServiceNotifier(
             engine: engine, exitIdleTime: listeners.isEmpty ? nil : configuration.exitIdleTime)
         let startLine =
@@ -229,14 +242,51 @@ public enum Launcher {
         // unless --debug writes lines while it lasts.
         Log.startQueueing(writerThread: !listeners.isEmpty || configuration.debug)
         do {
-            try engine.run(listeners: listeners, connections: accepted) {
+            try engine.run(listeners: listeners, connections: accepted, stored: adopted) {
                 if let startLine { Log.notice(startLine) }
                 notifier.ready()
             }
         } catch {
             throw StartupError(ExitStatus.systemError, error.description)
         }
+        let handedOver = engine.handedOver.load(ordering: .relaxed)
+        if handedOver > 0 {
+            let inPipes = engine.bytesHandedOverInPipes.load(ordering: .relaxed)
+            Log.notice(
+                "handed \(handedOver) connection(s) over to the next process through systemd's file descriptor "
+                    + "store, with \(inPipes) bytes in transit in their pipes")
+        }
         if !listeners.isEmpty { Log.notice("stopped: \(engine.statistics.snapshot())") }
+    }
+
+    /// Takes the connections the previous process stored: removes them from systemd's store (from now on this
+    /// process owns them, and a connection that ends here must not stay open in the store), pairs each client's
+    /// socket with its server's, and closes with a reset what cannot be relayed (a socket without its partner, a
+    /// service this configuration does not have).
+    private static func takeOver(_ stored: [(fd: CInt, name: String)], services: [Service]) -> [AdoptedConnection] {
+        guard !stored.isEmpty else { return [] }
+        var removed = Set<String>()
+        for (_, name) in stored where removed.insert(name).inserted { Systemd.removeStored(name: name) }
+        var (connections, unpaired) = AdoptedConnection.pair(stored)
+        connections.removeAll { connection in
+            guard connection.stored.service >= services.count else { return false }
+            unpaired.append(contentsOf: connection.descriptors)
+            return true
+        }
+        for fd in unpaired {
+            Syscall.setResetOnClose(fd)
+            Syscall.close(fd)
+        }
+        if !unpaired.isEmpty {
+            Log.warning(
+                "closed \(unpaired.count) stored descriptor(s) of the previous process that could not be paired or "
+                    + "served: "
+                    + stored.filter { unpaired.contains($0.fd) }.map(\.name).joined(separator: " "))
+        }
+        if !connections.isEmpty {
+            Log.notice("took over \(connections.count) connection(s) from the previous process")
+        }
+        return connections
     }
 
     // MARK: standalone

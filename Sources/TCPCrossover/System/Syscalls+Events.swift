@@ -54,12 +54,13 @@ extension Syscall {
         return try valueOrErrno { signalfd(-1, &set, CInt(SFD_NONBLOCK | SFD_CLOEXEC)) }
     }
 
-    /// read(2) of one `signalfd_siginfo`: the number of a pending signal, or nil when none is.
-    static func readSignal(_ fd: CInt) -> CInt? {
+    /// read(2) of one `signalfd_siginfo`: the number of a pending signal and the value sent with it (sigqueue(3)), or
+    /// nil when none is.
+    static func readSignal(_ fd: CInt) -> (signal: CInt, value: Int32)? {
         var info = signalfd_siginfo()
         let size = MemoryLayout<signalfd_siginfo>.size
         let count = withUnsafeMutableBytes(of: &info) { Glibc.read(fd, $0.baseAddress, size) }
-        return count == size ? CInt(info.ssi_signo) : nil
+        return count == size ? (CInt(info.ssi_signo), info.ssi_int) : nil
     }
 
     /// pthread_sigmask(3) SIG_BLOCK: these signals reach the process only through a signalfd. Threads created

@@ -41,6 +41,23 @@ enum Systemd {
         tcx_sd_notify(0, state) > 0
     }
 
+    /// sd_pid_notify_with_fds(3) with `FDSTORE=1` and `FDNAME=name`: systemd keeps a duplicate of `fd` in the
+    /// service's file descriptor store and passes it to the service's next process (in LISTEN_FDS, under that
+    /// name). False when the notification could not be sent. `FDPOLL=0`: systemd would otherwise drop a stored
+    /// socket on EPOLLHUP, which a socket whose two ends of stream have both passed reports, while bytes for it
+    /// may still wait in a pipe; the next process takes every stored descriptor out of the store itself.
+    static func store(_ fd: CInt, name: String) -> Bool {
+        var descriptor = fd
+        return tcx_sd_notify_with_fds("FDSTORE=1\nFDPOLL=0\nFDNAME=\(name)", &descriptor, 1) > 0
+    }
+
+    /// `FDSTOREREMOVE=1` with `FDNAME=name`: systemd closes its duplicates stored under that name. A process that
+    /// adopts stored descriptors removes them at once, so that the store holds no connection that has ended.
+    @discardableResult
+    static func removeStored(name: String) -> Bool {
+        tcx_sd_notify(0, "FDSTOREREMOVE=1\nFDNAME=\(name)") > 0
+    }
+
     /// sd_watchdog_enabled(3): the watchdog interval in microseconds when the service manager expects pings.
     static func watchdogInterval() -> UInt64? {
         var microseconds: UInt64 = 0
