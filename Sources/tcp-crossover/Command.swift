@@ -48,10 +48,10 @@ struct TCPCrossoverCommand: ParsableCommand {
     var dualStack = false
 
     @Option(name: .table(.connectTimeout), help: .table(.connectTimeout))
-    var connectTimeout: String = Options.defaults.connectTimeout
+    var connectTimeout: [String] = []
 
     @Option(name: .table(.connectDeadline), help: .table(.connectDeadline))
-    var connectDeadline: String = Options.defaults.connectDeadline
+    var connectDeadline: [String] = []
 
     @Option(name: .table(.threads), help: .table(.threads))
     var threads: String = Options.defaults.threads
@@ -63,19 +63,19 @@ struct TCPCrossoverCommand: ParsableCommand {
     var maxConnections: String?
 
     @Option(name: .table(.maxConnectionsPerClient), help: .table(.maxConnectionsPerClient))
-    var maxConnectionsPerClient: String?
+    var maxConnectionsPerClient: [String] = []
 
     @Option(name: .table(.maxNewConnectionsPerClient), help: .table(.maxNewConnectionsPerClient))
-    var maxNewConnectionsPerClient: String?
+    var maxNewConnectionsPerClient: [String] = []
 
     @Option(name: .table(.clientPrefixLength), help: .table(.clientPrefixLength))
-    var clientPrefixLength: String?
+    var clientPrefixLength: [String] = []
 
     @Option(name: .table(.idleTimeout), help: .table(.idleTimeout))
-    var idleTimeout: String?
+    var idleTimeout: [String] = []
 
     @Option(name: .table(.keepalive), help: .table(.keepalive))
-    var keepalive: String = Options.defaults.keepalive
+    var keepalive: [String] = []
 
     @Option(name: .table(.shutdownTimeout), help: .table(.shutdownTimeout))
     var shutdownTimeout: String = Options.defaults.shutdownTimeout
@@ -87,7 +87,7 @@ struct TCPCrossoverCommand: ParsableCommand {
     var group: String?
 
     @Option(name: .table(.proxyProtocol), help: .table(.proxyProtocol))
-    var proxyProtocol: String?
+    var proxyProtocol: [String] = []
 
     @Option(name: .table(.source), help: .table(.source))
     var source: [String] = []
@@ -111,7 +111,7 @@ struct TCPCrossoverCommand: ParsableCommand {
     var metrics: String?
 
     @Option(name: .table(.logConnections), help: .table(.logConnections))
-    var logConnections: String = Options.defaults.logConnections
+    var logConnections: [String] = []
 
     // Names and help come from `optionTable`; QuickCommandLineTests checks that each wrapper's kind (value, repeated
     // value, flag) is the table's.

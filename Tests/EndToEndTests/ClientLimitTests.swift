@@ -22,6 +22,34 @@ import Testing
         return try connection.receive(exactly: text.utf8.count) == Array(text.utf8)
     }
 
+    /// A limit given for one service: its second connection from a client is reset; the other service's
+    /// connections from the same client are neither limited nor counted against it.
+    @Test func limitOfOneService_leavesTheOtherServiceAlone() throws {
+        let smtpBackend = try Self.echoBackend()
+        let imapBackend = try Self.echoBackend()
+        let relay = try Relay(
+            local: ["smtp=127.0.0.1:0", "imap=127.0.0.1:0"], remote: "smtp=\(smtpBackend.address)",
+            ["--remote", "imap=\(imapBackend.address)", "--max-connections-per-client", "smtp=1"])
+        let ports = relay.listening.map { UInt16($0.split(separator: ":").last!.prefix { $0.isNumber })! }
+        let smtp = TestAddress.ipv4("127.0.0.1", ports[0])
+        let imap = TestAddress.ipv4("127.0.0.1", ports[1])
+        let held = try TestSocket.connect(to: smtp)
+        #expect(try Self.echoes(held, "EHLO"))
+        var imapConnections: [TestSocket] = []
+        for index in 0..<3 {
+            let connection = try TestSocket.connect(to: imap)
+            #expect(try Self.echoes(connection, "A\(index) NOOP"))
+            imapConnections.append(connection)
+        }
+        let overLimit = try TestSocket.connect(to: smtp)
+        #expect(overLimit.waitForEnding() == .reset)
+        #expect(smtpBackend.accepted == 1)
+        #expect(imapBackend.accepted == 3)
+        #expect(try Self.echoes(held, "QUIT"))
+        let line = "service smtp: client block 127.0.0.1/32 reached its limit of 1 connection; refusing new ones"
+        #expect(eventually { relay.process.standardError.contains(line) }, "\(relay.process.standardError)")
+    }
+
     /// IPv4 clients of a dual-stack listener: 127.0.0.2 holds its limit of 3 connections; its fourth is reset before
     /// any connection to the backend, and logged once for the episode; 127.0.0.3 is served meanwhile; once one of
     /// 127.0.0.2's connections ends, it may open one more, and no more. Clients of a denied block are refused by the

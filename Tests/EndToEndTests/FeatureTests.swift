@@ -230,6 +230,41 @@ final class ProxyProtocolNginx {
         #expect(try toWeb.receive(exactly: 8) == Array("HTTP web".utf8))
     }
 
+    @Test func severalServices_eachHasItsOwnProxyProtocolAndAccessRules() throws {
+        // Echo servers: what comes back is what the backend received, PROXY header included.
+        let postfix = try RelayTests.echoServer()
+        let dovecot = try RelayTests.echoServer()
+        let relay = try Relay(
+            local: ["smtp=127.0.0.1:0", "smtp=[::1]:0", "imap=[::1]:0"], remote: "smtp=\(postfix.address)",
+            [
+                "--remote", "imap=\(dovecot.address)", "--proxy-protocol", "imap=v2", "--deny", "smtp=::1/128",
+                "--log-connections", "imap=no",
+            ])
+        let ports = relay.listening.map { UInt16($0.split(separator: ":").last!.prefix { $0.isNumber })! }
+        func exchange(_ address: TestAddress) throws -> [UInt8] {
+            let connection = try TestSocket.connect(to: address)
+            try connection.send("A1 LOGIN")
+            try connection.shutdownWrite()
+            return try connection.receiveAll()
+        }
+        // smtp: no PROXY header.
+        #expect(try exchange(.ipv4("127.0.0.1", ports[0])) == Array("A1 LOGIN".utf8))
+        // imap: the v2 header first, then the client's bytes; its client is not denied, as smtp's would be.
+        let signature: [UInt8] = [0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]
+        let toDovecot = try exchange(.ipv6("::1", ports[2]))
+        #expect(Array(toDovecot.prefix(12)) == signature, "\(toDovecot)")
+        #expect(toDovecot.count == 16 + 36 + 8 && toDovecot.suffix(8) == Array("A1 LOGIN".utf8), "\(toDovecot)")
+        // smtp from ::1: denied, before any connection to its remote.
+        let refused = try TestSocket.connect(to: .ipv6("::1", ports[1]))
+        #expect(refused.waitForEnding() == .reset)
+        #expect(eventually { relay.connectionLines.contains { $0.contains("end=refused: by --deny ::1/128") } })
+        #expect(postfix.accepted == 1)
+        #expect(dovecot.accepted == 1)
+        // imap's connections are not logged, smtp's are.
+        #expect(relay.connectionLines.contains { $0.contains("\(postfix.address)") }, "\(relay.connectionLines)")
+        #expect(!relay.connectionLines.contains { $0.contains("\(dovecot.address)") }, "\(relay.connectionLines)")
+    }
+
     @Test func severalServices_socketActivation_pickTheRemoteByFileDescriptorName() throws {
         let mail = try TestServer { connection in try connection.send("220 mail") }
         let web = try TestServer { connection in try connection.send("HTTP web") }
@@ -282,6 +317,10 @@ final class ProxyProtocolNginx {
             "no --remote address has the family of a --source address"
         ),
         (["--local", "127.0.0.1:0", "--remote", "a:b=127.0.0.1:1"], "'a:b' is not a name"),
+        (
+            ["--local", "smtp=127.0.0.1:0", "--remote", "smtp=127.0.0.1:1", "--proxy-protocol", "imap=v2"],
+            "--proxy-protocol imap=v2: no service is named 'imap'"
+        ),
         (
             ["--local", "127.0.0.1:0", "--remote", "127.0.0.1:1", "--loopback-congestion-control", "new reno"],
             "--loopback-congestion-control 'new reno' is not an algorithm name"

@@ -38,7 +38,8 @@ import Testing
             process.standardError.contains("--log-connections 'off' is not valid; expected yes or no"),
             "\(process.standardError)")
         #expect(process.standardError.filter { $0 == "\n" }.count == 1)
-        #expect(try Options(remote: ["127.0.0.1:1"]).configuration().relay.logConnections)
-        #expect(try !Options(remote: ["127.0.0.1:1"], logConnections: "no").configuration().relay.logConnections)
+        #expect(try Options(remote: ["127.0.0.1:1"]).configuration().relay.service.logConnections)
+        let quiet = try Options(remote: ["127.0.0.1:1"], logConnections: ["no"]).configuration()
+        #expect(!quiet.relay.service.logConnections)
     }
 }

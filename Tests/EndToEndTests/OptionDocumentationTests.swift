@@ -12,6 +12,12 @@ import Testing
         ".\\\" Generated from optionTable (Sources/TCPCrossover/Startup/OptionTable.swift) by `make docs`.\n"
     static let manualEnd = ".\\\" End of the generated option list.\n"
 
+    /// An option's manual text, with the sentence that says it may be given per service when it may.
+    static func manual(_ option: OptionDescription) -> String {
+        guard option.perService else { return "\(option.manual)" }
+        return "\(option.manual) Per service as `NAME=VALUE` (docs/OPERATIONS.md: Several services in one process)."
+    }
+
     /// The README's options table, in Markdown.
     static func markdownTable() -> String {
         var text = "| option | meaning |\n|---|---|\n"
@@ -19,7 +25,7 @@ import Testing
             let value = option.valueName.utf8CodeUnitCount > 0 ? " \(option.valueName)" : ""
             var names = "`--\(option.name)\(value)`".replacingOccurrences(of: "|", with: "\\|")
             if option.shortName.utf8CodeUnitCount > 0 { names = "`-\(option.shortName)`, " + names }
-            text += "| \(names) | \("\(option.manual)".replacingOccurrences(of: "|", with: "\\|")) |\n"
+            text += "| \(names) | \(manual(option).replacingOccurrences(of: "|", with: "\\|")) |\n"
         }
         return text + "| `--help`, `--version` | Print and exit 0. |\n"
     }
@@ -46,7 +52,7 @@ import Testing
             } else {
                 text += ".B \(long)\n"
             }
-            text += roff("\(option.manual)") + "\n"
+            text += roff(manual(option)) + "\n"
         }
         return text + ".TP\n.BR \\-\\-help \", \" \\-\\-version\nPrint and exit 0.\n"
     }

@@ -49,11 +49,11 @@ import Testing
                 invalid: ["--pipe-memory", "1"])
         case .connectTimeout:
             return Behaviour(
-                arguments: ["--connect-timeout", "2.5"], change: { $0.relay.connectTimeout = 2500 },
+                arguments: ["--connect-timeout", "2.5"], change: { $0.relay.service.connectTimeout = 2500 },
                 invalid: ["--connect-timeout", "0"])
         case .connectDeadline:
             return Behaviour(
-                arguments: ["--connect-deadline", "7"], change: { $0.relay.connectDeadline = 7000 },
+                arguments: ["--connect-deadline", "7"], change: { $0.relay.service.connectDeadline = 7000 },
                 invalid: ["--connect-deadline", "soon"])
         case .threads:
             return Behaviour(
@@ -69,29 +69,29 @@ import Testing
         case .maxConnectionsPerClient:
             return Behaviour(
                 arguments: ["--max-connections-per-client", "20"],
-                change: { $0.relay.maximumConnectionsPerClient = 20 },
+                change: { $0.relay.service.maximumConnectionsPerClient = 20 },
                 invalid: ["--max-connections-per-client", "many"])
         case .maxNewConnectionsPerClient:
             return Behaviour(
                 arguments: ["--max-new-connections-per-client", "30/60"],
-                change: { $0.relay.newConnectionRatePerClient = ConnectionRate(count: 30, period: 60_000) },
+                change: { $0.relay.service.newConnectionRatePerClient = ConnectionRate(count: 30, period: 60_000) },
                 invalid: ["--max-new-connections-per-client", "0/60"])
         case .clientPrefixLength:
             return Behaviour(
                 arguments: ["--max-connections-per-client", "5", "--client-prefix-length", "24,56"],
                 change: {
-                    $0.relay.maximumConnectionsPerClient = 5
-                    $0.relay.clientPrefixes = ClientPrefixes(ipv4: 24, ipv6: 56)!
+                    $0.relay.service.maximumConnectionsPerClient = 5
+                    $0.relay.service.clientPrefixes = ClientPrefixes(ipv4: 24, ipv6: 56)!
                 },
                 invalid: ["--max-connections-per-client", "5", "--client-prefix-length", "33,64"])
         case .idleTimeout:
             return Behaviour(
-                arguments: ["--idle-timeout", "600"], change: { $0.relay.idleTimeout = 600_000 },
+                arguments: ["--idle-timeout", "600"], change: { $0.relay.service.idleTimeout = 600_000 },
                 invalid: ["--idle-timeout", "0"])
         case .keepalive:
             return Behaviour(
                 arguments: ["--keepalive", "60,10,5"],
-                change: { $0.relay.keepalive = Keepalive(idle: 60, interval: 10, count: 5) },
+                change: { $0.relay.service.keepalive = Keepalive(idle: 60, interval: 10, count: 5) },
                 invalid: ["--keepalive", "60,10"])
         case .shutdownTimeout:
             return Behaviour(
@@ -105,20 +105,22 @@ import Testing
                 arguments: ["--group", "nogroup"], change: { $0.group = "nogroup" }, invalid: ["--group", "a:b"])
         case .proxyProtocol:
             return Behaviour(
-                arguments: ["--proxy-protocol", "v2"], change: { $0.relay.proxyProtocol = .v2 },
+                arguments: ["--proxy-protocol", "v2"], change: { $0.relay.service.proxyProtocol = .v2 },
                 invalid: ["--proxy-protocol", "v3"])
         case .source:
             return Behaviour(
                 arguments: ["--source", "127.0.0.1", "--source", "::1"],
                 change: {
-                    $0.relay.sources = [SocketAddress(numericHost: "127.0.0.1")!, SocketAddress(numericHost: "::1")!]
+                    $0.relay.service.sources = [
+                        SocketAddress(numericHost: "127.0.0.1")!, SocketAddress(numericHost: "::1")!,
+                    ]
                 },
                 invalid: ["--source", "127.0.0.1:25"])
         case .allow:
             return Behaviour(
                 arguments: ["--allow", "192.0.2.0/24", "--allow", "2001:db8::/32"],
                 change: {
-                    $0.relay.access = AccessRules(
+                    $0.relay.service.access = AccessRules(
                         allow: [
                             try! AddressRange(parsing: "192.0.2.0/24"), try! AddressRange(parsing: "2001:db8::/32"),
                         ],
@@ -129,7 +131,7 @@ import Testing
             return Behaviour(
                 arguments: ["--deny", "192.0.2.0/24"],
                 change: {
-                    $0.relay.access = AccessRules(allow: [], deny: [try! AddressRange(parsing: "192.0.2.0/24")])
+                    $0.relay.service.access = AccessRules(allow: [], deny: [try! AddressRange(parsing: "192.0.2.0/24")])
                 },
                 invalid: ["--deny", "nowhere"])
         case .resolveInterval:
@@ -151,7 +153,7 @@ import Testing
                 invalid: ["--metrics", "[::1]"])
         case .logConnections:
             return Behaviour(
-                arguments: ["--log-connections", "no"], change: { $0.relay.logConnections = false },
+                arguments: ["--log-connections", "no"], change: { $0.relay.service.logConnections = false },
                 invalid: ["--log-connections", "maybe"])
         case .dualStack:
             return Behaviour(

@@ -36,6 +36,19 @@ import Testing
         #expect(Self.warnings(relay.process.standardError) == 0, "\(relay.process.standardError)")
     }
 
+    /// Per service: the warning names the remotes of the services without PROXY protocol only.
+    @Test func severalServices_onlyTheOneWithoutProxyProtocol_isWarnedOf() throws {
+        let postfix = try RelayTests.echoServer()
+        let dovecot = try RelayTests.echoServer()
+        let relay = try Relay(
+            local: ["smtp=127.0.0.1:0", "imap=127.0.0.1:0"], remote: "smtp=\(postfix.address)",
+            ["--remote", "imap=\(dovecot.address)", "--proxy-protocol", "imap=v2"])
+        defer { relay.stop() }
+        let output = relay.process.standardError
+        #expect(Self.warnings(output) == 1, "\(output)")
+        #expect(output.contains("relaying to \(postfix.address), on this machine, \(Self.warning)"), "\(output)")
+    }
+
     /// In a network namespace of its own with 192.0.2.1 on its loopback interface (not a loopback address): a
     /// remote at that address of the machine is warned of, one at 192.0.2.2, elsewhere, is not.
     @Test func remoteAtAnotherAddressOfThisMachine_isWarnedOf_anotherMachineIsNot() throws {

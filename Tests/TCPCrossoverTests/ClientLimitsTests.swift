@@ -289,22 +289,24 @@ import Testing
 
     @Test func options_turnIntoTheLimitAndThePrefixes() throws {
         let off = try Options(remote: ["127.0.0.1:25"]).configuration()
-        #expect(off.relay.maximumConnectionsPerClient == nil)
-        let standard = try Options(remote: ["127.0.0.1:25"], maxConnectionsPerClient: "20").configuration()
-        #expect(standard.relay.maximumConnectionsPerClient == 20)
-        #expect(standard.relay.clientPrefixes == .standard)
-        let chosen = try Options(remote: ["127.0.0.1:25"], maxConnectionsPerClient: "5", clientPrefixLength: "24,56")
-            .configuration()
-        #expect(chosen.relay.clientPrefixes == (try prefixes(24, 56)))
-        let rated = try Options(
-            remote: ["127.0.0.1:25"], maxNewConnectionsPerClient: "30/60", clientPrefixLength: "32,48"
+        #expect(off.relay.service.maximumConnectionsPerClient == nil)
+        let standard = try Options(remote: ["127.0.0.1:25"], maxConnectionsPerClient: ["20"]).configuration()
+        #expect(standard.relay.service.maximumConnectionsPerClient == 20)
+        #expect(standard.relay.service.clientPrefixes == .standard)
+        let chosen = try Options(
+            remote: ["127.0.0.1:25"], maxConnectionsPerClient: ["5"], clientPrefixLength: ["24,56"]
         )
         .configuration()
-        #expect(rated.relay.newConnectionRatePerClient == (try rate(30, per: 60)))
-        #expect(rated.relay.maximumConnectionsPerClient == nil)
-        #expect(rated.relay.newConnectionRatePerClient?.description == "30 new connections per 60 s")
-        let fraction = try Options(remote: ["127.0.0.1:25"], maxNewConnectionsPerClient: "1/0.5").configuration()
-        #expect(fraction.relay.newConnectionRatePerClient?.description == "1 new connection per 0.5 s")
+        #expect(chosen.relay.service.clientPrefixes == (try prefixes(24, 56)))
+        let rated = try Options(
+            remote: ["127.0.0.1:25"], maxNewConnectionsPerClient: ["30/60"], clientPrefixLength: ["32,48"]
+        )
+        .configuration()
+        #expect(rated.relay.service.newConnectionRatePerClient == (try rate(30, per: 60)))
+        #expect(rated.relay.service.maximumConnectionsPerClient == nil)
+        #expect(rated.relay.service.newConnectionRatePerClient?.description == "30 new connections per 60 s")
+        let fraction = try Options(remote: ["127.0.0.1:25"], maxNewConnectionsPerClient: ["1/0.5"]).configuration()
+        #expect(fraction.relay.service.newConnectionRatePerClient?.description == "1 new connection per 0.5 s")
     }
 
     static let badValues: [(limit: String?, prefixes: String?, message: String)] = [
@@ -320,7 +322,9 @@ import Testing
 
     @Test(arguments: badValues)
     func options_badValues_sayWhatIsAccepted(limit: String?, prefixes: String?, message: String) {
-        let options = Options(remote: ["127.0.0.1:25"], maxConnectionsPerClient: limit, clientPrefixLength: prefixes)
+        let options = Options(
+            remote: ["127.0.0.1:25"], maxConnectionsPerClient: limit.map { [$0] } ?? [],
+            clientPrefixLength: prefixes.map { [$0] } ?? [])
         #expect {
             _ = try options.configuration()
         } throws: { error in
@@ -330,7 +334,7 @@ import Testing
 
     @Test(arguments: ["30", "30/", "/60", "0/60", "30/0", "30/-1", "30/60/1", "1000001/1", "+3/60", "3/86401", "x/1"])
     func options_badRates_sayWhatIsAccepted(rate: String) {
-        let options = Options(remote: ["127.0.0.1:25"], maxNewConnectionsPerClient: rate)
+        let options = Options(remote: ["127.0.0.1:25"], maxNewConnectionsPerClient: [rate])
         #expect {
             _ = try options.configuration()
         } throws: { error in

@@ -13,7 +13,7 @@ extension EventLoop {
 
     /// Starts the connect phase of an admitted connection: the service's addresses, failed ones last.
     func connect(_ connection: Connection) {
-        let options = engine.options
+        let options = engine.services[connection.service].options
         connection.connectPhase = ConnectPhase(
             targets: engine.services[connection.service].pool.candidates(now: now), sources: options.sources,
             timing: ConnectPhase.Timing(attemptTimeout: options.connectTimeout, deadline: options.connectDeadline))
@@ -77,7 +77,8 @@ extension EventLoop {
                         if Log.enabled(.debug) {
                             Log.debug(
                                 ConnectFailureReport.describe(
-                                    target, failure, deadline: engine.options.connectDeadline))
+                                    target, failure,
+                                    deadline: engine.services[connection.service].options.connectDeadline))
                         }
                     }
                     close(connection, attempt)
@@ -181,7 +182,8 @@ extension EventLoop {
         connection.relay.readiness.server.writable = true
         connection.lastActivity = now
         // Not for a server whose end of stream came with the connect (see `stopKeepalive`).
-        if engine.options.keepalive != nil && !connection.relay.readiness.server.endReported {
+        let keepalive = engine.services[connection.service].options.keepalive
+        if keepalive != nil && !connection.relay.readiness.server.endReported {
             connection.keepaliveDue = now + Self.keepaliveDelay
         }
         engine.services[connection.service].pool.succeeded(address)

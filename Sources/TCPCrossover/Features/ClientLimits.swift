@@ -329,14 +329,17 @@ public struct ClientConnectionTable: Sendable {
 }
 
 /// `--max-connections-per-client` and `--max-new-connections-per-client`, shared by the event loops: the table behind
-/// a lock, and its log lines. The event loops call it only when one of the options is given.
+/// a lock, and its log lines. One per service that has one of the options; the event loops call it only then.
 final class ClientLimits: Sendable {
     private let table: Mutex<ClientConnectionTable>
+    /// `service smtp: ` in front of the log lines of a named service's table; empty for the unnamed one.
+    private let logPrefix: String
 
-    init(limit: Int?, rate: ConnectionRate?, prefixes: ClientPrefixes, expectedBlocks: Int) {
+    init(limit: Int?, rate: ConnectionRate?, prefixes: ClientPrefixes, expectedBlocks: Int, service: String? = nil) {
         var table = ClientConnectionTable(limit: limit, rate: rate, prefixes: prefixes)
         table.reserveCapacity(expectedBlocks)
         self.table = Mutex(table)
+        logPrefix = service.map { "service \($0): " } ?? ""
     }
 
     /// Counts a new connection from `client`, or refuses it; the first refusal of an episode is logged.
@@ -344,8 +347,8 @@ final class ClientLimits: Sendable {
         let admission = table.withLock { $0.admit(client, now: now) }
         if case .refused(let block, let refusal, episodeStarted: true) = admission {
             switch refusal {
-            case .limit: Log.warning("client block \(block) reached \(refusal); refusing new ones")
-            case .rate: Log.warning("client block \(block) went over \(refusal); refusing new ones")
+            case .limit: Log.warning("\(logPrefix)client block \(block) reached \(refusal); refusing new ones")
+            case .rate: Log.warning("\(logPrefix)client block \(block) went over \(refusal); refusing new ones")
             }
         }
         return admission
@@ -353,11 +356,13 @@ final class ClientLimits: Sendable {
 
     /// Gives back the count of a connection that `admit` admitted.
     func release(_ block: ClientBlock, now: Int64) {
-        if let over = table.withLock({ $0.release(block, now: now) }) { Log.notice(over.description) }
+        if let over = table.withLock({ $0.release(block, now: now) }) { Log.notice(logPrefix + over.description) }
     }
 
     /// Logs the episodes that are over (every one with `all`).
     func endQuietEpisodes(now: Int64, all: Bool = false) {
-        for over in table.withLock({ $0.endQuietEpisodes(now: now, all: all) }) { Log.notice(over.description) }
+        for over in table.withLock({ $0.endQuietEpisodes(now: now, all: all) }) {
+            Log.notice(logPrefix + over.description)
+        }
     }
 }

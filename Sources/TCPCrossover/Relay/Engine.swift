@@ -19,9 +19,9 @@ public final class Engine: @unchecked Sendable {
     public let options: RelayOptions
     public let services: [Service]
     public let statistics: Statistics
-    /// The connections of each client block (`--max-connections-per-client`, `--max-new-connections-per-client`);
-    /// nil without those options.
-    let clientLimits: ClientLimits?
+    /// The connections of each client block (`--max-connections-per-client`, `--max-new-connections-per-client`),
+    /// one table per service (by its index in `services`); nil for a service without those options.
+    let clientLimits: [ClientLimits?]
     /// 0 while running; 1 after the first SIGTERM (stop accepting, let connections finish); 2 to stop at once.
     let stopLevel = Atomic<Int>(0)
     /// Loops that still hold their duplicates of the listeners; the socket stops taking connections when the last
@@ -65,16 +65,16 @@ public final class Engine: @unchecked Sendable {
         self.services = services
         self.options = options
         self.statistics = statistics
-        if options.maximumConnectionsPerClient != nil || options.newConnectionRatePerClient != nil {
-            clientLimits = ClientLimits(
-                limit: options.maximumConnectionsPerClient, rate: options.newConnectionRatePerClient,
-                prefixes: options.clientPrefixes, expectedBlocks: min(options.maximumConnections, 4096))
-        } else {
-            clientLimits = nil
+        clientLimits = services.map { service in
+            guard service.options.limitsClients else { return nil }
+            return ClientLimits(
+                limit: service.options.maximumConnectionsPerClient, rate: service.options.newConnectionRatePerClient,
+                prefixes: service.options.clientPrefixes, expectedBlocks: min(options.maximumConnections, 4096),
+                service: service.name)
         }
-        if let clientLimits {
+        for case let limits? in clientLimits {
             periodicTasks.append(
-                PeriodicTask(interval: 1000) { clientLimits.endQuietEpisodes(now: Syscall.monotonicMilliseconds()) })
+                PeriodicTask(interval: 1000) { limits.endQuietEpisodes(now: Syscall.monotonicMilliseconds()) })
         }
         pipeBudget = PipeBudget(bytes: options.pipeMemory, largestPipe: options.pipeSize)
     }
@@ -153,7 +153,9 @@ public final class Engine: @unchecked Sendable {
         if stopLevel.load(ordering: .sequentiallyConsistent) == 0 { requestStop(immediately: true) }
         for thread in threads { Syscall.joinThread(thread) }
         loops.removeAll()
-        clientLimits?.endQuietEpisodes(now: Syscall.monotonicMilliseconds(), all: true)
+        for case let limits? in clientLimits {
+            limits.endQuietEpisodes(now: Syscall.monotonicMilliseconds(), all: true)
+        }
     }
 
     /// The resolver thread: every `resolveInterval`, looks the remotes' host names up again, off the event loops

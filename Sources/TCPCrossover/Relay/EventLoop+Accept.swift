@@ -91,12 +91,13 @@ extension EventLoop {
                 clientAddress: peer, localAddress: local, now: now)
         }
         if Log.enabled(.debug) { Log.debug("accepted \(peer) on \(local)") }
-        if !engine.options.access.isEmpty, let reason = engine.options.access.refusal(of: peer) {
+        let access = engine.services[connection.service].options.access
+        if !access.isEmpty, let reason = access.refusal(of: peer) {
             engine.statistics.refusedByAccessRule.add(1, ordering: .relaxed)
             finish(connection, .refused(.accessRule, reason))
             return
         }
-        if let limits = engine.clientLimits {
+        if let limits = engine.clientLimits[connection.service] {
             switch limits.admit(peer, now: now) {
             case .admitted(let block):
                 connection.clientBlock = block
@@ -130,8 +131,8 @@ extension EventLoop {
     /// costs one recv that finds nothing. Returns false when the client's socket failed: the connection is over.
     private func readFirstBytes(_ connection: Connection) -> Bool {
         let header =
-            engine.options.proxyProtocol?.header(source: connection.clientAddress, destination: connection.localAddress)
-            ?? []
+            engine.services[connection.service].options.proxyProtocol?.header(
+                source: connection.clientAddress, destination: connection.localAddress) ?? []
         let room = UnsafeMutableRawBufferPointer(rebasing: resources.scratch[header.count...])
         var received = 0
         do {

@@ -20,7 +20,9 @@ extension EventLoop {
         // Refusals over a per-client limit are counted and logged once per episode (`ClientLimits`): a line each
         // would let one client flood the log.
         if case .refusedForClient = ending, !Log.enabled(.debug) { return }
-        if engine.options.logConnections { logBatch.info { connection.summary(ending, now: now, into: &$0) } }
+        if engine.services[connection.service].options.logConnections {
+            logBatch.info { connection.summary(ending, now: now, into: &$0) }
+        }
     }
 
     /// Closes a connection's sockets (as they are set: `finish` sets a reset first where one is due) and frees its
@@ -33,7 +35,7 @@ extension EventLoop {
         closeServer(connection)
         if !connection.otherAttempts.isEmpty { closeOtherAttempts(connection) }
         if let block = connection.clientBlock {
-            engine.clientLimits?.release(block, now: now)
+            engine.clientLimits[connection.service]?.release(block, now: now)
             connection.clientBlock = nil
         }
         connections[Int(connection.slot)] = nil

@@ -54,7 +54,9 @@ extension EventLoop {
             downstreamPipe: adopted.downstreamPipe.map(resources.adoptPipe))
         // Only bytes moved from now on count in this process's figures.
         (connection.accountedUp, connection.accountedDown) = connection.relay.bytes
-        if let limits = engine.clientLimits, case .admitted(let block) = limits.admit(peer, now: now) {
+        if let limits = engine.clientLimits[connection.service],
+            case .admitted(let block) = limits.admit(peer, now: now)
+        {
             connection.clientBlock = block
         }
         // Non-blocking already (the flag belongs to the open socket, which the store kept): set again all the same.
@@ -74,7 +76,8 @@ extension EventLoop {
             finish(connection, .failed(.client, error.errno))
             return
         }
-        if engine.options.keepalive != nil && !stored.relay.serverToClient.sourceEnded {
+        let keepalive = engine.services[connection.service].options.keepalive
+        if keepalive != nil && !stored.relay.serverToClient.sourceEnded {
             connection.keepaliveDue = now + Self.keepaliveDelay
         }
         if Log.enabled(.debug) {

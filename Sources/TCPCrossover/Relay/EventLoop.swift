@@ -209,7 +209,8 @@ final class EventLoop: @unchecked Sendable {
         let local = (try? Syscall.localAddress(accepted.fd)) ?? .unspecified
         do {
             try Syscall.setNonBlocking(accepted.fd)
-            try Syscall.setConnectionOptions(accepted.fd, keepalive: engine.options.keepalive)
+            try Syscall.setConnectionOptions(
+                accepted.fd, keepalive: engine.services[accepted.service].options.keepalive)
             if peer.isOnThisMachine(localEnd: local) { useLoopbackCongestionControl(accepted.fd) }
         } catch {
             Log.error("cannot make the connection from \(peer) non-blocking: \(error)")

@@ -10,30 +10,48 @@ public struct RelayOptions: Sendable, Equatable {
     public var pipeMemory: Int?
     /// The size of a copy-mode receive. A receive that fills it switches the direction to splice.
     public var copyChunk = 16 << 10
+    /// The per-connection settings of every service that has none of its own (the options given without a name).
+    public var service = ServiceOptions()
+    /// Event loops (threads); 0 means one per CPU.
+    public var threads = 0
+    /// Connections relayed at once; accepting pauses at the limit (`--max-connections`).
+    public var maximumConnections = Int.max
+    /// On SIGTERM, how long live connections may go on before they are closed, in milliseconds.
+    public var shutdownTimeout: Int64 = 10_000
+    /// Rounds a direction may move bytes in one turn before other connections get theirs.
+    public var budget = 16
+    /// How often host names among the remotes are looked up again, in milliseconds (`--resolve-interval`).
+    public var resolveInterval: Int64 = 60_000
+    /// How long a remote address that failed is tried last, in milliseconds.
+    public var failoverBackoff: Int64 = 30_000
+    /// The congestion control algorithm of the sockets whose peer is on this machine; nil leaves them the system's
+    /// (`--loopback-congestion-control`, see `Syscall.useCongestionControl`).
+    public var loopbackCongestionControl: CongestionControl? = .reno
+
+    public init() {}
+}
+
+/// What the connections of one service get: the options that may be given per service (`--proxy-protocol
+/// imap=v2`), each either the service's own value or the unnamed default.
+public struct ServiceOptions: Sendable, Equatable {
     /// How long one connect to a remote address may take, in milliseconds (`--connect-timeout`).
     public var connectTimeout: Int64 = 10_000
     /// How long a connection may take to reach a remote, every address and failover included, in milliseconds
     /// (`--connect-deadline`).
     public var connectDeadline: Int64 = 30_000
-    /// Event loops (threads); 0 means one per CPU.
-    public var threads = 0
-    /// Connections relayed at once; accepting pauses at the limit (`--max-connections`).
-    public var maximumConnections = Int.max
     /// A connection with no bytes either way for this long is closed, in milliseconds (`--idle-timeout`).
     public var idleTimeout: Int64?
-    /// On SIGTERM, how long live connections may go on before they are closed, in milliseconds.
-    public var shutdownTimeout: Int64 = 10_000
-    /// Rounds a direction may move bytes in one turn before other connections get theirs.
-    public var budget = 16
-    /// TCP keepalive on both sockets of every connection, so that a vanished peer does not hold a connection
-    /// forever; nil turns it off (`--keepalive`).
-    public var keepalive: Keepalive? = .standard
     /// The PROXY protocol header to send the remote first (`--proxy-protocol`).
     public var proxyProtocol: ProxyProtocol?
     /// Addresses outgoing connections leave from, at most one per family (`--source`).
     public var sources: [SocketAddress] = []
     /// Which clients are served (`--allow`, `--deny`).
     public var access = AccessRules()
+    /// TCP keepalive on both sockets of every connection, so that a vanished peer does not hold a connection
+    /// forever; nil turns it off (`--keepalive`).
+    public var keepalive: Keepalive? = .standard
+    /// Each finished connection gets its log line (`--log-connections`); the figures are counted either way.
+    public var logConnections = true
     /// Connections one client (an address block, see `clientPrefixes`) may have open at once; nil for no such limit
     /// (`--max-connections-per-client`).
     public var maximumConnectionsPerClient: Int?
@@ -42,15 +60,9 @@ public struct RelayOptions: Sendable, Equatable {
     public var newConnectionRatePerClient: ConnectionRate?
     /// The address block that counts as one client for both (`--client-prefix-length`).
     public var clientPrefixes = ClientPrefixes.standard
-    /// How often host names among the remotes are looked up again, in milliseconds (`--resolve-interval`).
-    public var resolveInterval: Int64 = 60_000
-    /// How long a remote address that failed is tried last, in milliseconds.
-    public var failoverBackoff: Int64 = 30_000
-    /// The congestion control algorithm of the sockets whose peer is on this machine; nil leaves them the system's
-    /// (`--loopback-congestion-control`, see `Syscall.useCongestionControl`).
-    public var loopbackCongestionControl: CongestionControl? = .reno
-    /// Each finished connection gets its log line (`--log-connections`); the figures are counted either way.
-    public var logConnections = true
+
+    /// Some per-client limit applies.
+    public var limitsClients: Bool { maximumConnectionsPerClient != nil || newConnectionRatePerClient != nil }
 
     public init() {}
 }
@@ -93,10 +105,13 @@ public struct Keepalive: Equatable, Sendable {
 public struct Service: Sendable {
     public var name: String?
     public var pool: RemotePool
+    /// Its per-connection settings: its own options, and the unnamed ones for the rest.
+    public var options: ServiceOptions
 
-    public init(name: String?, pool: RemotePool) {
+    public init(name: String?, pool: RemotePool, options: ServiceOptions = ServiceOptions()) {
         self.name = name
         self.pool = pool
+        self.options = options
     }
 
     /// `127.0.0.1:25` or `mail.example.org:25 (192.0.2.5:25, [2001:db8::5]:25)`, for the start line.

@@ -19,40 +19,42 @@ public struct Options: Equatable, Sendable {
     public var foreground: Bool
     public var dualStack: Bool
     public var noProxyWarning: Bool
-    public var connectTimeout: String
-    public var connectDeadline: String
+    /// The options that may be given per service (`OptionDescription.perService`) keep every value, as typed:
+    /// `[NAME=]VALUE`.
+    public var connectTimeout: [String]
+    public var connectDeadline: [String]
     public var threads: String
     public var exitIdleTime: String?
     public var maxConnections: String?
-    public var maxConnectionsPerClient: String?
-    public var maxNewConnectionsPerClient: String?
-    public var clientPrefixLength: String?
-    public var idleTimeout: String?
-    public var keepalive: String
+    public var maxConnectionsPerClient: [String]
+    public var maxNewConnectionsPerClient: [String]
+    public var clientPrefixLength: [String]
+    public var idleTimeout: [String]
+    public var keepalive: [String]
     public var shutdownTimeout: String
     public var user: String?
     public var group: String?
-    public var proxyProtocol: String?
+    public var proxyProtocol: [String]
     public var source: [String]
     public var allow: [String]
     public var deny: [String]
     public var resolveInterval: String
     public var loopbackCongestionControl: String
     public var metrics: String?
-    public var logConnections: String
+    public var logConnections: [String]
 
     public static let defaults = Options()
 
     public init(
         local: [String] = [], remote: [String] = [], pidfile: String? = nil, bufferSize: String = "1m",
         pipeMemory: String? = nil, debug: Bool = false, foreground: Bool = false, dualStack: Bool = false,
-        connectTimeout: String = "10", connectDeadline: String = "30", threads: String = "0",
-        exitIdleTime: String? = nil, maxConnections: String? = nil, maxConnectionsPerClient: String? = nil,
-        maxNewConnectionsPerClient: String? = nil, clientPrefixLength: String? = nil, idleTimeout: String? = nil,
-        keepalive: String = "120,30,4", shutdownTimeout: String = "10", user: String? = nil, group: String? = nil,
-        proxyProtocol: String? = nil, source: [String] = [], allow: [String] = [], deny: [String] = [],
+        connectTimeout: [String] = [], connectDeadline: [String] = [], threads: String = "0",
+        exitIdleTime: String? = nil, maxConnections: String? = nil, maxConnectionsPerClient: [String] = [],
+        maxNewConnectionsPerClient: [String] = [], clientPrefixLength: [String] = [], idleTimeout: [String] = [],
+        keepalive: [String] = [], shutdownTimeout: String = "10", user: String? = nil, group: String? = nil,
+        proxyProtocol: [String] = [], source: [String] = [], allow: [String] = [], deny: [String] = [],
         resolveInterval: String = "60", loopbackCongestionControl: String = "reno",
-        noProxyWarning: Bool = false, metrics: String? = nil, logConnections: String = "yes"
+        noProxyWarning: Bool = false, metrics: String? = nil, logConnections: [String] = []
     ) {
         self.local = local
         self.remote = remote
@@ -105,31 +107,12 @@ public struct Options: Equatable, Sendable {
         configuration.relay.pipeMemory = try pipeMemory.map { text in
             text == "0" ? 0 : try size(text, option: "--pipe-memory", range: 4096...(1 << 40))
         }
-        configuration.relay.connectTimeout = try milliseconds(connectTimeout, option: "--connect-timeout")
-        configuration.relay.connectDeadline = try milliseconds(connectDeadline, option: "--connect-deadline")
         configuration.relay.threads = try count(
             threads, option: "--threads", range: 0...1024, meaning: "0 (one per CPU)")
         configuration.exitIdleTime = try exitIdleTime.map { try milliseconds($0, option: "--exit-idle-time") }
         configuration.maximumConnections = try maxConnections.map {
             try count($0, option: "--max-connections", range: 1...10_000_000)
         }
-        configuration.relay.maximumConnectionsPerClient = try maxConnectionsPerClient.map {
-            try count($0, option: "--max-connections-per-client", range: 1...10_000_000)
-        }
-        configuration.relay.newConnectionRatePerClient = try maxNewConnectionsPerClient.map(connectionRate)
-        if let clientPrefixLength {
-            guard
-                configuration.relay.maximumConnectionsPerClient != nil
-                    || configuration.relay.newConnectionRatePerClient != nil
-            else {
-                throw OptionError(
-                    "--client-prefix-length has no effect without --max-connections-per-client or "
-                        + "--max-new-connections-per-client")
-            }
-            configuration.relay.clientPrefixes = try clientPrefixes(clientPrefixLength)
-        }
-        configuration.relay.idleTimeout = try idleTimeout.map { try milliseconds($0, option: "--idle-timeout") }
-        configuration.relay.keepalive = try parseKeepalive(keepalive)
         configuration.relay.shutdownTimeout = try milliseconds(
             shutdownTimeout, option: "--shutdown-timeout", zero: true)
         // Checked one by one rather than through a collection of pairs: each new generic type instantiated at
@@ -138,20 +121,7 @@ public struct Options: Equatable, Sendable {
         try checkAccountName(group, option: "--group")
         configuration.user = user
         configuration.group = group
-        configuration.relay.proxyProtocol = try proxyProtocol.map { value in
-            guard let version = ProxyProtocol(rawValue: value) else {
-                throw OptionError("--proxy-protocol '\(value)' is not a version; expected v1 or v2")
-            }
-            return version
-        }
-        configuration.relay.sources = try source.map(sourceAddress)
-        let sources = configuration.relay.sources
-        if sources.count > 2 || (sources.count == 2 && sources[0].family == sources[1].family) {
-            throw OptionError("--source is given twice for one family; give at most one IPv4 and one IPv6 address")
-        }
-        configuration.relay.access = AccessRules(
-            allow: try allow.map { try range($0, option: "--allow") },
-            deny: try deny.map { try range($0, option: "--deny") })
+        try setServiceOptions(of: &configuration)
         configuration.relay.resolveInterval = try milliseconds(
             resolveInterval, option: "--resolve-interval", zero: true)
         configuration.relay.loopbackCongestionControl = try congestionControl(loopbackCongestionControl)
@@ -163,9 +133,129 @@ public struct Options: Equatable, Sendable {
                 throw OptionError("--metrics: \(error)")
             }
         }
-        configuration.relay.logConnections = try yesOrNo(logConnections, option: "--log-connections")
         return configuration
     }
+}
+
+extension Options {
+    /// Fills `relay.service` from the values without a name and `serviceOptions` for every name that has values of
+    /// its own; a name that no `--remote` has is an error, as it would serve nothing.
+    fileprivate func setServiceOptions(of configuration: inout Configuration) throws {
+        // The options that may be given per service (`OptionDescription.perService`), one by one rather than
+        // through a collection of pairs (see `configuration()`).
+        var names: [String] = []
+        let remotes = configuration.remotes
+        try collectServiceNames(connectTimeout, option: "--connect-timeout", remotes: remotes, into: &names)
+        try collectServiceNames(connectDeadline, option: "--connect-deadline", remotes: remotes, into: &names)
+        try collectServiceNames(idleTimeout, option: "--idle-timeout", remotes: remotes, into: &names)
+        try collectServiceNames(proxyProtocol, option: "--proxy-protocol", remotes: remotes, into: &names)
+        try collectServiceNames(source, option: "--source", remotes: remotes, into: &names)
+        try collectServiceNames(allow, option: "--allow", remotes: remotes, into: &names)
+        try collectServiceNames(deny, option: "--deny", remotes: remotes, into: &names)
+        try collectServiceNames(keepalive, option: "--keepalive", remotes: remotes, into: &names)
+        try collectServiceNames(logConnections, option: "--log-connections", remotes: remotes, into: &names)
+        try collectServiceNames(
+            maxConnectionsPerClient, option: "--max-connections-per-client", remotes: remotes, into: &names)
+        try collectServiceNames(
+            maxNewConnectionsPerClient, option: "--max-new-connections-per-client", remotes: remotes, into: &names)
+        try collectServiceNames(clientPrefixLength, option: "--client-prefix-length", remotes: remotes, into: &names)
+        configuration.relay.service = try serviceOptions(for: nil, over: ServiceOptions())
+        for name in names {
+            configuration.serviceOptions[name] = try serviceOptions(for: name, over: configuration.relay.service)
+        }
+        if values(clientPrefixLength, for: nil).last != nil, !configuration.relay.service.limitsClients,
+            !configuration.serviceOptions.values.contains(where: \.limitsClients)
+        {
+            throw clientPrefixLengthAlone()
+        }
+    }
+
+    /// `defaults` with the values given for the service `name` (nil: those without a name) in their place. A
+    /// single-valued option keeps its last value; a repeatable one (`--source`, `--allow`, `--deny`) given for a
+    /// service replaces the defaults' list with the service's own.
+    private func serviceOptions(for name: String?, over defaults: ServiceOptions) throws -> ServiceOptions {
+        var options = defaults
+        if let value = values(connectTimeout, for: name).last {
+            options.connectTimeout = try milliseconds(value, option: "--connect-timeout")
+        }
+        if let value = values(connectDeadline, for: name).last {
+            options.connectDeadline = try milliseconds(value, option: "--connect-deadline")
+        }
+        if let value = values(idleTimeout, for: name).last {
+            options.idleTimeout = try milliseconds(value, option: "--idle-timeout")
+        }
+        if let value = values(proxyProtocol, for: name).last {
+            guard let version = ProxyProtocol(rawValue: value) else {
+                throw OptionError("--proxy-protocol '\(value)' is not a version; expected v1 or v2")
+            }
+            options.proxyProtocol = version
+        }
+        let sources = try values(source, for: name).map(sourceAddress)
+        if sources.count > 2 || (sources.count == 2 && sources[0].family == sources[1].family) {
+            throw OptionError("--source is given twice for one family; give at most one IPv4 and one IPv6 address")
+        }
+        if !sources.isEmpty || name == nil { options.sources = sources }
+        let allowed = try values(allow, for: name).map { try range($0, option: "--allow") }
+        if !allowed.isEmpty || name == nil { options.access.allow = allowed }
+        let denied = try values(deny, for: name).map { try range($0, option: "--deny") }
+        if !denied.isEmpty || name == nil { options.access.deny = denied }
+        if let value = values(keepalive, for: name).last { options.keepalive = try parseKeepalive(value) }
+        if let value = values(logConnections, for: name).last {
+            options.logConnections = try yesOrNo(value, option: "--log-connections")
+        }
+        if let value = values(maxConnectionsPerClient, for: name).last {
+            options.maximumConnectionsPerClient = try count(
+                value, option: "--max-connections-per-client", range: 1...10_000_000)
+        }
+        if let value = values(maxNewConnectionsPerClient, for: name).last {
+            options.newConnectionRatePerClient = try connectionRate(value)
+        }
+        if let value = values(clientPrefixLength, for: name).last {
+            // For the unnamed value, checked once every service has its limits (see `setServiceOptions`).
+            if name != nil && !options.limitsClients { throw clientPrefixLengthAlone() }
+            options.clientPrefixes = try clientPrefixes(value)
+        }
+        return options
+    }
+}
+
+private func clientPrefixLengthAlone() -> OptionError {
+    OptionError(
+        "--client-prefix-length has no effect without --max-connections-per-client or "
+            + "--max-new-connections-per-client")
+}
+
+/// Adds the service names among `values` to `names`; a name that no `--remote` has is an error.
+private func collectServiceNames(
+    _ values: [String], option: String, remotes: [NamedEndpoint], into names: inout [String]
+) throws {
+    for value in values {
+        guard let name = serviceName(in: value) else { continue }
+        guard remotes.contains(where: { $0.name == name }) else {
+            throw OptionError(
+                "\(option) \(value): no service is named '\(name)'; give --remote \(name)=ADDRESS:PORT or leave the "
+                    + "name out")
+        }
+        if !names.contains(name) { names.append(name) }
+    }
+}
+
+/// The service name of a per-service value, `imap` in `imap=v2`; nil for a value without one. A name is what
+/// `NamedEndpoint` accepts; no value of these options holds a '='.
+private func serviceName(in value: String) -> String? {
+    guard let equals = value.utf8.firstIndex(of: UInt8(ascii: "=")) else { return nil }
+    return String(value[..<equals])
+}
+
+/// The values among `all` given for the service `name` (nil: those without a name), without their name.
+private func values(_ all: [String], for name: String?) -> [String] {
+    var found: [String] = []
+    for value in all {
+        let valueName = serviceName(in: value)
+        guard valueName == name else { continue }
+        found.append(valueName.map { String(value.utf8.dropFirst($0.utf8.count + 1))! } ?? value)
+    }
+    return found
 }
 
 /// `--user`, `--group`: a name or a number, without spaces, control characters or ':'.

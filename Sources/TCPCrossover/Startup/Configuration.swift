@@ -48,6 +48,9 @@ public struct Configuration: Sendable, Equatable {
     /// `--no-proxy-warning`).
     public var localRemoteWarning = true
     public var relay = RelayOptions()
+    /// The per-connection options of the services that have some of their own (`--proxy-protocol imap=v2`), by
+    /// service name: the unnamed ones (`relay.service`) with the service's own values in their place.
+    public var serviceOptions: [String: ServiceOptions] = [:]
     /// Exit after this long without a connection, in milliseconds, when serving listeners (`--exit-idle-time`).
     public var exitIdleTime: Int64?
     /// Connections relayed at once; nil derives it from the descriptor limit (`--max-connections`).

@@ -185,19 +185,29 @@ public enum Launcher {
             let address: SocketAddress
             do {
                 try Syscall.setNonBlocking(fd)
-                try Syscall.setConnectionOptions(fd, keepalive: configuration.relay.keepalive)
                 address = try Syscall.localAddress(fd)
             } catch {
                 throw StartupError(
                     ExitStatus.systemError, "the socket passed as descriptor \(fd) is unusable: \(error)")
             }
-            if name == MetricsServer.socketName {
+            let service =
+                name == MetricsServer.socketName
+                ? nil
+                : try serviceIndex(
+                    for: name, in: services, socket: name.map { "socket '\($0)'" } ?? address.description)
+            do {
+                // The sockets it accepts inherit these.
+                let keepalive = service.map { services[$0].options.keepalive } ?? configuration.relay.service.keepalive
+                try Syscall.setConnectionOptions(fd, keepalive: keepalive)
+            } catch {
+                throw StartupError(
+                    ExitStatus.systemError, "the socket passed as descriptor \(fd) is unusable: \(error)")
+            }
+            guard let service else {
                 // Never relayed: the metrics endpoint's own socket.
                 metricsSockets.append(ListeningSocket(fd: fd, address: address, service: -1, name: name))
                 continue
             }
-            let service = try serviceIndex(
-                for: name, in: services, socket: name.map { "socket '\($0)'" } ?? address.description)
             listeners.append(ListeningSocket(fd: fd, address: address, service: service, name: name))
         }
         if listeners.isEmpty && !descriptors.isEmpty {
@@ -304,7 +314,7 @@ public enum Launcher {
             for address in addresses {
                 listeners.append(
                     try Listener.open(
-                        address, dualStack: configuration.dualStack, keepalive: configuration.relay.keepalive,
+                        address, dualStack: configuration.dualStack, keepalive: services[service].options.keepalive,
                         loopbackCongestionControl: configuration.relay.loopbackCongestionControl,
                         service: service, name: local.name))
             }
@@ -399,7 +409,8 @@ public enum Launcher {
         return "; metrics on " + metrics.listeners.map(\.address.description).joined(separator: ", ")
     }
 
-    /// The services: one per name among the remotes, plus one for the unnamed remotes; each remote looked up now
+    /// The services: one per name among the remotes, plus one for the unnamed remotes, each with its per-connection
+    /// options (`Configuration.serviceOptions`, or the unnamed ones); each remote looked up now
     /// (a host name that does not resolve at start is an error), through `RemotePool.refresh`, as at every new
     /// lookup later.
     static func makeServices(_ configuration: Configuration) throws(StartupError) -> [Service] {
@@ -408,9 +419,9 @@ public enum Launcher {
         var services: [Service] = []
         for name in names {
             let endpoints = configuration.remotes.filter { $0.name == name }.map(\.endpoint)
+            let options = name.flatMap { configuration.serviceOptions[$0] } ?? configuration.relay.service
             let pool = RemotePool(
-                endpoints: endpoints, sources: configuration.relay.sources, backoff: configuration.relay.failoverBackoff
-            )
+                endpoints: endpoints, sources: options.sources, backoff: configuration.relay.failoverBackoff)
             for case .unresolved(let failure) in pool.refresh().problems {
                 let remote = configuration.remotes.first { $0.name == name && "\($0.endpoint)".hasPrefix(failure.host) }
                 throw StartupError(ExitStatus.noHost, "\(failure) (in --remote \(remote?.description ?? failure.host))")
@@ -419,7 +430,7 @@ public enum Launcher {
                 throw StartupError(
                     ExitStatus.usage, "no --remote address has the family of a --source address")
             }
-            services.append(Service(name: name, pool: pool))
+            services.append(Service(name: name, pool: pool, options: options))
         }
         return services
     }

@@ -31,8 +31,9 @@ enum LocalRemoteWarning {
     /// Logs the warning (warning level) when `configuration` relays `services` to this machine without PROXY
     /// protocol and the warning is not turned off.
     static func check(_ configuration: Configuration, _ services: [Service]) {
-        guard configuration.localRemoteWarning, configuration.relay.proxyProtocol == nil else { return }
-        let remotes = localRemotes(services, isOwnAddress: Syscall.isOwnAddress)
+        guard configuration.localRemoteWarning else { return }
+        let remotes = localRemotes(
+            services.filter { $0.options.proxyProtocol == nil }, isOwnAddress: Syscall.isOwnAddress)
         if let line = message(localRemotes: remotes) { Log.warning(line) }
     }
 }

@@ -84,12 +84,12 @@ extension OptionKey {
                     """)
         case .connectTimeout:
             entry(
-                "connect-timeout", .value, valueName: "seconds",
+                "connect-timeout", .repeatable, perService: true, valueName: "[name=]seconds",
                 help: "Time allowed for each connect to a remote address.",
                 manual: "Time allowed for each connect to a remote address, fractions allowed; default 10.")
         case .connectDeadline:
             entry(
-                "connect-deadline", .value, valueName: "seconds",
+                "connect-deadline", .repeatable, perService: true, valueName: "[name=]seconds",
                 help: "Time allowed to reach a remote, all addresses and failover included.",
                 manual: """
                     Time allowed to reach a remote, every address and failover included; then the client is reset. \
@@ -122,7 +122,7 @@ extension OptionKey {
                     """)
         case .maxConnectionsPerClient:
             entry(
-                "max-connections-per-client", .value, valueName: "count",
+                "max-connections-per-client", .repeatable, perService: true, valueName: "[name=]count",
                 help: """
                     Connections one client (an address block, see --client-prefix-length) may have open at once; more \
                     are reset before any connection to the remote. Default: no such limit.
@@ -139,7 +139,7 @@ extension OptionKey {
                     """)
         case .maxNewConnectionsPerClient:
             entry(
-                "max-new-connections-per-client", .value, valueName: "count/seconds",
+                "max-new-connections-per-client", .repeatable, perService: true, valueName: "[name=]count/seconds",
                 help: """
                     New connections one client may open: COUNT at once, then COUNT per SECONDS (a token bucket); more \
                     are reset before any connection to the remote. Default: no such limit.
@@ -152,7 +152,7 @@ extension OptionKey {
                     """)
         case .clientPrefixLength:
             entry(
-                "client-prefix-length", .value, valueName: "ipv4,ipv6",
+                "client-prefix-length", .repeatable, perService: true, valueName: "[name=]ipv4,ipv6",
                 help: """
                     The address block that counts as one client for the per-client limits: IPv4 and IPv6 prefix \
                     lengths (default 32,64). IPv4 clients of a dual-stack listener count as IPv4.
@@ -165,12 +165,12 @@ extension OptionKey {
                     """)
         case .idleTimeout:
             entry(
-                "idle-timeout", .value, valueName: "seconds",
+                "idle-timeout", .repeatable, perService: true, valueName: "[name=]seconds",
                 help: "Close a connection after this long with no bytes either way (default: never).",
                 manual: "Reset a connection that carried no byte either way for that long. Default: never.")
         case .keepalive:
             entry(
-                "keepalive", .value, valueName: "idle[,interval,count]",
+                "keepalive", .repeatable, perService: true, valueName: "[name=]idle[,interval,count]",
                 help: """
                     TCP keepalive on both sockets: idle seconds before probes, seconds between them, probes before the \
                     connection is dropped; or 'off'.
@@ -209,7 +209,7 @@ extension OptionKey {
                     """)
         case .proxyProtocol:
             entry(
-                "proxy-protocol", .value, valueName: "version",
+                "proxy-protocol", .repeatable, perService: true, valueName: "[name=]version",
                 help: "Send the remote a PROXY protocol header (v1 text, v2 binary) with the client's address first.",
                 manual: """
                     Send the remote a PROXY protocol header (`v1` text, `v2` binary) with the client's and the local \
@@ -218,7 +218,7 @@ extension OptionKey {
                     """)
         case .source:
             entry(
-                "source", .repeatable, valueName: "address",
+                "source", .repeatable, perService: true, valueName: "[name=]address",
                 help: "Connect to the remote from this address; one IPv4 and one IPv6 address at most.",
                 manual: """
                     Connect to the remote from this address (at most one IPv4 and one IPv6 address). Only remote \
@@ -227,7 +227,7 @@ extension OptionKey {
                     """)
         case .allow:
             entry(
-                "allow", .repeatable, valueName: "address/prefix",
+                "allow", .repeatable, perService: true, valueName: "[name=]address/prefix",
                 help: "Serve only clients in this block; repeatable.",
                 manual: """
                     Serve only clients in the allowed blocks; repeatable; IPv4 clients of a dual-stack listener are \
@@ -236,7 +236,7 @@ extension OptionKey {
                     """)
         case .deny:
             entry(
-                "deny", .repeatable, valueName: "address/prefix",
+                "deny", .repeatable, perService: true, valueName: "[name=]address/prefix",
                 help: "Refuse clients in this block; repeatable; wins over --allow.",
                 manual: """
                     Never serve clients in this block; repeatable; wins over `--allow`. Matched and refused as for \
@@ -289,7 +289,7 @@ extension OptionKey {
                     """)
         case .logConnections:
             entry(
-                "log-connections", .value, valueName: "yes|no",
+                "log-connections", .repeatable, perService: true, valueName: "[name=]yes|no",
                 help: """
                     Log a line for every finished connection ('no' for very busy relays; the figures are counted \
                     either way).
@@ -318,11 +318,12 @@ extension OptionKey {
     }
 
     private func entry(
-        _ name: StaticString, short: StaticString = "", _ kind: OptionDescription.Kind, valueName: StaticString,
-        help: StaticString, manual: StaticString
+        _ name: StaticString, short: StaticString = "", _ kind: OptionDescription.Kind, perService: Bool = false,
+        valueName: StaticString, help: StaticString, manual: StaticString
     ) -> OptionDescription {
         OptionDescription(
-            key: self, name: name, shortName: short, kind: kind, valueName: valueName, help: help, manual: manual)
+            key: self, name: name, shortName: short, kind: kind, perService: perService, valueName: valueName,
+            help: help, manual: manual)
     }
 }
 
@@ -355,6 +356,10 @@ public struct OptionDescription: Sendable {
     /// The one-letter name, without `-`, or empty.
     public let shortName: StaticString
     public let kind: Kind
+    /// The option may be given per service, `--proxy-protocol imap=v2`: a value with a service's name before '='
+    /// applies to that service's connections, one without to every service that has no value of its own. Such an
+    /// option is `.repeatable`.
+    public let perService: Bool
     /// What the value is, as the help shows it (`seconds`, `address:port`); empty for a flag.
     public let valueName: StaticString
     /// The line of `--help`.

@@ -49,27 +49,27 @@ public enum QuickCommandLine {
         case .pidfile: options.pidfile = value
         case .bufferSize: options.bufferSize = value
         case .pipeMemory: options.pipeMemory = value
-        case .connectTimeout: options.connectTimeout = value
-        case .connectDeadline: options.connectDeadline = value
+        case .connectTimeout: options.connectTimeout.append(value)
+        case .connectDeadline: options.connectDeadline.append(value)
         case .threads: options.threads = value
         case .exitIdleTime: options.exitIdleTime = value
         case .maxConnections: options.maxConnections = value
-        case .maxConnectionsPerClient: options.maxConnectionsPerClient = value
-        case .maxNewConnectionsPerClient: options.maxNewConnectionsPerClient = value
-        case .clientPrefixLength: options.clientPrefixLength = value
-        case .idleTimeout: options.idleTimeout = value
-        case .keepalive: options.keepalive = value
+        case .maxConnectionsPerClient: options.maxConnectionsPerClient.append(value)
+        case .maxNewConnectionsPerClient: options.maxNewConnectionsPerClient.append(value)
+        case .clientPrefixLength: options.clientPrefixLength.append(value)
+        case .idleTimeout: options.idleTimeout.append(value)
+        case .keepalive: options.keepalive.append(value)
         case .shutdownTimeout: options.shutdownTimeout = value
         case .user: options.user = value
         case .group: options.group = value
-        case .proxyProtocol: options.proxyProtocol = value
+        case .proxyProtocol: options.proxyProtocol.append(value)
         case .source: options.source.append(value)
         case .allow: options.allow.append(value)
         case .deny: options.deny.append(value)
         case .resolveInterval: options.resolveInterval = value
         case .loopbackCongestionControl: options.loopbackCongestionControl = value
         case .metrics: options.metrics = value
-        case .logConnections: options.logConnections = value
+        case .logConnections: options.logConnections.append(value)
         case .noProxyWarning: options.noProxyWarning = true
         case .dualStack: options.dualStack = true
         case .foreground: options.foreground = true
