@@ -1,3 +1,4 @@
+import CLinux
 import Glibc
 
 // The one place where tcp-crossover calls libc. Every function makes one call, retries it on EINTR where that is
