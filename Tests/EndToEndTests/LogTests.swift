@@ -71,6 +71,62 @@ import Testing
         #expect(log.text.contains("stopped: "), "\(log.text.suffix(500))")
     }
 
+    /// A turn that ends thousands of connections at once (the relay is stopped with SIGSTOP while 8,000 clients
+    /// close, then continued: its event loop then takes up to 4,096 ends per turn) writes every line to a log that
+    /// keeps up (a file): the lines reach the log writer in parts, so that none is dropped for want of room in its
+    /// queue. (Before, a turn handed on its lines in one piece, larger than the queue: 1,669 of 8,000 dropped.)
+    @Test func burstOfEndedConnections_toALogThatKeepsUp_losesNoLine() throws {
+        let echo = testBuildDirectory.appendingPathComponent("tcx-test-echo").path
+        let directory = TemporaryDirectory()
+        let process = try ChildProcess(
+            "/usr/bin/python3", ["-c", Self.burstScript, relayBinary, echo, "\(directory.path)/relay.log", "8000"])
+        #expect(process.waitForExit(timeout: 120) == 0, "\(process.standardOutput)\(process.standardError)")
+        #expect(process.standardOutput.contains("connection lines 8000, dropped none"), "\(process.standardOutput)")
+    }
+
+    /// Run by `burstOfEndedConnections_…`: RELAY ECHO-SERVER LOG-FILE COUNT.
+    static let burstScript = #"""
+        import resource, signal, socket, subprocess, sys, time
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        relay_binary, echo, log_path, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+        server = subprocess.Popen([echo], stdout=subprocess.PIPE, text=True)
+        port = int(server.stdout.readline().strip().rsplit(":", 1)[1])
+        log = open(log_path, "w")
+        relay = subprocess.Popen(
+            [relay_binary, "--local", "127.0.0.1:0", "--remote", "127.0.0.1:%d" % port, "--foreground", "--threads", "1",
+             "--no-proxy-warning"], stderr=log)
+        try:
+            line = ""
+            for _ in range(1000):
+                line = next((l for l in open(log_path) if "listening on 127.0.0.1:" in l), "")
+                if line:
+                    break
+                time.sleep(0.01)
+            relay_port = int(line.split("listening on 127.0.0.1:")[1].split()[0].strip(","))
+            clients = [socket.create_connection(("127.0.0.1", relay_port), timeout=10) for _ in range(count)]
+            time.sleep(1)
+            relay.send_signal(signal.SIGSTOP)
+            for client in clients:
+                client.close()
+            time.sleep(0.5)
+            relay.send_signal(signal.SIGCONT)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                text = open(log_path).read()
+                if text.count(" bytes up, ") + sum(int(l.split()[0]) for l in text.splitlines()
+                                                   if l.endswith(" log lines dropped")) >= count:
+                    break
+                time.sleep(0.1)
+        finally:
+            relay.terminate()
+            relay.wait(10)
+            server.terminate()
+        text = open(log_path).read()
+        dropped = [l for l in text.splitlines() if l.endswith("log lines dropped")]
+        print("connection lines %d, dropped %s" % (text.count(" bytes up, "), ", ".join(dropped) or "none"))
+        """#
+
     /// At exit the relay waits a bounded time for a log that takes nothing, then exits without the lines still
     /// queued.
     @Test func foregroundRelay_whoseStandardErrorNobodyReads_stillStopsOnSIGTERM() throws {

@@ -137,7 +137,15 @@ struct LogBatch {
         build(&pending)
         pending.append("\n")
         lines += 1
+        // A turn that ends thousands of connections (a load generator closing them all at once) hands its lines on
+        // in parts, so that the log writer starts on them at once (`LogQueue.gatherBytes`) rather than getting more
+        // than the queue holds in one piece, which it would have to drop however fast the log is.
+        if pending.bytes.count >= Self.partBytes { flush() }
     }
+
+    /// The size of the parts a turn's lines are handed on in: a quarter of what the log writer gathers before it
+    /// writes at once.
+    static let partBytes = LogQueue.gatherBytes / 4
 
     /// Hands on the lines added since the last flush (see `Log.emit`).
     mutating func flush() {
