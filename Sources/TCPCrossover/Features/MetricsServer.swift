@@ -156,22 +156,13 @@ public final class MetricsServer: @unchecked Sendable {
     /// socket allows; true when it is done with (answered and closed, gone, or failed).
     private func progress(_ scraper: inout Scraper, source: Source, buffer: inout [UInt8]) -> Bool {
         if scraper.draining {
-            while true {
-                let result = buffer.withUnsafeMutableBytes { room in
-                    Result { () throws(Errno) in try Syscall.receive(scraper.fd, into: room) }
-                }
-                guard case .success(let outcome) = result else { return true }
-                guard case .processed(let count) = outcome else { return false }
+            while let count = Self.receive(scraper.fd, into: &buffer) {
                 if count == 0 { return true }
             }
+            return false
         }
         if scraper.response == nil {
-            while true {
-                let result = buffer.withUnsafeMutableBytes { room in
-                    Result { () throws(Errno) in try Syscall.receive(scraper.fd, into: room) }
-                }
-                guard case .success(let outcome) = result else { return true }
-                guard case .processed(let count) = outcome else { return false }
+            while let count = Self.receive(scraper.fd, into: &buffer) {
                 if count == 0 { return true }
                 scraper.request += buffer[0..<count]
                 let head = HTTPRequestHead(parsing: scraper.request, limit: Self.requestLimit)
@@ -195,6 +186,17 @@ public final class MetricsServer: @unchecked Sendable {
         }
         scraper.draining = true
         return (try? Syscall.shutdownWrite(scraper.fd)) == nil
+    }
+
+    /// One non-blocking receive from a scraper into `buffer`: the bytes received, 0 when the scraper closed or its
+    /// socket failed (it is done with), nil when nothing waits.
+    private static func receive(_ fd: CInt, into buffer: inout [UInt8]) -> Int? {
+        let result = buffer.withUnsafeMutableBytes { room in
+            Result { () throws(Errno) in try Syscall.receive(fd, into: room) }
+        }
+        guard case .success(let outcome) = result else { return 0 }
+        guard case .processed(let count) = outcome else { return nil }
+        return count
     }
 }
 
