@@ -76,8 +76,12 @@ import Testing
         let used = Self.cpuSeconds(process.pid) - before
         #expect(used < 0.5, "\(used) s of CPU in 2 s while out of descriptors")
         #expect(process.exitStatus() == nil)
-        let episodes = process.standardError.components(separatedBy: "accepting pauses").count - 1
-        #expect(episodes == 1, "\(episodes) log lines for one exhaustion episode")
+        // One line per episode, not per failed accept: a second episode is one only if the first was logged as over
+        // (a connection got its two descriptors in between, which 40 descriptors now and then allow).
+        let pauses = process.standardError.components(separatedBy: "accepting pauses").count - 1
+        let recoveries = process.standardError.components(separatedBy: "descriptors are available again").count - 1
+        #expect(
+            pauses == recoveries + 1, "\(pauses) pause lines for \(recoveries) recoveries: \(process.standardError)")
         // The held clients leave; a new one is served.
         for socket in held { socket.close() }
         held.removeAll()
