@@ -543,6 +543,54 @@ import Testing
         #expect(relay.process.exitStatus() == nil)
     }
 
+    /// An honest client that reads as fast as the server sends earns the largest pipe (`--bs 64k` here), and the
+    /// relay's socket towards the server on this machine gets a receive buffer of the pipe's size, no more (at least
+    /// 64 KiB, which the kernel doubles): the pipe is the relay's buffer. A larger one only queues in the relay what
+    /// the server's own send buffer would hold, and once stalled clients take the machine past tcp_mem's pressure
+    /// threshold, a socket holding more than its share of TCP memory has arriving segments dropped (issue 15: with 4
+    /// times a 1 MiB pipe, 8 MiB, an honest download beside 500 stalled clients lost hundreds of segments where
+    /// HAProxy's autotuned 0.5 MiB lost none). Read with `ss -tm` (rb) while the download runs.
+    @Test func relay_toAServerOnThisMachine_givesAFastFlowAReceiveBufferOfItsPipeNoMore() throws {
+        let backend = try TestServer { connection in
+            let block = testBytes(1 << 20, seed: 5)
+            connection.setTimeout(20)
+            while (try? connection.send(block)) != nil {}
+        }
+        let relay = try Relay(remote: backend.address, ["--bs", "64k"])
+        let client = try TestSocket.connect(to: relay.address)
+        client.setTimeout(20)
+        // 16 KiB to 64 KiB takes 64 times 16 KiB, then 64 times 32 KiB, through a full pipe: 3 MiB. 32 MiB is ample.
+        var received = 0
+        while received < 32 << 20 {
+            let chunk = try client.receive(upTo: 1 << 20)
+            try #require(!chunk.isEmpty, "the download ended after \(received) bytes")
+            received += chunk.count
+        }
+        // The client stops reading here, so the flow's pipe fills (the relay's standard output and error are pipes
+        // of 64 KiB too, empty).
+        var pipes: [RelayPipe] = []
+        let filled = eventually(timeout: 10) {
+            pipes = relayPipes(of: relay.process.pid).filter { $0.bytes > 0 }
+            return !pipes.isEmpty
+        }
+        let largestPipe = pipes.map(\.capacity).max() ?? 0
+        #expect(filled && largestPipe == 64 << 10, "the honest flow's pipe: \(pipes)")
+        let ss = try ChildProcess(
+            "/usr/bin/ss", ["-tmnHO", "state", "established", "dport = :\(backend.address.port)"])
+        #expect(ss.waitForExit(timeout: 10) == 0)
+        let receiveBuffers = ss.standardOutput.split(separator: "\n").compactMap { line -> Int? in
+            guard let range = line.range(of: "rb") else { return nil }
+            return Int(line[range.upperBound...].prefix { $0.isNumber })
+        }
+        #expect(receiveBuffers.count == 1, "\(ss.standardOutput)")
+        // SO_RCVBUF of max(64 KiB, the pipe), which the kernel doubles: 128 KiB (4 times the pipe gave 512 KiB, or
+        // net.core.rmem_max's cap, doubled).
+        #expect(
+            receiveBuffers.allSatisfy { $0 <= 2 * max(64 << 10, largestPipe) },
+            "the relay's socket towards the server: \(ss.standardOutput)")
+        #expect(relay.process.exitStatus() == nil)
+    }
+
     /// The relay's sockets whose peer is on this machine use reno, which does not pace; the others keep the
     /// system's congestion control. In a network namespace of its own, whose default is made an algorithm other than
     /// reno, whose loopback interface also carries 192.0.2.1 (an address of this machine that is not a loopback one)

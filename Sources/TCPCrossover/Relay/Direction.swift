@@ -62,7 +62,7 @@ public enum PumpOutcome: Equatable, Sendable {
 ///
 /// What a splicing direction holds is bounded by what its flow has earned, so that a destination that stops reading
 /// (a client that never reads what the server sends) pins little: the pipe starts small, and a source on this
-/// machine (`boundsSourceBuffer`) has its receive buffer (SO_RCVBUF) limited to `receiveBufferPerPipe` times the
+/// machine (`boundsSourceBuffer`) has its receive buffer (SO_RCVBUF) limited to `receiveBuffer(forPipe:)` of the
 /// earned size from the moment the direction starts splicing, so that the kernel's autotuning does not grow it to
 /// tcp_rmem's maximum and the server's data waits in the server's send buffer, not in the relay's. A source
 /// elsewhere keeps autotuning: over a long round trip the window, not the pipe, sets the pace, and a limited window
@@ -131,10 +131,21 @@ public struct Direction {
     /// or 32 KiB. A destination that keeps saying it is full (a slow reader, or the machine short of TCP memory) does
     /// not stop the growth: it still drains the pipe, and a fresh connection must reach its speed under load too.
     public static let growthSpan = 64
-    /// The source's receive buffer, in earned pipe capacities (the kernel doubles the figure for its bookkeeping):
-    /// 4 times a 16 KiB pipe is the kernel's default (tcp_rmem's middle value), 4 times 1 MiB is rmem_max's usual
-    /// cap.
-    public static let receiveBufferPerPipe = 4
+    /// The source's receive buffer, in earned pipe capacities (the kernel doubles the figure for its bookkeeping),
+    /// and no less than `smallestReceiveBuffer`: the pipe is the relay's buffer, and the receive buffer only has to
+    /// keep it fed from a server on this machine, a round trip of microseconds. More lets the server queue in the relay
+    /// what its own send buffer would hold, and once the machine is past tcp_mem's pressure threshold, a socket that
+    /// holds more than its share (tcp_mem's hard limit over the number of TCP sockets) has arriving data dropped: with
+    /// 4 times a 1 MiB pipe (8 MiB for the kernel), an honest download beside 500 clients that stopped reading had
+    /// hundreds of drops and retransmissions from its server (TCPRcvQDrop), where HAProxy's autotuned 0.5 MiB had none.
+    public static let receiveBufferPerPipe = 1
+    /// The least receive buffer a splicing direction gives a source on this machine: tcp_rmem's default (128 KiB,
+    /// asked for as 64 KiB), what a fresh connection has.
+    public static let smallestReceiveBuffer = 64 << 10
+    /// The receive buffer (SO_RCVBUF) of a source on this machine whose pipe has earned `capacity`.
+    public static func receiveBuffer(forPipe capacity: Int) -> Int {
+        max(smallestReceiveBuffer, receiveBufferPerPipe * capacity)
+    }
     /// What may wait unsent in the destination's socket, in earned pipe capacities: 64 KiB for a 16 KiB pipe, 4 MiB
     /// (tcp_wmem's usual maximum, so no limit) for 1 MiB.
     public static let unsentPerPipe = 4
@@ -404,7 +415,7 @@ public struct Direction {
             unsentLimit = unsent
         }
         guard boundsSourceBuffer else { return }
-        let wanted = Self.receiveBufferPerPipe * earnedPipeCapacity
+        let wanted = Self.receiveBuffer(forPipe: earnedPipeCapacity)
         guard wanted != receiveBufferLimit else { return }
         io.limitReceiveBuffer(source, to: wanted)
         receiveBufferLimit = wanted
