@@ -104,6 +104,9 @@ struct TCPCrossoverCommand: ParsableCommand {
     @Option(name: .table(.loopbackCongestionControl), help: .table(.loopbackCongestionControl))
     var loopbackCongestionControl: String = Options.defaults.loopbackCongestionControl
 
+    @Option(name: .table(.loopbackMSS), help: .table(.loopbackMSS))
+    var loopbackMSS: String = Options.defaults.loopbackMSS
+
     @Flag(name: .table(.noProxyWarning), help: .table(.noProxyWarning))
     var noProxyWarning = false
 
@@ -127,7 +130,8 @@ struct TCPCrossoverCommand: ParsableCommand {
             idleTimeout: idleTimeout,
             keepalive: keepalive, shutdownTimeout: shutdownTimeout, user: user, group: group,
             proxyProtocol: proxyProtocol, source: source, allow: allow, deny: deny, resolveInterval: resolveInterval,
-            loopbackCongestionControl: loopbackCongestionControl, noProxyWarning: noProxyWarning, metrics: metrics,
+            loopbackCongestionControl: loopbackCongestionControl, loopbackMSS: loopbackMSS,
+            noProxyWarning: noProxyWarning, metrics: metrics,
             logConnections: logConnections)
     }
 

@@ -143,6 +143,10 @@ import Testing
                 arguments: ["--loopback-congestion-control", "system"],
                 change: { $0.relay.loopbackCongestionControl = nil },
                 invalid: ["--loopback-congestion-control", "no such"])
+        case .loopbackMSS:
+            return Behaviour(
+                arguments: ["--loopback-mss", "system"], change: { $0.relay.loopbackMSS = nil },
+                invalid: ["--loopback-mss", "535"])
         case .noProxyWarning:
             return Behaviour(
                 arguments: ["--no-proxy-warning"], change: { $0.localRemoteWarning = false },

@@ -591,6 +591,39 @@ import Testing
         #expect(relay.process.exitStatus() == nil)
     }
 
+    /// The relay announces a segment size of 4096 (`--loopback-mss`) to a server on this machine when connecting
+    /// (TCP_MAXSEG), so the server's socket sends segments of at most that size (and sizes its send buffer by it);
+    /// `--loopback-mss system` leaves the loopback interface's (some 64 KiB). Read from the server's side with `ss -ti`
+    /// (mss).
+    @Test func loopbackMSS_isTheSegmentSizeOfTheServersSocket() throws {
+        func serverSegmentSize(_ arguments: [String]) throws -> Int {
+            let backend = try TestServer { connection in
+                connection.setTimeout(10)
+                _ = try? connection.receive(upTo: 1)
+            }
+            let relay = try Relay(remote: backend.address, arguments)
+            let client = try TestSocket.connect(to: relay.address)
+            var output = ""
+            var segment = 0
+            _ = eventually(timeout: 10) {
+                guard let ss = try? ChildProcess(
+                    "/usr/bin/ss", ["-tinHO", "state", "established", "sport = :\(backend.address.port)"]),
+                    ss.waitForExit(timeout: 10) == 0
+                else { return false }
+                output = ss.standardOutput
+                guard let range = output.range(of: " mss:") else { return false }
+                segment = Int(output[range.upperBound...].prefix { $0.isNumber }) ?? 0
+                return segment > 0
+            }
+            withExtendedLifetime(client) {}
+            #expect(segment > 0, "the server's socket: \(output)")
+            return segment
+        }
+        #expect(try serverSegmentSize([]) <= 4096)
+        #expect(try serverSegmentSize(["--loopback-mss", "1200"]) <= 1200)
+        #expect(try serverSegmentSize(["--loopback-mss", "system"]) > 16384)
+    }
+
     /// The relay's sockets whose peer is on this machine use reno, which does not pace; the others keep the
     /// system's congestion control. In a network namespace of its own, whose default is made an algorithm other than
     /// reno, whose loopback interface also carries 192.0.2.1 (an address of this machine that is not a loopback one)

@@ -130,7 +130,11 @@ extension EventLoop {
             // Nil for a remote that is not a loopback address and was not looked at lately: the connect below
             // tells whether it is this machine's own.
             let onThisMachine = address.isLoopback ? true : ownAddresses.isOnThisMachine(address, now: now)
-            if onThisMachine == true { useLoopbackCongestionControl(fd) }
+            if onThisMachine == true {
+                useLoopbackCongestionControl(fd)
+                // Announced in the SYN: a server whose address was not known to be this machine's keeps its own.
+                if let segment = engine.options.loopbackMSS { Syscall.limitSegmentSize(fd, segment) }
+            }
             if connection.firstBytesHeld { try Syscall.setQuickAck(fd, false) }
             if let source {
                 operation = .bind

@@ -40,6 +40,7 @@ public struct Options: Equatable, Sendable {
     public var deny: [String]
     public var resolveInterval: String
     public var loopbackCongestionControl: String
+    public var loopbackMSS: String
     public var metrics: String?
     public var logConnections: [String]
 
@@ -53,7 +54,7 @@ public struct Options: Equatable, Sendable {
         maxNewConnectionsPerClient: [String] = [], clientPrefixLength: [String] = [], idleTimeout: [String] = [],
         keepalive: [String] = [], shutdownTimeout: String = "10", user: String? = nil, group: String? = nil,
         proxyProtocol: [String] = [], source: [String] = [], allow: [String] = [], deny: [String] = [],
-        resolveInterval: String = "60", loopbackCongestionControl: String = "reno",
+        resolveInterval: String = "60", loopbackCongestionControl: String = "reno", loopbackMSS: String = "4096",
         noProxyWarning: Bool = false, metrics: String? = nil, logConnections: [String] = []
     ) {
         self.local = local
@@ -83,6 +84,7 @@ public struct Options: Equatable, Sendable {
         self.deny = deny
         self.resolveInterval = resolveInterval
         self.loopbackCongestionControl = loopbackCongestionControl
+        self.loopbackMSS = loopbackMSS
         self.noProxyWarning = noProxyWarning
         self.metrics = metrics
         self.logConnections = logConnections
@@ -125,6 +127,14 @@ public struct Options: Equatable, Sendable {
         configuration.relay.resolveInterval = try milliseconds(
             resolveInterval, option: "--resolve-interval", zero: true)
         configuration.relay.loopbackCongestionControl = try congestionControl(loopbackCongestionControl)
+        if loopbackMSS == "system" {
+            configuration.relay.loopbackMSS = nil
+        } else {
+            guard let segment = Int(loopbackMSS), (536...65495).contains(segment) else {
+                throw OptionError("--loopback-mss '\(loopbackMSS)' is out of range; expected 536 to 65495, or system")
+            }
+            configuration.relay.loopbackMSS = segment
+        }
         configuration.localRemoteWarning = !noProxyWarning
         configuration.metrics = try metrics.map { text in
             do {

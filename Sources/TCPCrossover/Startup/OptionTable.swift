@@ -265,6 +265,23 @@ extension OptionKey {
                     one of `tcp_allowed_congestion_control`), or `system` to leave them the system's. A name the \
                     kernel does not have, or does not allow, stops the start with status 64.
                     """)
+        case .loopbackMSS:
+            entry(
+                "loopback-mss", .value, valueName: "bytes",
+                help: """
+                    Largest segment a server on this machine may send the relay, 536 to 65495, or 'system' for the \
+                    loopback interface's (faster bulk downloads). Default 4096.
+                    """,
+                manual: """
+                    The largest segment (TCP_MAXSEG, announced when connecting) that a server on this machine (a \
+                    loopback address, or the machine's own, once seen) may send the relay: 536 to 65495, default \
+                    4096, or `system` for the loopback interface's (some 64 KiB). A server's send buffer grows with \
+                    its segment size: writing to 500 clients that stopped reading, a server on this machine held \
+                    1.55 GiB at 64 KiB and 0.84 GiB at 4096, which kept the machine below the TCP memory pressure \
+                    that slows every connection on it (docs/OPERATIONS.md: Clients that stop reading). `system` \
+                    gives bulk downloads from such a server some 20 % more rate, and 1 MiB responses some 30 % less \
+                    relay CPU, at that risk.
+                    """)
         case .noProxyWarning:
             entry(
                 "no-proxy-warning", .flag, valueName: "",
@@ -335,7 +352,8 @@ public enum OptionKey: UInt8, CaseIterable, Sendable {
     case local, remote, pidfile, bufferSize, pipeMemory, connectTimeout, connectDeadline, threads, exitIdleTime
     case maxConnections, maxConnectionsPerClient, maxNewConnectionsPerClient, clientPrefixLength, idleTimeout
     case keepalive, shutdownTimeout, user, group, proxyProtocol, source, allow, deny, resolveInterval
-    case loopbackCongestionControl, noProxyWarning, metrics, logConnections, dualStack, foreground, debug
+    case loopbackCongestionControl, loopbackMSS, noProxyWarning, metrics, logConnections, dualStack, foreground
+    case debug
 }
 
 /// One option of the command line, as `optionTable` lists it.

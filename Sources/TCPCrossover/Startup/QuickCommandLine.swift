@@ -68,6 +68,7 @@ public enum QuickCommandLine {
         case .deny: options.deny.append(value)
         case .resolveInterval: options.resolveInterval = value
         case .loopbackCongestionControl: options.loopbackCongestionControl = value
+        case .loopbackMSS: options.loopbackMSS = value
         case .metrics: options.metrics = value
         case .logConnections: options.logConnections.append(value)
         case .noProxyWarning: options.noProxyWarning = true

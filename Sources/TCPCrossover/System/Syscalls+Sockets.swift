@@ -61,6 +61,13 @@ extension Syscall {
         if result != 0 { throw Errno.current }
     }
 
+    /// setsockopt(2) TCP_MAXSEG before connect(2): the largest segment the peer may send, announced in the SYN (the
+    /// kernel takes the smaller of it and the route's). Errors are ignored: the socket keeps the interface's.
+    static func limitSegmentSize(_ fd: CInt, _ bytes: Int) {
+        var value = CInt(clamping: bytes)
+        _ = Glibc.setsockopt(fd, CInt(IPPROTO_TCP), TCP_MAXSEG, &value, socklen_t(MemoryLayout<CInt>.size))
+    }
+
     /// setsockopt(2) TCP_QUICKACK: off, the socket delays its ACKs to send them with data (set before connect(2),
     /// the handshake's last ACK waits for the first bytes); on, it acknowledges at once again.
     static func setQuickAck(_ fd: CInt, _ on: Bool) throws(Errno) {
