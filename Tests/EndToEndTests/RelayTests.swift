@@ -606,8 +606,9 @@ import Testing
             var output = ""
             var segment = 0
             _ = eventually(timeout: 10) {
-                guard let ss = try? ChildProcess(
-                    "/usr/bin/ss", ["-tinHO", "state", "established", "sport = :\(backend.address.port)"]),
+                guard
+                    let ss = try? ChildProcess(
+                        "/usr/bin/ss", ["-tinHO", "state", "established", "sport = :\(backend.address.port)"]),
                     ss.waitForExit(timeout: 10) == 0
                 else { return false }
                 output = ss.standardOutput
