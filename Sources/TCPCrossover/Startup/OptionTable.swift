@@ -279,8 +279,8 @@ extension OptionKey {
                     its segment size: writing to 500 clients that stopped reading, a server on this machine held \
                     1.55 GiB at 64 KiB and 0.84 GiB at 4096, which kept the machine below the TCP memory pressure \
                     that slows every connection on it (docs/OPERATIONS.md: Clients that stop reading). `system` \
-                    gives bulk downloads from such a server some 20 % more rate, and 1 MiB responses some 30 % less \
-                    relay CPU, at that risk.
+                    gives bulk downloads from such a server some 20 % more rate, and new connections that fetch 1 MiB \
+                    a third more, at that risk.
                     """)
         case .noProxyWarning:
             entry(
