@@ -518,27 +518,18 @@ import Testing
         // The relay's standard output and error are pipes of 64 KiB too.
         #expect(largestPipe > 0 && largestPipe <= 64 << 10, "pipes of a client that never read: \(previous)")
 
-        let ss = try ChildProcess(
-            "/usr/bin/ss", ["-tmnHO", "state", "established", "dport = :\(backend.address.port)"])
-        #expect(ss.waitForExit(timeout: 10) == 0)
-        let receiveBuffers = ss.standardOutput.split(separator: "\n").compactMap { line -> Int? in
-            guard let range = line.range(of: "rb") else { return nil }
-            return Int(line[range.upperBound...].prefix { $0.isNumber })
-        }
-        #expect(receiveBuffers.count == clients.count, "\(ss.standardOutput)")
-        // 4 times a pipe of 64 KiB at most, which the kernel doubles.
+        let (receiveBuffers, ss) = try socketField("rb", details: "m", filter: "dport = :\(backend.address.port)")
+        #expect(receiveBuffers.count == clients.count, "\(ss)")
+        // 4 times a pipe of 64 KiB at most, which the kernel doubles (the receive buffer now follows the pipe 1 to 1,
+        // at least 64 KiB: 128 KiB here).
         #expect(
             receiveBuffers.allSatisfy { $0 <= 512 << 10 },
-            "the relay's sockets towards the server: \(ss.standardOutput)")
+            "the relay's sockets towards the server: \(ss)")
         // The relay's sockets towards the clients hold what is in flight (the clients' windows) and little unsent.
-        let towardsClients = try ChildProcess(
-            "/usr/bin/ss", ["-tinHO", "state", "established", "sport = :\(relay.address.port)"])
-        #expect(towardsClients.waitForExit(timeout: 10) == 0)
-        let unsent = towardsClients.standardOutput.split(separator: "\n").compactMap { line -> Int? in
-            guard let range = line.range(of: "notsent:") else { return 0 }
-            return Int(line[range.upperBound...].prefix { $0.isNumber })
-        }
-        #expect(unsent.count == clients.count, "\(towardsClients.standardOutput)")
+        // A socket with nothing unsent has no notsent field.
+        let (unsent, towardsClients) = try socketField(
+            "notsent:", details: "i", filter: "sport = :\(relay.address.port)", absent: 0)
+        #expect(unsent.count == clients.count, "\(towardsClients)")
         #expect(unsent.allSatisfy { $0 <= 512 << 10 }, "the relay's sockets towards the clients: \(unsent)")
         #expect(relay.process.exitStatus() == nil)
     }
@@ -575,19 +566,13 @@ import Testing
         }
         let largestPipe = pipes.map(\.capacity).max() ?? 0
         #expect(filled && largestPipe == 64 << 10, "the honest flow's pipe: \(pipes)")
-        let ss = try ChildProcess(
-            "/usr/bin/ss", ["-tmnHO", "state", "established", "dport = :\(backend.address.port)"])
-        #expect(ss.waitForExit(timeout: 10) == 0)
-        let receiveBuffers = ss.standardOutput.split(separator: "\n").compactMap { line -> Int? in
-            guard let range = line.range(of: "rb") else { return nil }
-            return Int(line[range.upperBound...].prefix { $0.isNumber })
-        }
-        #expect(receiveBuffers.count == 1, "\(ss.standardOutput)")
+        let (receiveBuffers, ss) = try socketField("rb", details: "m", filter: "dport = :\(backend.address.port)")
+        #expect(receiveBuffers.count == 1, "\(ss)")
         // SO_RCVBUF of max(64 KiB, the pipe), which the kernel doubles: 128 KiB (4 times the pipe gave 512 KiB, or
         // net.core.rmem_max's cap, doubled).
         #expect(
             receiveBuffers.allSatisfy { $0 <= 2 * max(64 << 10, largestPipe) },
-            "the relay's socket towards the server: \(ss.standardOutput)")
+            "the relay's socket towards the server: \(ss)")
         #expect(relay.process.exitStatus() == nil)
     }
 
@@ -606,14 +591,10 @@ import Testing
             var output = ""
             var segment = 0
             _ = eventually(timeout: 10) {
-                guard
-                    let ss = try? ChildProcess(
-                        "/usr/bin/ss", ["-tinHO", "state", "established", "sport = :\(backend.address.port)"]),
-                    ss.waitForExit(timeout: 10) == 0
+                guard let ss = try? socketField(" mss:", details: "i", filter: "sport = :\(backend.address.port)")
                 else { return false }
-                output = ss.standardOutput
-                guard let range = output.range(of: " mss:") else { return false }
-                segment = Int(output[range.upperBound...].prefix { $0.isNumber }) ?? 0
+                output = ss.output
+                segment = ss.values.first ?? 0
                 return segment > 0
             }
             withExtendedLifetime(client) {}
@@ -832,6 +813,21 @@ struct RelayPipe: Equatable, CustomStringConvertible {
     let bytes: Int
 
     var description: String { "\(bytes) of \(capacity) bytes" }
+}
+
+/// What `ss` lists of the established TCP sockets that `filter` selects (`dport = :PORT`), a line each, with the
+/// `details` asked for (`m` skmem, `i` TCP_INFO): per line the number after `field` (`rb`, `notsent:`, ` mss:`), or
+/// `absent` for a line without it (nil leaves the line out), and ss's whole output for messages.
+func socketField(
+    _ field: String, details: String, filter: String, absent: Int? = nil
+) throws -> (values: [Int], output: String) {
+    let ss = try ChildProcess("/usr/bin/ss", ["-t\(details)nHO", "state", "established", filter])
+    #expect(ss.waitForExit(timeout: 10) == 0)
+    let values = ss.standardOutput.split(separator: "\n").compactMap { line -> Int? in
+        guard let range = line.range(of: field) else { return absent }
+        return Int(line[range.upperBound...].prefix { $0.isNumber })
+    }
+    return (values, ss.standardOutput)
 }
 
 /// The pipes a process holds, each once (a pipe has two descriptors), opened again through /proc/PID/fd.
