@@ -6,9 +6,9 @@ import Testing
 /// not read) delays log lines or drops them, counted, and never holds up relaying.
 @Suite struct LogTests {
     /// Makes `count` connections to `address` from four threads, each sending its number and reading it back; how
-    /// many came back whole. A thread stops at its first failure, so a relay that stalls costs one timeout per
-    /// thread, not one per connection.
-    static func exchanges(_ count: Int, to address: TestAddress) -> Int {
+    /// many came back whole, and what the first failure was. A thread stops at its first failure, so a relay that
+    /// stalls costs one timeout per thread, not one per connection.
+    static func exchanges(_ count: Int, to address: TestAddress) -> (relayed: Int, firstFailure: String) {
         let results = Results()
         let threads = 4
         let deadline = Date().addingTimeInterval(300)
@@ -16,21 +16,26 @@ import Testing
             for index in stride(from: thread, to: count, by: threads) {
                 do {
                     guard Date() < deadline else { throw TestFailure(message: "out of time") }
-                    let connection = try TestSocket.connect(to: address, timeout: 10)
+                    // Generous: on a loaded 2-core CI machine one exchange of 2,000 once took more than 10 s. A relay that
+                    // stalls still fails the test, a timeout per thread.
+                    let connection = try TestSocket.connect(to: address, timeout: 30)
                     let payload = Array("\(index)".utf8)
                     try connection.send(payload)
                     try connection.shutdownWrite()
-                    let echoed = try connection.receiveAll() == payload
-                    results.record(echoed)
-                    if !echoed { return }
+                    let echoed = try connection.receiveAll()
+                    guard echoed == payload else {
+                        results.record(failure: "connection \(index): \(echoed.count) bytes back for \(payload.count)")
+                        return
+                    }
+                    results.record(true)
                 } catch {
-                    results.record(false)
+                    results.record(failure: "connection \(index): \(error)")
                     return
                 }
             }
         }
         group.wait()
-        return results.successes
+        return (results.successes, results.firstFailure)
     }
 
     /// Connections per test: with lines of about 100 bytes, 8,000 are more than a 64 KiB pipe, the relay's log
@@ -56,8 +61,8 @@ import Testing
             UInt16(log.text.components(separatedBy: "listening on [::1]:")[1].prefix(while: \.isNumber)))
 
         // Nobody reads standard error until every connection is done.
-        let relayed = Self.exchanges(Self.manyConnections, to: .ipv6("::1", port))
-        #expect(relayed == Self.manyConnections)
+        let (relayed, failure) = Self.exchanges(Self.manyConnections, to: .ipv6("::1", port))
+        #expect(relayed == Self.manyConnections, "first failure: \(failure)")
 
         // Read again: the queued lines arrive, then the count of those that were dropped.
         _ = log.read(timeout: 30) { $0.connectionLines + $0.droppedLines >= relayed }
@@ -144,8 +149,8 @@ import Testing
         let port = try #require(
             UInt16(log.text.components(separatedBy: "listening on [::1]:")[1].prefix(while: \.isNumber)))
         // About 200 KB of lines: more than the pipe holds.
-        let relayed = Self.exchanges(Self.someConnections, to: .ipv6("::1", port))
-        #expect(relayed == Self.someConnections)
+        let (relayed, failure) = Self.exchanges(Self.someConnections, to: .ipv6("::1", port))
+        #expect(relayed == Self.someConnections, "first failure: \(failure)")
 
         process.kill(signal: SIGTERM)
         #expect(process.waitForExit(timeout: 30) == 0)
@@ -181,8 +186,8 @@ import Testing
         let pid = try #require(readWholeFile(pidfile).flatMap { pid_t($0.prefix(while: \.isNumber)) })
         defer { Glibc.kill(pid, SIGKILL) }
 
-        let relayed = Self.exchanges(Self.someConnections, to: .ipv6("::1", port))
-        #expect(relayed == Self.someConnections)
+        let (relayed, failure) = Self.exchanges(Self.someConnections, to: .ipv6("::1", port))
+        #expect(relayed == Self.someConnections, "first failure: \(failure)")
 
         _ = log.read(timeout: 30) { $0.connectionLines + $0.droppedLines >= relayed }
         Glibc.kill(pid, SIGTERM)
@@ -215,8 +220,8 @@ import Testing
         let port = try #require(
             UInt16(log.text.components(separatedBy: "listening on [::1]:")[1].prefix(while: \.isNumber)))
 
-        let relayed = Self.exchanges(Self.someConnections, to: .ipv6("::1", port))
-        #expect(relayed == Self.someConnections)
+        let (relayed, failure) = Self.exchanges(Self.someConnections, to: .ipv6("::1", port))
+        #expect(relayed == Self.someConnections, "first failure: \(failure)")
 
         _ = log.read(timeout: 30) { $0.connectionLines + $0.droppedLines >= relayed }
         process.kill(signal: SIGTERM)

@@ -794,6 +794,7 @@ final class Results: @unchecked Sendable {
     private let lock = NSLock()
     private var _successes = 0
     private var _failures = 0
+    private var _firstFailure: String?
 
     func record(_ success: Bool) {
         lock.withLock {
@@ -801,8 +802,17 @@ final class Results: @unchecked Sendable {
         }
     }
 
+    /// A failure, and what it was: the first one's description is kept for the test's message.
+    func record(failure: String) {
+        lock.withLock {
+            _failures += 1
+            if _firstFailure == nil { _firstFailure = failure }
+        }
+    }
+
     var successes: Int { lock.withLock { _successes } }
     var failures: Int { lock.withLock { _failures } }
+    var firstFailure: String { lock.withLock { _firstFailure ?? "none" } }
 }
 
 /// A pipe of a process, as /proc/PID/fd shows it.
