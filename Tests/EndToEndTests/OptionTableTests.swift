@@ -145,7 +145,7 @@ import Testing
                 invalid: ["--loopback-congestion-control", "no such"])
         case .loopbackMSS:
             return Behaviour(
-                arguments: ["--loopback-mss", "system"], change: { $0.relay.loopbackMSS = nil },
+                arguments: ["--loopback-mss", "system"], change: { $0.relay.loopbackMSS = .system },
                 invalid: ["--loopback-mss", "535"])
         case .noProxyWarning:
             return Behaviour(

@@ -379,7 +379,8 @@ import Testing
     }
 
     /// A peer that sent 256 KiB (what the relay and the reader's socket take in while the reader waits: the relay
-    /// bounds what it holds for a reader that does not read) and closed its socket is forgotten by its kernel (`tcp_fin_timeout`, lowered to 3 s
+    /// bounds what it holds for a reader that does not read; with the 4 KiB segments of `--loopback-mss 4096`, as
+    /// with the interface's 64 KiB a local reader's socket takes less and the sender's kernel keeps the tail) and closed its socket is forgotten by its kernel (`tcp_fin_timeout`, lowered to 3 s
     /// in a network namespace of the test's own), while the other peer reads slowly and the relay holds the tail: a
     /// keepalive probe towards the forgotten peer (`--keepalive 1,1,1`) is answered with a reset. Whichever peer
     /// sent (the server, a download; the client, an upload), the reader still gets all of it and a clean end of
@@ -436,7 +437,7 @@ import Testing
         server_port = listener.getsockname()[1]
         relay = subprocess.Popen(
             [relay_binary, "--local", "127.0.0.1:0", "--remote", "127.0.0.1:%d" % server_port, "--keepalive", "1,1,1",
-             "--threads", "1", "--foreground"],
+             "--threads", "1", "--loopback-mss", "4096", "--foreground"],
             stderr=subprocess.PIPE, preexec_fn=lambda: libc.prctl(1, signal.SIGKILL))
         # Warnings (root without --user, a remote on this machine without PROXY) may come before the start line.
         line = ""
@@ -576,17 +577,22 @@ import Testing
         #expect(relay.process.exitStatus() == nil)
     }
 
-    /// The relay announces a segment size of 4096 (`--loopback-mss`) to a server on this machine when connecting
-    /// (TCP_MAXSEG), so the server's socket sends segments of at most that size (and sizes its send buffer by it);
-    /// `--loopback-mss system` leaves the loopback interface's (some 64 KiB). Read from the server's side with `ss -ti`
-    /// (mss).
+    /// The segment size the relay announces to a server on this machine when connecting (TCP_MAXSEG,
+    /// `--loopback-mss`), read from the server's side with `ss -ti` (mss): by default the loopback interface's (some
+    /// 64 KiB) while the machine's TCP memory has room for the server's send buffer, and 4096 when it has not, which
+    /// the test makes it by showing the relay another tcp_mem (a file mounted over /proc/sys/net/ipv4/tcp_mem in a
+    /// mount namespace of its own): a pressure threshold of one page, which leaves room for none, or of four billion
+    /// pages. A number is that size always, `system` the interface's always. The burst of clients that the default
+    /// limits is `relay_withManyClientsAtOnce_givesFewOfTheirServersWideSegments`.
     @Test func loopbackMSS_isTheSegmentSizeOfTheServersSocket() throws {
-        func serverSegmentSize(_ arguments: [String]) throws -> Int {
+        func serverSegmentSize(_ arguments: [String], tcpMem: String? = nil) throws -> (mss: Int, relay: Relay) {
             let backend = try TestServer { connection in
                 connection.setTimeout(10)
                 _ = try? connection.receive(upTo: 1)
             }
-            let relay = try Relay(remote: backend.address, arguments)
+            let directory = TemporaryDirectory()
+            let wrapper = try tcpMem.map { try Self.showingTCPMem($0, in: directory) } ?? []
+            let relay = try Relay(remote: backend.address, arguments, wrapper: wrapper)
             let client = try TestSocket.connect(to: relay.address)
             var output = ""
             var segment = 0
@@ -599,11 +605,72 @@ import Testing
             }
             withExtendedLifetime(client) {}
             #expect(segment > 0, "the server's socket: \(output)")
-            return segment
+            return (segment, relay)
         }
-        #expect(try serverSegmentSize([]) <= 4096)
-        #expect(try serverSegmentSize(["--loopback-mss", "1200"]) <= 1200)
-        #expect(try serverSegmentSize(["--loopback-mss", "system"]) > 16384)
+        try #require(getuid() == 0, "needs root for a mount namespace")
+        let high = try serverSegmentSize([], tcpMem: "1 1 2\n")
+        #expect(high.mss <= 4096)
+        #expect(
+            high.relay.process.waitForError(
+                containing: "get small segments (--loopback-mss): 0 have the interface's, as many as TCP memory"),
+            "\(high.relay.process.standardError)")
+        let low = try serverSegmentSize([], tcpMem: "3000000000 4000000000 5000000000\n")
+        #expect(low.mss > 16384)
+        #expect(low.relay.stop() == 0)
+        #expect(!low.relay.process.standardError.contains("small segments"), "\(low.relay.process.standardError)")
+        #expect(
+            try serverSegmentSize(["--loopback-mss", "4096"], tcpMem: "3000000000 4000000000 5000000000\n").mss <= 4096)
+        #expect(try serverSegmentSize(["--loopback-mss", "1200"]).mss <= 1200)
+        #expect(try serverSegmentSize(["--loopback-mss", "system"], tcpMem: "1 1 2\n").mss > 16384)
+    }
+
+    /// A command that runs the relay (its command line after it) in a mount namespace where
+    /// /proc/sys/net/ipv4/tcp_mem says `tcpMem`, from a file in `directory`.
+    static func showingTCPMem(_ tcpMem: String, in directory: TemporaryDirectory) throws -> [String] {
+        try #require(getuid() == 0, "needs root for a mount namespace")
+        let file = "\(directory.path)/tcp_mem"
+        try #require(FileManager.default.createFile(atPath: file, contents: Data(tcpMem.utf8)))
+        return [
+            "/usr/bin/unshare", "-m", "/bin/sh", "-c",
+            "mount --bind \"$0\" /proc/sys/net/ipv4/tcp_mem && exec \"$@\"", file,
+        ]
+    }
+
+    /// Clients that connect at once, before any server's buffer has filled, are counted as they connect: no more of
+    /// their servers get the interface's segments than the TCP memory has room for at 4 MiB each (here, with a
+    /// pressure threshold made 4 times what TCP holds plus 5 such buffers, about 5 of 20), the others 4096, and the
+    /// relay says how many got them when the first is refused.
+    @Test func relay_withManyClientsAtOnce_givesFewOfTheirServersWideSegments() throws {
+        let backend = try TestServer { connection in
+            connection.setTimeout(15)
+            _ = try? connection.receive(upTo: 1)
+        }
+        let sockstat = try #require(readWholeFile("/proc/self/net/sockstat"))
+        let line = try #require(sockstat.split(separator: "\n").first { $0.hasPrefix("TCP: ") })
+        let held = try #require(Int(line.components(separatedBy: " mem ")[1].prefix { $0.isNumber }))
+        let pressure = 4 * (held + 5 * (4 << 20) / Int(getpagesize()))
+        let directory = TemporaryDirectory()
+        let relay = try Relay(
+            remote: backend.address, wrapper: Self.showingTCPMem("1 \(pressure) \(2 * pressure)\n", in: directory))
+        let clients = try (0..<20).map { _ in try TestSocket.connect(to: relay.address) }
+        let logged = "get small segments (--loopback-mss): "
+        #expect(relay.process.waitForError(containing: logged), "\(relay.process.standardError)")
+        let text = relay.process.standardError
+        let wide = Int(text.components(separatedBy: logged).last?.prefix { $0.isNumber } ?? "") ?? -1
+        var segments: [Int] = []
+        var output = ""
+        _ = eventually(timeout: 10) {
+            guard let ss = try? socketField(" mss:", details: "i", filter: "sport = :\(backend.address.port)")
+            else { return false }
+            (segments, output) = (ss.values, ss.output)
+            return segments.count == clients.count
+        }
+        #expect(segments.count == clients.count, "\(output)")
+        // Other tests' connections move TCP memory meanwhile: the relay's own count is the one to check against.
+        #expect((0...8).contains(wide), "\(text)")
+        #expect(segments.filter { $0 > 16384 }.count == wide, "\(output)")
+        #expect(segments.filter { $0 <= 4096 }.count == clients.count - wide, "\(output)")
+        withExtendedLifetime(clients) {}
     }
 
     /// The relay's sockets whose peer is on this machine use reno, which does not pace; the others keep the

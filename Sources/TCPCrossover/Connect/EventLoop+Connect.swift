@@ -133,7 +133,12 @@ extension EventLoop {
             if onThisMachine == true {
                 useLoopbackCongestionControl(fd)
                 // Announced in the SYN: a server whose address was not known to be this machine's keeps its own.
-                if let segment = engine.options.loopbackMSS { Syscall.limitSegmentSize(fd, segment) }
+                let segment = engine.options.loopbackMSS.segmentSize(wide: {
+                    // Once per connection, whatever the attempts.
+                    if !connection.wideSegments { connection.wideSegments = engine.wideSegments.admit(now: now) }
+                    return connection.wideSegments
+                })
+                if let segment { Syscall.limitSegmentSize(fd, segment) }
             }
             if connection.firstBytesHeld { try Syscall.setQuickAck(fd, false) }
             if let source {

@@ -82,6 +82,9 @@ final class Connection {
     /// The client block the connection is counted in (`--max-connections-per-client`,
     /// `--max-new-connections-per-client`), until `EventLoop.finish` gives the count back.
     var clientBlock: ClientBlock?
+    /// A server on this machine was connected to with the interface's segments: the connection holds a place in
+    /// `Engine.wideSegments` until `EventLoop.forget` gives it back.
+    var wideSegments = false
 
     init(
         slot: Int32,

@@ -33,6 +33,8 @@ public final class Engine: @unchecked Sendable {
     let exhausted = Atomic<Bool>(false)
     /// What the loops' pipes may hold beyond their starting size, all loops together.
     let pipeBudget: PipeBudget
+    /// Which connections to servers on this machine get the interface's segments (`--loopback-mss auto`).
+    let wideSegments = WideSegmentBudget()
     /// Set before any loop runs; read-only afterwards.
     var periodicTasks: [PeriodicTask] = []
     /// Called once, on the first stop request (SIGTERM, SIGINT, the idle exit); set before `run`.

@@ -38,6 +38,10 @@ extension EventLoop {
             engine.clientLimits[connection.service]?.release(block, now: now)
             connection.clientBlock = nil
         }
+        if connection.wideSegments {
+            engine.wideSegments.release()
+            connection.wideSegments = false
+        }
         connections[Int(connection.slot)] = nil
         freeSlots.append(connection.slot)
         liveConnections -= 1

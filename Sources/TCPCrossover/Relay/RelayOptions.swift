@@ -27,10 +27,9 @@ public struct RelayOptions: Sendable, Equatable {
     /// The congestion control algorithm of the sockets whose peer is on this machine; nil leaves them the system's
     /// (`--loopback-congestion-control`, see `Syscall.useCongestionControl`).
     public var loopbackCongestionControl: CongestionControl? = .reno
-    /// The largest segment a server on this machine may send (TCP_MAXSEG before connect); nil leaves the interface's
-    /// (`--loopback-mss`, see `Syscall.limitSegmentSize`). A server's send buffer is sized by its segments, so at the
-    /// loopback interface's (some 64 KiB) a server writing to clients that stop reading holds twice as much.
-    public var loopbackMSS: Int? = 4096
+    /// The largest segment a server on this machine may send (TCP_MAXSEG before connect; `--loopback-mss`, see
+    /// `LoopbackSegments`).
+    public var loopbackMSS = LoopbackSegments.standard
 
     public init() {}
 }

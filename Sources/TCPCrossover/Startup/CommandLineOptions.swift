@@ -54,7 +54,7 @@ public struct Options: Equatable, Sendable {
         maxNewConnectionsPerClient: [String] = [], clientPrefixLength: [String] = [], idleTimeout: [String] = [],
         keepalive: [String] = [], shutdownTimeout: String = "10", user: String? = nil, group: String? = nil,
         proxyProtocol: [String] = [], source: [String] = [], allow: [String] = [], deny: [String] = [],
-        resolveInterval: String = "60", loopbackCongestionControl: String = "reno", loopbackMSS: String = "4096",
+        resolveInterval: String = "60", loopbackCongestionControl: String = "reno", loopbackMSS: String = "auto",
         noProxyWarning: Bool = false, metrics: String? = nil, logConnections: [String] = []
     ) {
         self.local = local
@@ -127,13 +127,15 @@ public struct Options: Equatable, Sendable {
         configuration.relay.resolveInterval = try milliseconds(
             resolveInterval, option: "--resolve-interval", zero: true)
         configuration.relay.loopbackCongestionControl = try congestionControl(loopbackCongestionControl)
-        if loopbackMSS == "system" {
-            configuration.relay.loopbackMSS = nil
-        } else {
+        switch loopbackMSS {
+        case "system": configuration.relay.loopbackMSS = .system
+        case "auto": configuration.relay.loopbackMSS = .standard
+        default:
             guard let segment = Int(loopbackMSS), (536...65495).contains(segment) else {
-                throw OptionError("--loopback-mss '\(loopbackMSS)' is out of range; expected 536 to 65495, or system")
+                throw OptionError(
+                    "--loopback-mss '\(loopbackMSS)' is out of range; expected 536 to 65495, auto or system")
             }
-            configuration.relay.loopbackMSS = segment
+            configuration.relay.loopbackMSS = .fixed(segment)
         }
         configuration.localRemoteWarning = !noProxyWarning
         configuration.metrics = try metrics.map { text in

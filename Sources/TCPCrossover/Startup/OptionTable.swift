@@ -269,18 +269,23 @@ extension OptionKey {
             entry(
                 "loopback-mss", .value, valueName: "bytes",
                 help: """
-                    Largest segment a server on this machine may send the relay, 536 to 65495, or 'system' for the \
-                    loopback interface's (faster bulk downloads). Default 4096.
+                    Largest segment a server on this machine may send the relay: 'auto' (the default: the loopback \
+                    interface's for as many connections as TCP memory has room for, 4096 for the rest), 536 to 65495 \
+                    always, or 'system'.
                     """,
                 manual: """
                     The largest segment (TCP_MAXSEG, announced when connecting) that a server on this machine (a \
-                    loopback address, or the machine's own, once seen) may send the relay: 536 to 65495, default \
-                    4096, or `system` for the loopback interface's (some 64 KiB). A server's send buffer grows with \
-                    its segment size: writing to 500 clients that stopped reading, a server on this machine held \
-                    1.55 GiB at 64 KiB and 0.84 GiB at 4096, which kept the machine below the TCP memory pressure \
-                    that slows every connection on it (docs/OPERATIONS.md: Clients that stop reading). `system` \
-                    gives bulk downloads from such a server some 20 % more rate, and new connections that fetch 1 MiB \
-                    a third more, at that risk.
+                    loopback address, or the machine's own, once seen) may send the relay. A server's send buffer \
+                    grows with its segment size, up to 4 MiB at the loopback interface's (some 64 KiB): writing to \
+                    500 clients that stopped reading, a server on this machine held 1.55 GiB at 64 KiB and 0.84 GiB at \
+                    4096, and past the kernel's TCP memory pressure threshold (the middle number of `tcp_mem`) every \
+                    connection on the machine slows down (docs/OPERATIONS.md: Clients that stop reading). `auto`, \
+                    the default: the interface's segments for as many open connections as fit, at 4 MiB each, \
+                    between the TCP memory the machine holds (`/proc/net/sockstat`, read at most once a second) and \
+                    a quarter of the pressure threshold, 4096 for the connections beyond them; a line is logged when \
+                    connections start to get 4096, and when they stop. A number, 536 to 65495: that size always. \
+                    `system`: the interface's always, which gives every bulk download from such a server some 20 % \
+                    more rate and a new connection that fetches 1 MiB a third more, at the risk above.
                     """)
         case .noProxyWarning:
             entry(

@@ -225,3 +225,18 @@ extension Syscall {
         _ = try valueOrErrno { Glibc.shutdown(fd, CInt(SHUT_WR)) }
     }
 }
+
+extension Syscall {
+    /// The machine's TCP memory (see `TCPMemory`): /proc/self/net/sockstat (readable in a service with
+    /// `ProcSubset=pid`), against /proc/sys/net/ipv4/tcp_mem, or the kernel's default for it from sysconf(3)'s
+    /// physical pages where /proc/sys is hidden; nil when sockstat cannot be read.
+    static func tcpMemory() -> TCPMemory? {
+        guard let sockstat = readSmallFile("/proc/self/net/sockstat"),
+            let allocated = TCPMemory.allocatedPages(sockstat: sockstat)
+        else { return nil }
+        let pressure =
+            readSmallFile("/proc/sys/net/ipv4/tcp_mem").flatMap(TCPMemory.pressurePages(tcpMem:))
+            ?? TCPMemory.defaultPressurePages(memoryPages: sysconf(CInt(_SC_PHYS_PAGES)))
+        return TCPMemory(allocatedPages: allocated, pressurePages: pressure)
+    }
+}

@@ -214,12 +214,15 @@ final class Relay: @unchecked Sendable {
     /// The addresses it listens on, from its start line.
     let listening: [String]
 
-    /// Starts `tcp-crossover -f --local LOCAL --remote REMOTE ARGUMENTS` and waits for its start line.
-    init(local: [String], remote: String, _ arguments: [String] = [], environment: [String: String?] = [:])
-        throws
-    {
+    /// Starts `tcp-crossover -f --local LOCAL --remote REMOTE ARGUMENTS` and waits for its start line; with a
+    /// `wrapper`, that command with the relay's command line after its own arguments (`unshare`, `sh -c`).
+    init(
+        local: [String], remote: String, _ arguments: [String] = [], environment: [String: String?] = [:],
+        wrapper: [String] = []
+    ) throws {
         let options = local.flatMap { ["--local", $0] } + ["--remote", remote, "--foreground"] + arguments
-        process = try ChildProcess(relayBinary, options, environment: environment)
+        let command = wrapper + [relayBinary] + options
+        process = try ChildProcess(command[0], Array(command.dropFirst()), environment: environment)
         guard process.waitForError(containing: "listening on ") else {
             throw TestFailure(message: "the relay did not start: \(process.standardError)")
         }
@@ -229,8 +232,12 @@ final class Relay: @unchecked Sendable {
     }
 
     /// A relay on the loopback address of `family` ([::1] or 127.0.0.1), port 0.
-    convenience init(family: Int32 = AF_INET6, remote: TestAddress, _ arguments: [String] = []) throws {
-        try self.init(local: [family == AF_INET ? "127.0.0.1:0" : "[::1]:0"], remote: remote.description, arguments)
+    convenience init(
+        family: Int32 = AF_INET6, remote: TestAddress, _ arguments: [String] = [], wrapper: [String] = []
+    ) throws {
+        try self.init(
+            local: [family == AF_INET ? "127.0.0.1:0" : "[::1]:0"], remote: remote.description, arguments,
+            wrapper: wrapper)
     }
 
     /// The first listening address, as a socket address to connect to.
