@@ -187,7 +187,17 @@ import Testing
         defer { Glibc.kill(pid, SIGKILL) }
 
         let (relayed, failure) = Self.exchanges(Self.someConnections, to: .ipv6("::1", port))
-        #expect(relayed == Self.someConnections, "first failure: \(failure)")
+        if relayed != Self.someConnections {
+            // Where the relay is stuck, from gdb when the machine has it.
+            if FileManager.default.isExecutableFile(atPath: "/usr/bin/gdb"),
+                let gdb = try? ChildProcess(
+                    "/usr/bin/gdb", ["-p", "\(pid)", "-batch", "-ex", "thread apply all bt 12"])
+            {
+                _ = gdb.waitForExit(timeout: 60)
+                print("the stuck relay's threads:\n\(gdb.standardOutput)")
+            }
+        }
+        #expect(relayed == Self.someConnections, "first failure: \(failure); the relay's threads: \(threadStates(pid))")
 
         _ = log.read(timeout: 30) { $0.connectionLines + $0.droppedLines >= relayed }
         Glibc.kill(pid, SIGTERM)
@@ -310,6 +320,20 @@ func datagramSocket(boundTo path: String) throws -> Int32 {
 }
 
 /// Whether process `pid` still runs (exists and is not a zombie).
+/// Where each thread of a process is: its name, state, kernel wait channel and the system call it is in
+/// (/proc/PID/task/TID/syscall: the number and arguments), for the message of a test that found the process stuck.
+func threadStates(_ pid: pid_t) -> String {
+    let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+    return tasks.sorted().map { tid in
+        let base = "/proc/\(pid)/task/\(tid)"
+        let name = readWholeFile("\(base)/comm")?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
+        let state = readWholeFile("\(base)/stat")?.split(separator: ")").last?.split(separator: " ").first ?? "?"
+        let channel = readWholeFile("\(base)/wchan") ?? "?"
+        let call = readWholeFile("\(base)/syscall")?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
+        return "\(tid) \(name) \(state) wchan=\(channel) syscall=\(call)"
+    }.joined(separator: "; ")
+}
+
 func processRuns(_ pid: pid_t) -> Bool {
     guard let stat = readWholeFile("/proc/\(pid)/stat"),
         let state = stat.split(separator: ")").last?.first(where: { $0 != " " })

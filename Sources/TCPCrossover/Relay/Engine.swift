@@ -149,7 +149,20 @@ public final class Engine: @unchecked Sendable {
         }
         defer { metrics?.stop() }
         onReady()
-        loops[0].run()
+        if Syscall.isForkedChild {
+            // The main thread of a forked process must not contend for Swift's locks (see `isForkedChild`): the
+            // first loop, which takes them like the others, runs on a thread of its own, and this one waits.
+            let first = loops[0]
+            do {
+                Syscall.joinThread(try Syscall.startThread { first.run() })
+            } catch {
+                requestStop(immediately: true)
+                for thread in threads { Syscall.joinThread(thread) }
+                throw SystemError("pthread_create", error)
+            }
+        } else {
+            loops[0].run()
+        }
         // The first loop ends after a stop request once its own connections are done (the other loops finish
         // theirs), or when its only connection (inetd) has ended, or on a failure of epoll itself.
         if stopLevel.load(ordering: .sequentiallyConsistent) == 0 { requestStop(immediately: true) }

@@ -7,10 +7,20 @@ extension Syscall {
     /// getpid(2).
     static var processID: CInt { getpid() }
 
-    /// fork(2): 0 in the child, the child's pid in the parent.
+    /// fork(2): 0 in the child, the child's pid in the parent. The child is marked `isForkedChild`.
     static func fork() throws(Errno) -> CInt {
-        try valueOrErrno { Glibc.fork() }
+        let pid = try valueOrErrno { Glibc.fork() }
+        if pid == 0 { isForkedChild = true }
+        return pid
     }
+
+    /// This process is the child of a fork(2) (the background relay, the relay under a pidfile keeper). Its main
+    /// thread must then take no lock of Swift's runtime or of Synchronization's `Mutex` while other threads may
+    /// contend for it: those locks are priority-inheriting futexes that hold the owner's thread ID, which Swift
+    /// caches per thread, and the main thread's cache still holds the parent's ID, so a contending thread's
+    /// FUTEX_LOCK_PI names a thread that does not exist (seen: a trap in `Mutex._lockSlow`, and two loops spinning
+    /// for good in swift_once). Set in the child before any thread starts; read-only afterwards.
+    nonisolated(unsafe) static var isForkedChild = false
 
     /// setsid(2).
     static func newSession() throws(Errno) {
