@@ -103,6 +103,36 @@ public final class Engine: @unchecked Sendable {
         stored: [AdoptedConnection] = [],
         onReady: () -> Void = {}
     ) throws(SystemError) {
+        guard Syscall.isForkedChild else {
+            return try relay(listeners: listeners, connections: connections, stored: stored, onReady: onReady)
+        }
+        // The main thread of a forked process must not contend for Swift's locks (see `Syscall.isForkedChild`),
+        // which every thread of the engine may take (the first loop, the metrics, the end of the client limits):
+        // the engine runs on a thread of its own, and this one waits for it.
+        var outcome: Result<Void, SystemError> = .success(())
+        withoutActuallyEscaping(onReady) { onReady in
+            do throws(Errno) {
+                Syscall.joinThread(
+                    try Syscall.startThread {
+                        outcome = Result { () throws(SystemError) in
+                            try self.relay(
+                                listeners: listeners, connections: connections, stored: stored, onReady: onReady)
+                        }
+                    })
+            } catch {
+                outcome = .failure(SystemError("pthread_create", error))
+            }
+        }
+        try outcome.get()
+    }
+
+    /// `run`, on the calling thread.
+    private func relay(
+        listeners: [ListeningSocket],
+        connections: [AcceptedConnection],
+        stored: [AdoptedConnection],
+        onReady: () -> Void
+    ) throws(SystemError) {
         // The tasks and the stop handler hold their owners (the service notifier, the idle exit), which hold the
         // engine: let go of them when the engine is done, so that nothing is left behind (LeakSanitizer checks).
         defer {
@@ -149,20 +179,7 @@ public final class Engine: @unchecked Sendable {
         }
         defer { metrics?.stop() }
         onReady()
-        if Syscall.isForkedChild {
-            // The main thread of a forked process must not contend for Swift's locks (see `isForkedChild`): the
-            // first loop, which takes them like the others, runs on a thread of its own, and this one waits.
-            let first = loops[0]
-            do {
-                Syscall.joinThread(try Syscall.startThread { first.run() })
-            } catch {
-                requestStop(immediately: true)
-                for thread in threads { Syscall.joinThread(thread) }
-                throw SystemError("pthread_create", error)
-            }
-        } else {
-            loops[0].run()
-        }
+        loops[0].run()
         // The first loop ends after a stop request once its own connections are done (the other loops finish
         // theirs), or when its only connection (inetd) has ended, or on a failure of epoll itself.
         if stopLevel.load(ordering: .sequentiallyConsistent) == 0 { requestStop(immediately: true) }

@@ -88,9 +88,9 @@ final class WideSegmentBudget: Sendable {
     private let haveReading = Atomic<Bool>(false)
     /// Connections with the interface's segments that are still open.
     private let open = Atomic<Int>(0)
-    /// Connections given the small segments since the last reading, and whether that began an episode not yet
+    /// A connection was given the small segments since the last reading, and whether that began an episode not yet
     /// over (logged when it begins and when a whole interval passed without one).
-    private let narrowed = Atomic<Int>(0)
+    private let narrowed = Atomic<Bool>(false)
     private let narrowing = Atomic<Bool>(false)
     /// The last reading, for the log lines: pages, -1 when it could not be read.
     private let allocatedPages = Atomic<Int>(-1)
@@ -121,7 +121,7 @@ final class WideSegmentBudget: Sendable {
             if exchanged { return true }
             current = original
         }
-        narrowed.add(1, ordering: .relaxed)
+        narrowed.store(true, ordering: .relaxed)
         if !narrowing.load(ordering: .relaxed),
             narrowing.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged
         {
@@ -146,7 +146,7 @@ final class WideSegmentBudget: Sendable {
         allocatedPages.store(memory?.allocatedPages ?? -1, ordering: .relaxed)
         pressurePages.store(memory?.pressurePages ?? -1, ordering: .relaxed)
         haveReading.store(true, ordering: .releasing)
-        if narrowed.exchange(0, ordering: .relaxed) == 0,
+        if !narrowed.exchange(false, ordering: .relaxed),
             narrowing.compareExchange(expected: true, desired: false, ordering: .relaxed).exchanged
         {
             Log.notice(
