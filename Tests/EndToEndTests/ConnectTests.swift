@@ -16,13 +16,10 @@ final class RelayWithHosts {
         let nsswitch = "\(directory.path)/nsswitch.conf"
         try "hosts: files\n".write(toFile: nsswitch, atomically: false, encoding: .utf8)
         try hosts.write(toFile: "\(directory.path)/hosts", atomically: false, encoding: .utf8)
-        process = try ChildProcess(
-            "/usr/bin/unshare",
-            [
-                "-m", "/bin/sh", "-c",
-                "mount --bind \"$0\" /etc/hosts && mount --bind \"$1\" /etc/nsswitch.conf && shift && exec \"$@\"",
-                "\(directory.path)/hosts", nsswitch, relayBinary, "--local", "127.0.0.1:0", "--foreground",
-            ] + arguments)
+        let command =
+            inMountNamespace(binding: [("\(directory.path)/hosts", "/etc/hosts"), (nsswitch, "/etc/nsswitch.conf")])
+            + [relayBinary, "--local", "127.0.0.1:0", "--foreground"] + arguments
+        process = try ChildProcess(command[0], Array(command.dropFirst()))
         guard process.waitForError(containing: "listening on 127.0.0.1:") else {
             process.kill(signal: SIGKILL)
             _ = process.waitForExit()

@@ -137,13 +137,12 @@ final class ProxyProtocolNginx {
         let directory = TemporaryDirectory()
         let hosts = "\(directory.path)/hosts"
         try "127.0.0.2 backend.tcx-test\n".write(toFile: hosts, atomically: false, encoding: .utf8)
-        let process = try ChildProcess(
-            "/usr/bin/unshare",
-            [
-                "-m", "/bin/sh", "-c", "mount --bind \"$0\" /etc/hosts && exec \"$@\"", hosts, relayBinary,
-                "--local", "127.0.0.1:0", "--remote", "backend.tcx-test:\(first.port)", "--resolve-interval", "0.2",
-                "--foreground",
-            ])
+        let command =
+            inMountNamespace(binding: [(hosts, "/etc/hosts")]) + [
+                relayBinary, "--local", "127.0.0.1:0", "--remote", "backend.tcx-test:\(first.port)",
+                "--resolve-interval", "0.2", "--foreground",
+            ]
+        let process = try ChildProcess(command[0], Array(command.dropFirst()))
         #expect(process.waitForError(containing: "listening on 127.0.0.1:"))
         let line = process.standardError.split(separator: "\n").first { $0.contains("listening on ") }!
         let port = UInt16(line.components(separatedBy: "listening on 127.0.0.1:")[1].prefix { $0.isNumber })!

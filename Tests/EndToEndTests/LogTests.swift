@@ -174,13 +174,11 @@ import Testing
         let log = LogReader(socket, datagrams: true)
         let port = try ActivationTests.freePort()
         let pidfile = "\(directory.path)/pid"
-        let starter = try ChildProcess(
-            "/usr/bin/unshare",
-            [
-                "-m", "/bin/sh", "-c",
-                "mount --bind /dev/null \"$0/null\" && mount --bind \"$0\" /dev && exec \"$@\"", devices,
+        let command =
+            inMountNamespace(binding: [("/dev/null", "\(devices)/null"), (devices, "/dev")]) + [
                 relayBinary, "--local", "[::1]:\(port)", "--remote", backend.address.description, "--pidfile", pidfile,
-            ])
+            ]
+        let starter = try ChildProcess(command[0], Array(command.dropFirst()))
         // The command returns once the daemon listens.
         #expect(starter.waitForExit(timeout: 20) == 0, "\(starter.standardError)")
         let pid = try #require(readWholeFile(pidfile).flatMap { pid_t($0.prefix(while: \.isNumber)) })

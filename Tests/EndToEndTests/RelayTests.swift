@@ -630,10 +630,7 @@ import Testing
         try #require(getuid() == 0, "needs root for a mount namespace")
         let file = "\(directory.path)/tcp_mem"
         try #require(FileManager.default.createFile(atPath: file, contents: Data(tcpMem.utf8)))
-        return [
-            "/usr/bin/unshare", "-m", "/bin/sh", "-c",
-            "mount --bind \"$0\" /proc/sys/net/ipv4/tcp_mem && exec \"$@\"", file,
-        ]
+        return inMountNamespace(binding: [(file, "/proc/sys/net/ipv4/tcp_mem")])
     }
 
     /// Clients that connect at once, before any server's buffer has filled, are counted as they connect: no more of

@@ -280,3 +280,11 @@ func readWholeFile(_ path: String) -> String? {
     }
     return String(decoding: content, as: UTF8.self)
 }
+
+/// A command line prefix that runs the command after it in a mount namespace of its own (root only), with each
+/// `source` bind-mounted over its `target` in order: a file the relay reads (/etc/hosts, tcp_mem) or a directory
+/// (/dev) that the test shows it instead of the machine's.
+func inMountNamespace(binding mounts: [(source: String, target: String)]) -> [String] {
+    let script = String(repeating: "mount --bind \"$1\" \"$2\" && shift 2 && ", count: mounts.count) + "exec \"$@\""
+    return ["/usr/bin/unshare", "-m", "/bin/sh", "-c", script, "sh"] + mounts.flatMap { [$0.source, $0.target] }
+}
