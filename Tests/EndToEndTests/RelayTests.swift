@@ -339,9 +339,10 @@ import Testing
     /// server's machine answers with a reset. The client still reads the whole response and its end of stream, and
     /// only then learns that what it sent was lost: its next send fails.
     ///
-    /// The response is 128 KiB, which the relay and the client's socket take in while the client waits, and the
-    /// client sends only once the server's kernel has had its end of stream acknowledged (FIN_WAIT2): a reset from a
-    /// server whose own send buffer still holds the response throws that away, through a relay or directly.
+    /// The response is 128 KiB and the client reads it a little at a time until the server's kernel has had its end
+    /// of stream acknowledged (FIN_WAIT2; how much the relay and the client's socket take in depends on the machine),
+    /// and only then sends: a reset from a server whose own send buffer still holds the response throws that away,
+    /// through a relay or directly.
     @Test func relay_whenTheClientSendsToAServerThatHasClosed_itGetsTheWholeResponseThenAReset() throws {
         let response = testBytes(128 << 10, seed: 12)
         let closed = DispatchSemaphore(value: 0)
@@ -353,16 +354,24 @@ import Testing
         let relay = try Relay(remote: backend.address)
         let connection = try TestSocket.connect(to: relay.address)
         var received = try connection.receive(exactly: 1000)
-        #expect(closed.wait(timeout: .now() + 20) == .success, "the server could not hand over its response")
         let backendPort = String(format: ":%04X", backend.address.port)
-        let delivered = eventually {
+        var serverClosed = false
+        connection.setTimeout(0.05)
+        let delivered = eventually(timeout: 30) {
+            serverClosed = serverClosed || closed.wait(timeout: .now()) == .success
             let lines = readWholeFile("/proc/net/tcp")?.split(separator: "\n") ?? []
-            return lines.contains { line in
+            let finWait2 = lines.contains { line in
                 let fields = line.split(separator: " ")
                 return fields.count > 3 && fields[1].hasSuffix(backendPort) && fields[3] == "05"
             }
+            if serverClosed && finWait2 { return true }
+            if let chunk = try? connection.receive(upTo: 4096) { received += chunk }
+            return false
         }
+        connection.setTimeout(20)
+        #expect(serverClosed, "the server could not hand over its response")
         #expect(delivered, "the relay took the whole response and the server's end of stream")
+        #expect(received.count < response.count, "the client read the whole response before it sent")
         try connection.send("more")
         // The reset reaches the relay's socket to the server, which then leaves the kernel's table of connections.
         let towardsBackend = String(format: ":%04X", backend.address.port)
@@ -378,19 +387,20 @@ import Testing
         #expect(eventually { relay.connectionLines.first?.hasSuffix("end=server-reset: Broken pipe") == true })
     }
 
-    /// A peer that sent 256 KiB (what the relay and the reader's socket take in while the reader waits: the relay
-    /// bounds what it holds for a reader that does not read; with the 4 KiB segments of `--loopback-mss 4096`, as
-    /// with the interface's 64 KiB a local reader's socket takes less and the sender's kernel keeps the tail) and closed its socket is forgotten by its kernel (`tcp_fin_timeout`, lowered to 3 s
-    /// in a network namespace of the test's own), while the other peer reads slowly and the relay holds the tail: a
-    /// keepalive probe towards the forgotten peer (`--keepalive 1,1,1`) is answered with a reset. Whichever peer
-    /// sent (the server, a download; the client, an upload), the reader still gets all of it and a clean end of
-    /// stream, as over a direct connection.
+    /// A peer that sent 256 KiB and closed its socket is forgotten by its kernel (`tcp_fin_timeout`, lowered to 3 s
+    /// in a network namespace of the test's own) while the other peer reads slowly and the relay holds the tail: the
+    /// reader takes a little at a time only until the sender's kernel has had everything acknowledged (how much the
+    /// relay and the reader's socket take in depends on the machine), then waits. A keepalive probe towards the
+    /// forgotten peer (`--keepalive 1,1,1`) is answered with a reset. Whichever peer sent (the server, a download;
+    /// the client, an upload), the reader still gets all of it and a clean end of stream, as over a direct
+    /// connection.
     @Test(arguments: ["download", "upload"])
     func relay_whenTheFinishedSenderIsForgotten_theSlowReaderStillGetsEverything(direction: String) throws {
         try #require(getuid() == 0, "needs root for a network namespace")
         let process = try ChildProcess(
             "/usr/bin/unshare", ["-n", "/usr/bin/python3", "-c", Self.forgottenSenderScript, relayBinary, direction])
         #expect(process.waitForExit(timeout: 120) == 0, "\(process.standardOutput)\(process.standardError)")
+        #expect(process.standardOutput.contains("the relay held"), "\(process.standardOutput)")
         #expect(process.standardOutput.contains("sender forgotten"), "\(process.standardOutput)")
         #expect(
             process.standardOutput.contains("received 262144 of 262144 bytes, intact True, end of stream"),
@@ -404,7 +414,7 @@ import Testing
     /// Run by `relay_whenTheFinishedSenderIsForgotten_…` in a new network namespace: RELAY download|upload. Prints
     /// what the reader received and how its stream ended; exits 2 when the setting it needs did not come about.
     static let forgottenSenderScript = #"""
-        import ctypes, os, signal, socket, subprocess, sys, threading, time
+        import ctypes, fcntl, os, signal, socket, subprocess, sys, termios, threading, time
 
         relay_binary, direction = sys.argv[1], sys.argv[2]
         SIZE = 256 << 10
@@ -437,7 +447,7 @@ import Testing
         server_port = listener.getsockname()[1]
         relay = subprocess.Popen(
             [relay_binary, "--local", "127.0.0.1:0", "--remote", "127.0.0.1:%d" % server_port, "--keepalive", "1,1,1",
-             "--threads", "1", "--loopback-mss", "4096", "--foreground"],
+             "--threads", "1", "--foreground"],
             stderr=subprocess.PIPE, preexec_fn=lambda: libc.prctl(1, signal.SIGKILL))
         # Warnings (root without --user, a remote on this machine without PROXY) may come before the start line.
         line = ""
@@ -463,10 +473,31 @@ import Testing
             sender.close()
             done.set()
         threading.Thread(target=send, daemon=True).start()
-        received = bytearray(reader.recv(65536))
-        if not done.wait(60):
-            step("the sender could not hand over its %d bytes" % SIZE)
+        # How much the relay and the reader's socket take in depends on the machine (buffer sizes, segment overheads):
+        # the reader reads a little at a time until the sender's kernel has had every byte and its end of stream
+        # acknowledged (FIN_WAIT2), as a slow client would, so that the sender can be forgotten; by then the relay holds
+        # the tail.
+        def sender_state():
+            return next((state for local, remote, state in tcp_entries() if (local, remote) == ends), None)
+        received = bytearray()
+        reader.settimeout(0.05)
+        deadline = time.monotonic() + 60
+        while not (done.is_set() and sender_state() in ("05", None)):
+            if time.monotonic() > deadline:
+                step("the sender could not hand over its %d bytes: %s, read %d" % (SIZE, sender_state(), len(received)))
+                sys.exit(2)
+            try:
+                received += reader.recv(4096)
+            except socket.timeout:
+                pass
+            time.sleep(0.02)
+        queued = bytearray(4)
+        fcntl.ioctl(reader.fileno(), termios.FIONREAD, queued)
+        held = SIZE - len(received) - int.from_bytes(queued, sys.byteorder)
+        if held <= 0:
+            step("the relay held nothing when the sender finished (the reader had read %d)" % len(received))
             sys.exit(2)
+        step("the relay held %d bytes when the sender finished" % held)
         deadline = time.monotonic() + 60
         while not forgotten(ends) and time.monotonic() < deadline:
             time.sleep(0.1)
