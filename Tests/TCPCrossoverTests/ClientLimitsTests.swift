@@ -332,6 +332,34 @@ import Testing
         }
     }
 
+    /// A prefix length without a service name serves the services without one of their own: given where every
+    /// service that limits its clients has its own, it would change nothing, and is refused (the fuzz target for
+    /// the command line found it accepted).
+    @Test func options_unnamedPrefixLengthThatNoServiceUses_isRefused() throws {
+        let unused = Options(
+            remote: ["smtp=127.0.0.1:25", "127.0.0.1:26"], maxConnectionsPerClient: ["smtp=5"],
+            clientPrefixLength: ["24,56", "smtp=16,48"])
+        #expect {
+            _ = try unused.configuration()
+        } throws: { error in
+            "\(error)".hasPrefix(
+                "--client-prefix-length 24,56 has no effect: each service that limits its clients gives its own")
+        }
+        // Used: by the unnamed service's own limit, or by a named service that limits clients without a prefix
+        // length of its own.
+        let byUnnamed = try Options(
+            remote: ["smtp=127.0.0.1:25", "127.0.0.1:26"], maxConnectionsPerClient: ["5"],
+            clientPrefixLength: ["24,56", "smtp=16,48"]
+        ).configuration()
+        #expect(byUnnamed.relay.service.clientPrefixes == (try prefixes(24, 56)))
+        #expect(byUnnamed.serviceOptions["smtp"]?.clientPrefixes == (try prefixes(16, 48)))
+        let byNamed = try Options(
+            remote: ["smtp=127.0.0.1:25", "imap=127.0.0.1:143"], maxConnectionsPerClient: ["imap=5", "smtp=3"],
+            clientPrefixLength: ["24,56", "smtp=16,48"]
+        ).configuration()
+        #expect(byNamed.serviceOptions["imap"]?.clientPrefixes == (try prefixes(24, 56)))
+    }
+
     @Test(arguments: ["30", "30/", "/60", "0/60", "30/0", "30/-1", "30/60/1", "1000001/1", "+3/60", "3/86401", "x/1"])
     func options_badRates_sayWhatIsAccepted(rate: String) {
         let options = Options(remote: ["127.0.0.1:25"], maxNewConnectionsPerClient: [rate])

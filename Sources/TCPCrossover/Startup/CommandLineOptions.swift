@@ -175,10 +175,22 @@ extension Options {
         for name in names {
             configuration.serviceOptions[name] = try serviceOptions(for: name, over: configuration.relay.service)
         }
-        if values(clientPrefixLength, for: nil).last != nil, !configuration.relay.service.limitsClients,
-            !configuration.serviceOptions.values.contains(where: \.limitsClients)
-        {
-            throw clientPrefixLengthAlone()
+        // The value without a name serves the services that have no value of their own: one of them must limit
+        // clients, or it changes nothing.
+        if let value = values(clientPrefixLength, for: nil).last {
+            let used = remotes.contains { remote in
+                guard let name = remote.name else { return configuration.relay.service.limitsClients }
+                guard values(clientPrefixLength, for: name).isEmpty else { return false }
+                return (configuration.serviceOptions[name] ?? configuration.relay.service).limitsClients
+            }
+            if !used {
+                let limited = configuration.serviceOptions.values.contains(where: \.limitsClients)
+                throw limited
+                    ? OptionError(
+                        "--client-prefix-length \(value) has no effect: each service that limits its clients gives "
+                            + "its own; name the service it is for, or leave it out")
+                    : clientPrefixLengthAlone()
+            }
         }
     }
 
