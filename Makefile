@@ -1,7 +1,7 @@
 # tcp-crossover: build, test, install.
 #
 #   make run LOCAL='[::1]:8080' REMOTE=127.0.0.1:8000   build and run the relay in the foreground
-#   make check                                          run every test (unit, end-to-end, under systemd)
+#   make check                                          run every test (unit, end-to-end, under systemd, fuzz seeds)
 #   make check-systemd                                  the shipped units under systemd as process 1 (a container)
 #   make deb                                            the Debian package (check-deb: lintian, installed and purged)
 #   make install [PREFIX=/usr] [DESTDIR=...]            install a release build with the units and xinetd entry
@@ -101,10 +101,12 @@ run: release
 	$(RELEASE_BINARY) --local '$(LOCAL)' --remote '$(REMOTE)' --foreground
 
 # The end-to-end tests run twice: against the debug build, and against the release build that is installed and
-# measured (static runtime, position-independent, its start-up layout).
+# measured (static runtime, position-independent, its start-up layout). The fuzz targets' seeds are replayed too
+# (an ordinary build, no libFuzzer), so that the targets keep compiling against the options of the day.
 check: test-deps lint
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+	$(MAKE) --no-print-directory fuzz-replay
 	$(MAKE) --no-print-directory release
 	TCP_CROSSOVER_BINARY=$(CURDIR)/$(RELEASE_BINARY) $(SWIFT) test --skip-build --filter EndToEndTests
 	$(MAKE) --no-print-directory check-systemd
