@@ -14,9 +14,10 @@ extension EventLoop {
     /// Starts the connect phase of an admitted connection: the service's addresses, failed ones last.
     func connect(_ connection: Connection) {
         let options = engine.services[connection.service].options
-        connection.connectPhase = ConnectPhase(
-            targets: engine.services[connection.service].pool.candidates(now: now), sources: options.sources,
-            timing: ConnectPhase.Timing(attemptTimeout: options.connectTimeout, deadline: options.connectDeadline))
+        connection.connecting = Connection.Connecting(
+            ConnectPhase(
+                targets: engine.services[connection.service].pool.candidates(now: now), sources: options.sources,
+                timing: ConnectPhase.Timing(attemptTimeout: options.connectTimeout, deadline: options.connectDeadline)))
         drive(connection, .start(now: now))
     }
 
@@ -53,17 +54,20 @@ extension EventLoop {
     /// Feeds `input` to the connection's connect phase and performs the actions, and those of the inputs that the
     /// actions themselves produce (a connect that fails or succeeds at once).
     private func drive(_ connection: Connection, _ input: ConnectPhase.Input) {
+        guard let connecting = connection.connecting else { return }
         var actions = connectActions
         connectActions = []
         defer {
             actions.removeAll(keepingCapacity: true)
             connectActions = actions
+            // Relaying, or given up: the phase is over, and its memory goes.
+            if connecting.phase.state != .connecting && connecting.phase.state != .idle { connection.connecting = nil }
         }
         var pending: ConnectPhase.Input? = input
         while let input = pending {
             pending = nil
             actions.removeAll(keepingCapacity: true)
-            connection.connectPhase.processInput(input, into: &actions)
+            connecting.phase.processInput(input, into: &actions)
             for action in actions {
                 switch action {
                 case .open(let attempt, let address, let source):
@@ -72,7 +76,7 @@ extension EventLoop {
                     pending = open(connection, attempt, address, source: source)
                 case .close(let attempt, let failure):
                     if let failure {
-                        let target = connection.connectPhase.targets[attempt]
+                        let target = connecting.phase.targets[attempt]
                         meter?.connectFailed(connection.service, remote: target.address, ConnectFailure(failure))
                         if Log.enabled(.debug) {
                             Log.debug(
