@@ -104,9 +104,6 @@ public struct ConnectPhase: Sendable {
         self.timing = timing
     }
 
-    /// A connect phase that has not begun (a connection's until its connect starts).
-    public static let none = ConnectPhase(targets: [], sources: [], timing: Timing())
-
     /// The attempts whose sockets are open or being opened.
     public var attemptsInFlight: [Attempt] { inFlight.map(\.attempt) }
 
