@@ -354,7 +354,7 @@ import Testing
         let relay = try Relay(remote: backend.address)
         let connection = try TestSocket.connect(to: relay.address)
         var received = try connection.receive(exactly: 1000)
-        let backendPort = String(format: ":%04X", backend.address.port)
+        let backendEnd = backend.address.procNetTCP
         var serverClosed = false
         connection.setTimeout(0.05)
         let delivered = eventually(timeout: 30) {
@@ -362,7 +362,7 @@ import Testing
             let lines = readWholeFile("/proc/net/tcp")?.split(separator: "\n") ?? []
             let finWait2 = lines.contains { line in
                 let fields = line.split(separator: " ")
-                return fields.count > 3 && fields[1].hasSuffix(backendPort) && fields[3] == "05"
+                return fields.count > 3 && fields[1] == backendEnd && fields[3] == "05"
             }
             if serverClosed && finWait2 { return true }
             if let chunk = try? connection.receive(upTo: 4096) { received += chunk }
@@ -374,10 +374,9 @@ import Testing
         #expect(received.count < response.count, "the client read the whole response before it sent")
         try connection.send("more")
         // The reset reaches the relay's socket to the server, which then leaves the kernel's table of connections.
-        let towardsBackend = String(format: ":%04X", backend.address.port)
         let relaySocketGone = eventually {
             let lines = readWholeFile("/proc/net/tcp")?.split(separator: "\n") ?? []
-            return !lines.contains { $0.split(separator: " ").dropFirst(2).first?.hasSuffix(towardsBackend) == true }
+            return !lines.contains { $0.split(separator: " ").dropFirst(2).first.map(String.init) == backendEnd }
         }
         #expect(relaySocketGone)
         received += try connection.receiveAll()
@@ -550,7 +549,7 @@ import Testing
         // The relay's standard output and error are pipes of 64 KiB too.
         #expect(largestPipe > 0 && largestPipe <= 64 << 10, "pipes of a client that never read: \(previous)")
 
-        let (receiveBuffers, ss) = try socketField("rb", details: "m", filter: "dport = :\(backend.address.port)")
+        let (receiveBuffers, ss) = try socketField("rb", details: "m", filter: "dst \(backend.address)")
         #expect(receiveBuffers.count == clients.count, "\(ss)")
         // 4 times a pipe of 64 KiB at most, which the kernel doubles (the receive buffer now follows the pipe 1 to 1,
         // at least 64 KiB: 128 KiB here).
@@ -560,7 +559,7 @@ import Testing
         // The relay's sockets towards the clients hold what is in flight (the clients' windows) and little unsent.
         // A socket with nothing unsent has no notsent field.
         let (unsent, towardsClients) = try socketField(
-            "notsent:", details: "i", filter: "sport = :\(relay.address.port)", absent: 0)
+            "notsent:", details: "i", filter: "src \(relay.address)", absent: 0)
         #expect(unsent.count == clients.count, "\(towardsClients)")
         #expect(unsent.allSatisfy { $0 <= 512 << 10 }, "the relay's sockets towards the clients: \(unsent)")
         #expect(relay.process.exitStatus() == nil)
@@ -598,7 +597,7 @@ import Testing
         }
         let largestPipe = pipes.map(\.capacity).max() ?? 0
         #expect(filled && largestPipe == 64 << 10, "the honest flow's pipe: \(pipes)")
-        let (receiveBuffers, ss) = try socketField("rb", details: "m", filter: "dport = :\(backend.address.port)")
+        let (receiveBuffers, ss) = try socketField("rb", details: "m", filter: "dst \(backend.address)")
         #expect(receiveBuffers.count == 1, "\(ss)")
         // SO_RCVBUF of max(64 KiB, the pipe), which the kernel doubles: 128 KiB (4 times the pipe gave 512 KiB, or
         // net.core.rmem_max's cap, doubled).
@@ -628,7 +627,7 @@ import Testing
             var output = ""
             var segment = 0
             _ = eventually(timeout: 10) {
-                guard let ss = try? socketField(" mss:", details: "i", filter: "sport = :\(backend.address.port)")
+                guard let ss = try? socketField(" mss:", details: "i", filter: "src \(backend.address)")
                 else { return false }
                 output = ss.output
                 segment = ss.values.first ?? 0
@@ -688,7 +687,7 @@ import Testing
         var segments: [Int] = []
         var output = ""
         _ = eventually(timeout: 10) {
-            guard let ss = try? socketField(" mss:", details: "i", filter: "sport = :\(backend.address.port)")
+            guard let ss = try? socketField(" mss:", details: "i", filter: "src \(backend.address)")
             else { return false }
             (segments, output) = (ss.values, ss.output)
             return segments.count == clients.count
@@ -920,7 +919,8 @@ struct RelayPipe: Equatable, CustomStringConvertible {
     var description: String { "\(bytes) of \(capacity) bytes" }
 }
 
-/// What `ss` lists of the established TCP sockets that `filter` selects (`dport = :PORT`), a line each, with the
+/// What `ss` lists of the established TCP sockets that `filter` selects (`dst ADDRESS:PORT`, with the address: a
+/// port alone may also be that of another test's listener on another loopback address), a line each, with the
 /// `details` asked for (`m` skmem, `i` TCP_INFO): per line the number after `field` (`rb`, `notsent:`, ` mss:`), or
 /// `absent` for a line without it (nil leaves the line out), and ss's whole output for messages.
 func socketField(

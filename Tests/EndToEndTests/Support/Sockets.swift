@@ -52,6 +52,13 @@ struct TestAddress: CustomStringConvertible {
         }
     }
 
+    /// How /proc/net/tcp writes this IPv4 address and port (`0100007F:1F90` for 127.0.0.1:8080): the address as the
+    /// kernel's 32-bit word in this machine's byte order, then the port.
+    var procNetTCP: String {
+        let word = withUnsafeBytes(of: storage) { raw in raw.load(as: sockaddr_in.self).sin_addr.s_addr }
+        return String(format: "%08X:%04X", word, port)
+    }
+
     /// The form the relay's command line takes.
     var description: String {
         var text = [CChar](repeating: 0, count: 64)
