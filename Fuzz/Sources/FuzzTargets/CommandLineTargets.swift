@@ -35,40 +35,17 @@ public func fuzzOptions(_ data: [UInt8]) {
             ownRemote = true
             continue
         }
+        // The first --remote replaces the default one; a flag given again is unset, so that either value is
+        // reachable; everything else as the command line stores it.
         switch key {
-        case .local: options.local.append(value)
         case .remote:
             options.remote = (ownRemote ? options.remote : []) + [value]
             ownRemote = true
-        case .pidfile: options.pidfile = value
-        case .bufferSize: options.bufferSize = value
-        case .pipeMemory: options.pipeMemory = value
-        case .connectTimeout: options.connectTimeout.append(value)
-        case .connectDeadline: options.connectDeadline.append(value)
-        case .threads: options.threads = value
-        case .exitIdleTime: options.exitIdleTime = value
-        case .maxConnections: options.maxConnections = value
-        case .maxConnectionsPerClient: options.maxConnectionsPerClient.append(value)
-        case .maxNewConnectionsPerClient: options.maxNewConnectionsPerClient.append(value)
-        case .clientPrefixLength: options.clientPrefixLength.append(value)
-        case .idleTimeout: options.idleTimeout.append(value)
-        case .keepalive: options.keepalive.append(value)
-        case .shutdownTimeout: options.shutdownTimeout = value
-        case .user: options.user = value
-        case .group: options.group = value
-        case .proxyProtocol: options.proxyProtocol.append(value)
-        case .source: options.source.append(value)
-        case .allow: options.allow.append(value)
-        case .deny: options.deny.append(value)
-        case .resolveInterval: options.resolveInterval = value
-        case .loopbackCongestionControl: options.loopbackCongestionControl = value
-        case .loopbackMSS: options.loopbackMSS = value
-        case .metrics: options.metrics = value
-        case .logConnections: options.logConnections.append(value)
         case .noProxyWarning: options.noProxyWarning.toggle()
         case .dualStack: options.dualStack.toggle()
         case .foreground: options.foreground.toggle()
         case .debug: options.debug.toggle()
+        default: options.set(key, value)
         }
     }
     checkConfiguration(options, input: data)

@@ -13,7 +13,7 @@ public enum QuickCommandLine {
             if argument.utf8.count == 2, argument.utf8.first == UInt8(ascii: "-"),
                 let option = OptionDescription.named(short: argument.utf8.last!), option.kind == .flag
             {
-                set(option.key, "", in: &options)  // `-f`
+                options.set(option.key, "")  // `-f`
                 continue
             }
             guard argument.hasPrefix("--") else { return nil }
@@ -27,7 +27,7 @@ public enum QuickCommandLine {
             guard let option = OptionDescription.named(name.utf8) else { return nil }
             if option.kind == .flag {
                 guard value == nil else { return nil }
-                set(option.key, "", in: &options)
+                options.set(option.key, "")
                 continue
             }
             if value == nil {
@@ -35,46 +35,49 @@ public enum QuickCommandLine {
                 value = arguments[index]
                 index += 1
             }
-            set(option.key, value!, in: &options)
+            options.set(option.key, value!)
         }
         return options.remote.isEmpty ? nil : options
     }
+}
 
+extension Options {
     /// Stores a value or sets a flag (whose `value` is ignored). A repeated option keeps the last value, as
-    /// swift-argument-parser does; the repeatable ones (`OptionDescription.Kind.repeatable`) collect them all.
-    private static func set(_ key: OptionKey, _ value: String, in options: inout Options) {
+    /// swift-argument-parser does; the repeatable ones (`OptionDescription.Kind.repeatable`) collect them all. Used by
+    /// `QuickCommandLine` and by the fuzz target that builds options field by field.
+    public mutating func set(_ key: OptionKey, _ value: String) {
         switch key {
-        case .local: options.local.append(value)
-        case .remote: options.remote.append(value)
-        case .pidfile: options.pidfile = value
-        case .bufferSize: options.bufferSize = value
-        case .pipeMemory: options.pipeMemory = value
-        case .connectTimeout: options.connectTimeout.append(value)
-        case .connectDeadline: options.connectDeadline.append(value)
-        case .threads: options.threads = value
-        case .exitIdleTime: options.exitIdleTime = value
-        case .maxConnections: options.maxConnections = value
-        case .maxConnectionsPerClient: options.maxConnectionsPerClient.append(value)
-        case .maxNewConnectionsPerClient: options.maxNewConnectionsPerClient.append(value)
-        case .clientPrefixLength: options.clientPrefixLength.append(value)
-        case .idleTimeout: options.idleTimeout.append(value)
-        case .keepalive: options.keepalive.append(value)
-        case .shutdownTimeout: options.shutdownTimeout = value
-        case .user: options.user = value
-        case .group: options.group = value
-        case .proxyProtocol: options.proxyProtocol.append(value)
-        case .source: options.source.append(value)
-        case .allow: options.allow.append(value)
-        case .deny: options.deny.append(value)
-        case .resolveInterval: options.resolveInterval = value
-        case .loopbackCongestionControl: options.loopbackCongestionControl = value
-        case .loopbackMSS: options.loopbackMSS = value
-        case .metrics: options.metrics = value
-        case .logConnections: options.logConnections.append(value)
-        case .noProxyWarning: options.noProxyWarning = true
-        case .dualStack: options.dualStack = true
-        case .foreground: options.foreground = true
-        case .debug: options.debug = true
+        case .local: local.append(value)
+        case .remote: remote.append(value)
+        case .pidfile: pidfile = value
+        case .bufferSize: bufferSize = value
+        case .pipeMemory: pipeMemory = value
+        case .connectTimeout: connectTimeout.append(value)
+        case .connectDeadline: connectDeadline.append(value)
+        case .threads: threads = value
+        case .exitIdleTime: exitIdleTime = value
+        case .maxConnections: maxConnections = value
+        case .maxConnectionsPerClient: maxConnectionsPerClient.append(value)
+        case .maxNewConnectionsPerClient: maxNewConnectionsPerClient.append(value)
+        case .clientPrefixLength: clientPrefixLength.append(value)
+        case .idleTimeout: idleTimeout.append(value)
+        case .keepalive: keepalive.append(value)
+        case .shutdownTimeout: shutdownTimeout = value
+        case .user: user = value
+        case .group: group = value
+        case .proxyProtocol: proxyProtocol.append(value)
+        case .source: source.append(value)
+        case .allow: allow.append(value)
+        case .deny: deny.append(value)
+        case .resolveInterval: resolveInterval = value
+        case .loopbackCongestionControl: loopbackCongestionControl = value
+        case .loopbackMSS: loopbackMSS = value
+        case .metrics: metrics = value
+        case .logConnections: logConnections.append(value)
+        case .noProxyWarning: noProxyWarning = true
+        case .dualStack: dualStack = true
+        case .foreground: foreground = true
+        case .debug: debug = true
         }
     }
 }
