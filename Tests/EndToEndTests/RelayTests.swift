@@ -437,8 +437,9 @@ import Testing
                         entries.append((int(local.split(":")[1], 16), int(remote.split(":")[1], 16), state))
             return entries
 
-        def forgotten(ends):
-            return not any((local, remote) == ends for local, remote, _ in tcp_entries())
+        def state_of(ends):
+            """The TCP state of the socket with these local and remote ports, None once the kernel forgot it."""
+            return next((state for local, remote, state in tcp_entries() if (local, remote) == ends), None)
 
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
@@ -476,14 +477,12 @@ import Testing
         # the reader reads a little at a time until the sender's kernel has had every byte and its end of stream
         # acknowledged (FIN_WAIT2), as a slow client would, so that the sender can be forgotten; by then the relay holds
         # the tail.
-        def sender_state():
-            return next((state for local, remote, state in tcp_entries() if (local, remote) == ends), None)
         received = bytearray()
         reader.settimeout(0.05)
         deadline = time.monotonic() + 60
-        while not (done.is_set() and sender_state() in ("05", None)):
+        while not (done.is_set() and state_of(ends) in ("05", None)):
             if time.monotonic() > deadline:
-                step("the sender could not hand over its %d bytes: %s, read %d" % (SIZE, sender_state(), len(received)))
+                step("the sender could not hand over its %d bytes: %s, read %d" % (SIZE, state_of(ends), len(received)))
                 sys.exit(2)
             try:
                 received += reader.recv(4096)
@@ -498,9 +497,9 @@ import Testing
             sys.exit(2)
         step("the relay held %d bytes when the sender finished" % held)
         deadline = time.monotonic() + 60
-        while not forgotten(ends) and time.monotonic() < deadline:
+        while state_of(ends) is not None and time.monotonic() < deadline:
             time.sleep(0.1)
-        if not forgotten(ends):
+        if state_of(ends) is not None:
             step("the sender's side was never forgotten: %s" % [e for e in tcp_entries() if e[:2] == ends])
             sys.exit(2)
         step("sender forgotten after %.1f s" % (time.monotonic() - started))
