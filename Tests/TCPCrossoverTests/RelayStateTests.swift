@@ -630,6 +630,64 @@ import Testing
             #expect(!relay.holdsResources)
         }
         #expect(kernel.server.delivered.count == 20_000 && kernel.client.delivered.count == 90_000)
+        // Small exchanges cost no setsockopt(2).
+        #expect(kernel.client.unsentLimit == nil && kernel.server.unsentLimit == nil)
+    }
+
+    /// A response that arrives whole, up to the shipped receive size (the loopback interface's 64 KiB segment),
+    /// goes through in one receive and one send, without a pipe: a 16 KiB body with its headers (16,640 bytes)
+    /// filled the 16 KiB receive of earlier builds, took two receives and a send each, and started splicing for its
+    /// last 256 bytes.
+    @Test func relay_whenAResponseFitsOneReceive_itIsCopiedWithoutAPipe() {
+        let kernel = SimulatedKernel(seed: 29, copyChunk: RelayOptions().copyChunk)
+        kernel.client.window = 10_000_000
+        var relay = RelayState.connected()
+        var io = SimulatedKernel.IO(kernel: kernel)
+        let rounds = 50
+        for size in [16_640, 40_000, 65_000] {
+            let receivesBefore = kernel.server.receives
+            for round in 0..<rounds {
+                kernel.peerSends(.client, Array(repeating: UInt8(round), count: 100), readiness: &relay.readiness)
+                _ = relay.advance(&io, budget: 16)
+                kernel.peerReads(.server, upTo: 1000, readiness: &relay.readiness)
+                kernel.peerSends(.server, Array(repeating: UInt8(round), count: size), readiness: &relay.readiness)
+                _ = relay.advance(&io, budget: 16)
+                kernel.peerReads(.client, upTo: size, readiness: &relay.readiness)
+            }
+            #expect(kernel.server.receives - receivesBefore == rounds, "\(size)-byte responses")
+        }
+        #expect(kernel.pipesAcquired == 0)
+        #expect(kernel.client.delivered.count == rounds * (16_640 + 40_000 + 65_000))
+    }
+
+    /// When the destination takes only part of a receive, the direction holds the rest in a buffer of the rest's
+    /// size, not of a whole receive's: a client that stops reading in the middle of a response pins what it did not
+    /// take, and every byte arrives once it reads again.
+    @Test func relay_whenTheDestinationTakesPartOfAReceive_onlyTheRestIsHeld() {
+        let kernel = SimulatedKernel(seed: 31, pipeCapacity: 16 << 10, copyChunk: 64 << 10)
+        kernel.client.window = 10_000
+        var relay = RelayState.connected()
+        relay.serverIsOnThisMachine()
+        var io = SimulatedKernel.IO(kernel: kernel)
+        let response = (0..<60_000).map { UInt8(truncatingIfNeeded: $0) }
+        kernel.peerSends(.server, response, readiness: &relay.readiness)
+        _ = relay.advance(&io, budget: 16)
+        #expect(kernel.buffersInUse == 1)
+        #expect(kernel.bufferBytesInUse == 50_000)
+        // The receive was more than a small exchange: the client's socket got the unsent limit of a starting pipe
+        // before the send, as splicing would have given it.
+        #expect(kernel.client.unsentLimit == Direction.unsentPerPipe * kernel.pipeCapacity)
+        // The reader may have stopped: the server, on this machine, has its receive buffer bounded as a starting pipe
+        // would bound it, and once for the whole exchange.
+        #expect(kernel.server.receiveBuffer == Direction.receiveBuffer(forPipe: kernel.pipeCapacity))
+        for _ in 0..<100 where kernel.client.delivered.count < response.count {
+            kernel.peerReads(.client, upTo: 10_000, readiness: &relay.readiness)
+            _ = relay.advance(&io, budget: 16)
+        }
+        kernel.peerReads(.client, upTo: 10_000, readiness: &relay.readiness)
+        #expect(kernel.client.delivered == response)
+        #expect(kernel.bufferBytesInUse == 0)
+        #expect(kernel.server.receiveBufferChanges == 1)
     }
 
     /// Bulk data switches a direction to splice, and the pipe goes back once the source is quiet.

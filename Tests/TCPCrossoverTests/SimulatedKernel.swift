@@ -93,6 +93,10 @@ final class SimulatedKernel {
     var nextPipe: CInt = 100
     var pipesInUse = 0
     var buffersInUse = 0
+    /// The bytes of the held buffers handed out and not given back.
+    var bufferBytesInUse = 0
+    /// Pipes handed out so far.
+    var pipesAcquired = 0
     /// The capacity of a new pipe, and the largest a pipe may grow to (`--bs`).
     var pipeCapacity: Int
     var largestPipeCapacity: Int
@@ -393,6 +397,7 @@ extension SimulatedKernel {
             let capacity = kernel.pipeCapacity
             kernel.pipes[fd] = Pipe(slots: max(2, capacity / 4096), capacity: capacity)
             kernel.pipesInUse += 1
+            kernel.pipesAcquired += 1
             return PipeHandle(readEnd: fd, writeEnd: fd + 1, capacity: capacity)
         }
 
@@ -425,6 +430,7 @@ extension SimulatedKernel {
         }
 
         var largestPipe: Int { kernel.largestPipeCapacity }
+        var startingPipe: Int { kernel.pipeCapacity }
 
         func limitUnsent(_ side: Side, to bytes: Int) {
             kernel.calls += 1
@@ -452,13 +458,16 @@ extension SimulatedKernel {
             return fitting
         }
 
-        func acquireBuffer() -> UnsafeMutableRawBufferPointer {
+        func acquireBuffer(holding count: Int) -> UnsafeMutableRawBufferPointer {
+            precondition(count > 0 && count <= kernel.scratchBuffer.count, "a held buffer is for one receive's bytes")
             kernel.buffersInUse += 1
-            return .allocate(byteCount: kernel.scratchBuffer.count, alignment: 16)
+            kernel.bufferBytesInUse += count
+            return .allocate(byteCount: count, alignment: 16)
         }
 
         func releaseBuffer(_ buffer: UnsafeMutableRawBufferPointer) {
             kernel.buffersInUse -= 1
+            kernel.bufferBytesInUse -= buffer.count
             buffer.deallocate()
         }
 

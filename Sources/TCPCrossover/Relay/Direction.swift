@@ -71,7 +71,10 @@ public enum PumpOutcome: Equatable, Sendable {
 /// maximum): a reader that stops leaves little unsent in the relay's socket. All three double each time the pipe,
 /// filled up by the source, has delivered `growthSpan` times its capacity to the destination: a destination that
 /// stops reading stops that count, and one that takes only its socket buffers' worth before it stops leaves the pipe
-/// at its start.
+/// at its start. While a direction still copies, a receive of `sizeableReceive` or more gives the destination the
+/// unsent limit of a starting pipe, and the rest of a receive that the destination did not take bounds a local
+/// source's receive buffer as a starting pipe would: a reader that stops before the direction splices is held to
+/// the same bounds.
 public struct Direction {
     // Stored properties in order of size (8-byte figures, the pipe and the held bytes, then flags), so that the
     // flags share words rather than each padding one: 152 bytes a direction instead of 184.
@@ -150,6 +153,12 @@ public struct Direction {
     /// What may wait unsent in the destination's socket, in earned pipe capacities: 64 KiB for a 16 KiB pipe, 4 MiB
     /// (tcp_wmem's usual maximum, so no limit) for 1 MiB.
     public static let unsentPerPipe = 4
+    /// A copy-mode receive of at least this many bytes is more than a small exchange (a request, a short response,
+    /// a line of a mail dialogue), and gives the destination its unsent limit (`unsentPerPipe` starting pipes) while
+    /// the direction still copies: the receive's size (64 KiB) lets a response of up to a loopback segment through in
+    /// one call, and without the limit a reader that stops would leave all its socket's send buffer takes (up to
+    /// tcp_wmem's maximum, 4 MiB) in the relay's socket.
+    public static let sizeableReceive = 16 << 10
 
     public init(from source: Side, to destination: Side) {
         self.source = source
@@ -535,6 +544,13 @@ public struct Direction {
         if count == scratch.count && !spliceUnsupported {
             wantsSplice = true
         }
+        if count >= Self.sizeableReceive && unsentLimit == 0 {
+            // More than a small exchange, and possibly the start of a download whose reader stops: the destination
+            // gets the unsent limit that a starting pipe would give it, before the send, so that what the relay's
+            // socket takes in copy mode is bounded as it is when splicing (the rest of a receive is held instead).
+            unsentLimit = Self.unsentPerPipe * io.startingPipe
+            io.limitUnsent(destination, to: unsentLimit)
+        }
         let sent: Int
         let unsent = UnsafeRawBufferPointer(rebasing: scratch[0..<count])
         unsentAtFailure = count
@@ -547,11 +563,18 @@ public struct Direction {
         if sent < count {
             // The destination is full: keep the rest (the next round tries again and learns from EAGAIN when to
             // wait), and splice from now on, since the destination is slower than the source.
-            let buffer = io.acquireBuffer()
             let rest = count - sent
+            let buffer = io.acquireBuffer(holding: rest)
             buffer.baseAddress!.copyMemory(from: scratch.baseAddress! + sent, byteCount: rest)
             held = HeldBytes(buffer: buffer, start: 0, end: rest)
             if !spliceUnsupported { wantsSplice = true }
+            if boundsSourceBuffer && receiveBufferLimit == 0 {
+                // The reader may have stopped, and the direction splices only once the held bytes are out: a
+                // source on this machine gets the receive buffer of a starting pipe now, as splicing would give
+                // it, so that its window does not keep growing into the relay meanwhile.
+                receiveBufferLimit = Self.receiveBuffer(forPipe: io.startingPipe)
+                io.limitReceiveBuffer(source, to: receiveBufferLimit)
+            }
         } else if wantsSplice {
             startSplicing(&io)
         }
@@ -598,7 +621,7 @@ public struct Direction {
         let count = header.count + received.count
         precondition(held == nil && pipe == nil && count <= io.scratch.count)
         guard count > 0 else { return }
-        let buffer = io.acquireBuffer()
+        let buffer = io.acquireBuffer(holding: count)
         buffer.copyBytes(from: header)
         if let source = received.baseAddress {
             (buffer.baseAddress! + header.count).copyMemory(from: source, byteCount: received.count)

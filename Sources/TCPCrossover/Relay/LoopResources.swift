@@ -70,6 +70,8 @@ final class LoopResources {
     let budget: PipeBudget
     private var idlePipes: [PipeHandle] = []
     private var idleBuffers: [UnsafeMutableRawBufferPointer] = []
+    /// The size of the pooled buffers for held bytes: 16 KiB, or the receive's size when that is less.
+    private let pooledBuffer: Int
     private let maximumIdle: Int
     /// Pipes handed out and not given back: none once every connection of the loop has ended (checked in debug
     /// builds).
@@ -77,6 +79,7 @@ final class LoopResources {
 
     init(copyChunk: Int, startingPipe: Int, largestPipe: Int, budget: PipeBudget, maximumIdle: Int = 64) {
         scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: copyChunk, alignment: 64)
+        pooledBuffer = min(copyChunk, 16 << 10)
         self.startingPipe = min(startingPipe, largestPipe)
         self.largestPipe = largestPipe
         self.budget = budget
@@ -162,12 +165,16 @@ final class LoopResources {
         idlePipes.removeAll(keepingCapacity: true)
     }
 
-    func acquireBuffer() -> UnsafeMutableRawBufferPointer {
-        idleBuffers.popLast() ?? UnsafeMutableRawBufferPointer.allocate(byteCount: scratch.count, alignment: 64)
+    /// A buffer for `count` held bytes: one of the pool's when they fit in `pooledBuffer`, as they usually do (the
+    /// rest of a receive that the destination took most of), or one of their size otherwise, so that a connection
+    /// whose reader stopped holds what it holds and not a whole receive's worth.
+    func acquireBuffer(holding count: Int) -> UnsafeMutableRawBufferPointer {
+        guard count <= pooledBuffer else { return .allocate(byteCount: count, alignment: 64) }
+        return idleBuffers.popLast() ?? .allocate(byteCount: pooledBuffer, alignment: 64)
     }
 
     func releaseBuffer(_ buffer: UnsafeMutableRawBufferPointer) {
-        if idleBuffers.count < maximumIdle {
+        if buffer.count == pooledBuffer && idleBuffers.count < maximumIdle {
             idleBuffers.append(buffer)
         } else {
             buffer.deallocate()
@@ -231,6 +238,7 @@ struct SocketIO: RelayIO {
     func releasePipe(_ pipe: PipeHandle) { resources.releasePipe(pipe) }
     func growPipe(_ pipe: PipeHandle, to bytes: Int) -> Int { resources.growPipe(pipe, to: bytes) }
     var largestPipe: Int { resources.largestPipe }
+    var startingPipe: Int { resources.startingPipe }
     func limitReceiveBuffer(_ side: Side, to bytes: Int) { Syscall.setReceiveBuffer(fd(side), bytes) }
     func limitUnsent(_ side: Side, to bytes: Int) { Syscall.setUnsentLimit(fd(side), bytes) }
     func discardPipe(_ pipe: PipeHandle) { resources.discardPipe(pipe) }
@@ -238,7 +246,9 @@ struct SocketIO: RelayIO {
         guard case .processed(let count) = try? Syscall.write(pipe.writeEnd, bytes) else { return 0 }
         return count
     }
-    func acquireBuffer() -> UnsafeMutableRawBufferPointer { resources.acquireBuffer() }
+    func acquireBuffer(holding count: Int) -> UnsafeMutableRawBufferPointer {
+        resources.acquireBuffer(holding: count)
+    }
     func releaseBuffer(_ buffer: UnsafeMutableRawBufferPointer) { resources.releaseBuffer(buffer) }
     var scratch: UnsafeMutableRawBufferPointer { resources.scratch }
 }

@@ -60,6 +60,8 @@ public protocol RelayIO {
     mutating func growPipe(_ pipe: PipeHandle, to bytes: Int) -> Int
     /// The largest capacity a pipe may grow to (`--bs`).
     var largestPipe: Int { get }
+    /// The capacity a pipe starts with.
+    var startingPipe: Int { get }
     /// setsockopt(2) SO_RCVBUF on `side`: how much the peer may send ahead of the relay's reading. The kernel's
     /// autotuning no longer grows that buffer afterwards.
     mutating func limitReceiveBuffer(_ side: Side, to bytes: Int)
@@ -69,8 +71,9 @@ public protocol RelayIO {
     mutating func discardPipe(_ pipe: PipeHandle)
     /// write(2) of `bytes` into an empty pipe, for a hand-over: how many it took (0 when it failed).
     mutating func write(into pipe: PipeHandle, _ bytes: UnsafeRawBufferPointer) -> Int
-    /// A buffer of `copyChunk` bytes for bytes that the destination could not take at once.
-    mutating func acquireBuffer() -> UnsafeMutableRawBufferPointer
+    /// A buffer of at least `count` bytes (at most `scratch`'s size) for bytes that the destination could not take
+    /// at once.
+    mutating func acquireBuffer(holding count: Int) -> UnsafeMutableRawBufferPointer
     /// Gives back a buffer from `acquireBuffer`.
     mutating func releaseBuffer(_ buffer: UnsafeMutableRawBufferPointer)
     /// A buffer shared by every connection of the event loop, for one receive-then-send.
