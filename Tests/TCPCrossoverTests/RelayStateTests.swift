@@ -272,6 +272,34 @@ import Testing
         #expect(restored.bytes.up == UInt64(first.count + later.count))
     }
 
+    /// Held bytes from one receive can be more than a starting pipe takes (a receive is 64 KiB, a pipe starts at
+    /// 16): the pipe grows to take them for the hand-over, and they arrive whole after it.
+    @Test func handOver_whenMoreIsHeldThanAStartingPipeTakes_thePipeGrowsToTakeIt() {
+        let kernel = SimulatedKernel(
+            seed: 73, pipeCapacity: 16 << 10, largestPipeCapacity: 1 << 20, copyChunk: 64 << 10)
+        kernel.client.window = 5000
+        var io = SimulatedKernel.IO(kernel: kernel)
+        var relay = RelayState.connected()
+        var random = SeededRandom(seed: 74)
+        let response = randomBytes(50_000, &random)
+        kernel.peerSends(.server, response, readiness: &relay.readiness)
+        _ = relay.advance(&io, budget: 4)
+        #expect(kernel.bufferBytesInUse == 45_000)
+        relay.moveHeldBytesIntoPipes(&io)
+        let snapshot = relay.snapshot
+        #expect(snapshot?.serverToClient.pipeBytes == 45_000)
+        #expect(kernel.buffersInUse == 0)
+        guard let snapshot else { return }
+        let pipes = relay.detachPipesInTransit()
+        relay.releaseResources(&io)
+        var restored = RelayState(restoring: snapshot, upstreamPipe: pipes.upstream, downstreamPipe: pipes.downstream)
+        for _ in 0..<100 where kernel.client.received.count < response.count {
+            kernel.peerReads(.client, upTo: 5000, readiness: &restored.readiness)
+            _ = restored.advance(&io, budget: 4)
+        }
+        #expect(kernel.client.received == response)
+    }
+
     /// A connection whose `scenario.failingSide` failed: what a side sent before its FIN reaches the other side
     /// whole, with a FIN, unless the other side's connection failed; a side that failed before its FIN aborts the
     /// connection, and the other side gets no FIN from it.

@@ -424,7 +424,7 @@ extension SimulatedKernel {
             kernel.pipeBudget -= max(0, charge)
             kernel.pipeGrowths += 1
             simulated.capacity = target
-            simulated.slots = max(2, target / 4096)
+            simulated.slots = max(2, (target + 4095) / 4096)
             kernel.pipes[pipe.readEnd] = simulated
             return target
         }

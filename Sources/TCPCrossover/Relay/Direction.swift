@@ -215,13 +215,15 @@ public struct Direction {
     }
 
     /// For a hand-over: moves the bytes held in a copy buffer (received, not yet taken by the destination) into a
-    /// pipe, which can be handed over where a buffer cannot. Nothing changes when there are none, when a header or
-    /// an urgent byte waits, or when no pipe takes them all (the pipe is closed, and the buffer keeps them).
+    /// pipe, which can be handed over where a buffer cannot; the pipe grows to take them (up to a receive's 64 KiB,
+    /// more than a starting pipe) when the budget allows. Nothing changes when there are none, when a header or an
+    /// urgent byte waits, or when no pipe takes them all (the pipe is closed, and the buffer keeps them).
     mutating func moveHeldBytesIntoPipe<IO: RelayIO>(_ io: inout IO) {
         guard let held, pipe == nil, headerBytesLeft == 0, urgentByte == nil, !abandoned,
-            let newPipe = io.acquirePipe()
+            var newPipe = io.acquirePipe()
         else { return }
         let count = held.end - held.start
+        if count > newPipe.capacity { newPipe.capacity = io.growPipe(newPipe, to: count) }
         let written = io.write(into: newPipe, UnsafeRawBufferPointer(rebasing: held.buffer[held.start..<held.end]))
         guard written == count else {
             io.discardPipe(newPipe)
@@ -233,6 +235,9 @@ public struct Direction {
         pipe = newPipe
         pipeBytes = count
         inflowSinceEmpty = 0
+        // The connection may stay here after all (the store full): it splices on from this pipe, as one that
+        // started splicing has earned its first pipe.
+        if earnedPipeCapacity == 0 { earnedPipeCapacity = io.startingPipe }
     }
 
     /// Lets go of the pipe when it holds bytes, for a hand-over: the caller passes it on with the snapshot taken
