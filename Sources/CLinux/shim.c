@@ -5,6 +5,7 @@
 #include <sys/ioctl.h>
 #include <linux/sockios.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include "CLinux.h"
 
 const unsigned int tcx_splice_flags = SPLICE_F_MOVE | SPLICE_F_NONBLOCK;
@@ -36,6 +37,13 @@ int tcx_get_pipe_size(int fd) {
 
 int tcx_unacknowledged(int fd, int *count) {
     return ioctl(fd, SIOCOUTQ, count);
+}
+
+int tcx_advertised_segment(int fd) {
+    struct tcp_info info;
+    socklen_t length = sizeof info;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &length) != 0 || length < sizeof info) return -1;
+    return (int)info.tcpi_advmss;
 }
 
 int tcx_lock(int fd) {

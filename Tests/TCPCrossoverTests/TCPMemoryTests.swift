@@ -86,4 +86,22 @@ import Testing
         #expect(!budget.admit(now: 8000))
         #expect(reads.load(ordering: .relaxed) == 4)
     }
+
+    /// A connection taken over from the previous process keeps the segments its connect settled, so it takes a place
+    /// without asking; the places it holds leave that much less room for new connections until it ends.
+    @Test func budget_heldPlaces_countAgainstTheRoomOfNewConnections() {
+        let budget = WideSegmentBudget(pageSize: 4096) { TCPMemory(allocatedPages: 500, pressurePages: 12_000) }
+        budget.hold()
+        budget.hold()
+        budget.hold()
+        #expect(budget.openConnections == 3)
+        // Room for 2, and 3 held: none for a new connection, nor after one of them ends.
+        #expect(!budget.admit(now: 5000))
+        budget.release()
+        #expect(!budget.admit(now: 5000))
+        budget.release()
+        budget.release()
+        #expect(budget.admit(now: 5000))
+        #expect(budget.openConnections == 1)
+    }
 }

@@ -32,6 +32,9 @@ int tcx_get_pipe_size(int fd);
 /// ioctl(2) SIOCOUTQ on a TCP socket: bytes sent and not yet acknowledged by the peer (a FIN counts as one).
 int tcx_unacknowledged(int fd, int *count);
 
+/// getsockopt(2) TCP_INFO: the largest segment this socket announced to its peer (tcpi_advmss), or -1.
+int tcx_advertised_segment(int fd);
+
 /// flock(2) LOCK_EX | LOCK_NB.
 int tcx_lock(int fd);
 

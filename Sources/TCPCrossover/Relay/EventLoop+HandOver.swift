@@ -47,11 +47,24 @@ extension EventLoop {
                 clientAddress: peer, localAddress: local, now: now, startedAt: min(stored.startedAt, now))
         }
         connection.server = adopted.server
-        connection.remoteAddress = (try? Syscall.peerAddress(adopted.server)) ?? .unspecified
+        let remote = (try? Syscall.peerAddress(adopted.server)) ?? .unspecified
+        connection.remoteAddress = remote
         connection.phase = .relaying
         connection.relay = RelayState(
             restoring: stored.relay, upstreamPipe: adopted.upstreamPipe.map(resources.adoptPipe),
             downstreamPipe: adopted.downstreamPipe.map(resources.adoptPipe))
+        // As `relay` after a connect: a server on this machine has its receive buffer follow the flow, and a socket to
+        // it with the interface's segments holds a place in the budget of such connections, as it did before.
+        let serverLocal = try? Syscall.localAddress(adopted.server)
+        if remote.isLoopback || serverLocal.map({ remote.isOnThisMachine(localEnd: $0) }) == true {
+            connection.relay.serverIsOnThisMachine()
+            if case .adaptive(let small) = engine.options.loopbackMSS,
+                let segment = Syscall.advertisedSegmentSize(adopted.server), segment > small
+            {
+                engine.wideSegments.hold()
+                connection.wideSegments = true
+            }
+        }
         // Only bytes moved from now on count in this process's figures.
         (connection.accountedUp, connection.accountedDown) = connection.relay.bytes
         if let limits = engine.clientLimits[connection.service],

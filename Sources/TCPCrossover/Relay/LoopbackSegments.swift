@@ -132,7 +132,14 @@ final class WideSegmentBudget: Sendable {
         return false
     }
 
-    /// Gives back the place of a connection that `admit` let have the interface's segments, when it ends.
+    /// Takes a place for a connection that has the interface's segments already, without asking whether there is
+    /// room: one taken over from the previous process (its socket's segment size was settled at its connect). It
+    /// counts against the room of the connections after it, as it did in the process before.
+    func hold() {
+        open.add(1, ordering: .relaxed)
+    }
+
+    /// Gives back the place of a connection that `admit` or `hold` gave it, when it ends.
     func release() {
         open.subtract(1, ordering: .relaxed)
     }

@@ -68,6 +68,13 @@ extension Syscall {
         _ = Glibc.setsockopt(fd, CInt(IPPROTO_TCP), TCP_MAXSEG, &value, socklen_t(MemoryLayout<CInt>.size))
     }
 
+    /// getsockopt(2) TCP_INFO: the largest segment the socket announced to its peer when connecting, that is the
+    /// largest the peer may send (the interface's, or less after `limitSegmentSize`); nil when it cannot be read.
+    static func advertisedSegmentSize(_ fd: CInt) -> Int? {
+        let bytes = tcx_advertised_segment(fd)
+        return bytes > 0 ? Int(bytes) : nil
+    }
+
     /// setsockopt(2) TCP_QUICKACK: off, the socket delays its ACKs to send them with data (set before connect(2),
     /// the handshake's last ACK waits for the first bytes); on, it acknowledges at once again.
     static func setQuickAck(_ fd: CInt, _ on: Bool) throws(Errno) {
