@@ -525,7 +525,9 @@ import Testing
     /// direction stays near its starting size (it grows only while the pipe, not the client, holds the flow back),
     /// and the relay's socket towards the server gets a receive buffer in proportion (SO_RCVBUF) instead of one that
     /// autotuning grows towards tcp_rmem's maximum, so that the server's data waits in the server's send buffer.
-    /// The pipes are read through /proc/PID/fd (F_GETPIPE_SZ, FIONREAD), the sockets with `ss -tm`.
+    /// A direction whose client stopped while it still copied holds the rest of its last receive in a buffer (at
+    /// most 64 KiB, `RelayStateTests`) and no pipe, with the same bounds on its sockets. The pipes are read through
+    /// /proc/PID/fd (F_GETPIPE_SZ, FIONREAD), the sockets with `ss -tm` and `ss -ti`.
     @Test func relay_whenClientsNeverRead_eachPinsASmallPipeAndALimitedReceiveBuffer() throws {
         let backend = try TestServer { connection in
             let block = testBytes(1 << 20, seed: 3)
@@ -535,15 +537,21 @@ import Testing
         }
         let relay = try Relay(remote: backend.address)
         let clients = try (0..<4).map { _ in try TestSocket.connect(to: relay.address) }
-        // Settled: the relay's pipes hold the same bytes twice in a row, 0.5 s apart.
+        // Settled: the relay's sockets towards the server have taken the same bytes, and its pipes hold the same,
+        // twice in a row, 0.5 s apart.
         var previous: [RelayPipe] = []
+        var previousReceived: [Int] = []
         let settled = eventually(timeout: 20) {
             let pipes = relayPipes(of: relay.process.pid)
-            defer { previous = pipes }
+            let received =
+                (try? socketField("bytes_received:", details: "i", filter: "dst \(backend.address)").values) ?? []
+            defer { (previous, previousReceived) = (pipes, received) }
             usleep(500_000)
-            return pipes.filter { $0.bytes > 0 }.count == clients.count && pipes == previous
+            return received.count == clients.count && received.allSatisfy { $0 > 0 } && received == previousReceived
+                && pipes == previous
         }
-        #expect(settled, "the stalled connections' pipes: \(previous)")
+        #expect(settled, "the stalled connections' pipes: \(previous), taken from the server: \(previousReceived)")
+        #expect(previous.filter { $0.bytes > 0 }.count <= clients.count, "\(previous)")
         let largestPipe = previous.map(\.capacity).max() ?? 0
         // The relay's standard output and error are pipes of 64 KiB too.
         #expect(largestPipe > 0 && largestPipe <= 64 << 10, "pipes of a client that never read: \(previous)")
