@@ -662,17 +662,17 @@ import Testing
         #expect(kernel.client.unsentLimit == nil && kernel.server.unsentLimit == nil)
     }
 
-    /// A response that arrives whole, up to the shipped receive size (the loopback interface's 64 KiB segment),
-    /// goes through in one receive and one send, without a pipe: a 16 KiB body with its headers (16,640 bytes)
-    /// filled the 16 KiB receive of earlier builds, took two receives and a send each, and started splicing for its
-    /// last 256 bytes.
+    /// A response that arrives whole, below `Direction.bulkReceive` (32 KiB), goes through in one receive and one
+    /// send, without a pipe: a 16 KiB body with its headers (16,640 bytes) filled the 16 KiB receive of earlier
+    /// builds, took two receives and a send each, and started splicing for its last 256 bytes. A receive of a whole
+    /// loopback segment (65,483 bytes) is bulk data and starts splicing.
     @Test func relay_whenAResponseFitsOneReceive_itIsCopiedWithoutAPipe() {
         let kernel = SimulatedKernel(seed: 29, copyChunk: RelayOptions().copyChunk)
         kernel.client.window = 10_000_000
         var relay = RelayState.connected()
         var io = SimulatedKernel.IO(kernel: kernel)
         let rounds = 50
-        for size in [16_640, 40_000, 65_000] {
+        for size in [16_640, 24_000, 32_000] {
             let receivesBefore = kernel.server.receives
             for round in 0..<rounds {
                 kernel.peerSends(.client, Array(repeating: UInt8(round), count: 100), readiness: &relay.readiness)
@@ -685,7 +685,10 @@ import Testing
             #expect(kernel.server.receives - receivesBefore == rounds, "\(size)-byte responses")
         }
         #expect(kernel.pipesAcquired == 0)
-        #expect(kernel.client.delivered.count == rounds * (16_640 + 40_000 + 65_000))
+        #expect(kernel.client.delivered.count == rounds * (16_640 + 24_000 + 32_000))
+        kernel.peerSends(.server, Array(repeating: 7, count: 65_483), readiness: &relay.readiness)
+        _ = relay.advance(&io, budget: 16)
+        #expect(kernel.pipesAcquired == 1)
     }
 
     /// When the destination takes only part of a receive, the direction holds the rest in a buffer of the rest's

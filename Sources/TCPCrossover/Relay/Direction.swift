@@ -56,7 +56,7 @@ public enum PumpOutcome: Equatable, Sendable {
 /// `destination` and passes the end of the stream on.
 ///
 /// Small exchanges are copied: recv(2) into the loop's shared buffer, then send(2) at once, so an idle or
-/// request/response connection holds no buffer and no pipe. When a receive fills the buffer (bulk data) or the
+/// request/response connection holds no buffer and no pipe. When a receive reaches `bulkReceive` (bulk data) or the
 /// destination cannot keep up, the direction switches to splice(2) through a pipe, which moves bytes without
 /// copying them; when the source goes quiet with the pipe empty, the pipe goes back to the pool.
 ///
@@ -153,6 +153,11 @@ public struct Direction {
     /// What may wait unsent in the destination's socket, in earned pipe capacities: 64 KiB for a 16 KiB pipe, 4 MiB
     /// (tcp_wmem's usual maximum, so no limit) for 1 MiB.
     public static let unsentPerPipe = 4
+    /// A copy-mode receive of at least this many bytes is bulk data: the direction splices once they are out. Half
+    /// the receive (64 KiB), so that one loopback segment (65,483 bytes) from a server that sends without pause
+    /// starts splicing at once, while a response of up to 32 KiB goes through in one recv(2) and one send(2) and
+    /// leaves the direction copying.
+    public static let bulkReceive = 32 << 10
     /// A copy-mode receive of at least this many bytes is more than a small exchange (a request, a short response,
     /// a line of a mail dialogue), and gives the destination its unsent limit (`unsentPerPipe` starting pipes) while
     /// the direction still copies: the receive's size (64 KiB) lets a response of up to a loopback segment through in
@@ -546,7 +551,7 @@ public struct Direction {
                 }
             }
         }
-        if count == scratch.count && !spliceUnsupported {
+        if count >= min(Self.bulkReceive, scratch.count) && !spliceUnsupported {
             wantsSplice = true
         }
         if count >= Self.sizeableReceive && unsentLimit == 0 {

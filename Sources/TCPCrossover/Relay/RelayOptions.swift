@@ -8,11 +8,11 @@ public struct RelayOptions: Sendable, Equatable {
     /// The pipe memory the process may hold beyond the starting size of its pipes, in bytes (`--pipe-memory`); nil
     /// for 64 pipes of `pipeSize`, and for an unprivileged process at most half of fs.pipe-user-pages-soft.
     public var pipeMemory: Int?
-    /// The size of a copy-mode receive. A receive that fills it switches the direction to splice. 64 KiB, the
-    /// segment of the loopback interface: a response of up to some 64 KiB from a server on this machine arrives in
-    /// one segment and goes through in one recv(2) and one send(2), where a 16 KiB receive took two of each and then
-    /// started splicing for the tail (Benchmarks/README.md, 16 KiB responses: 1.11 to 1.23 times the floor, against
-    /// 0.95 to 1.02).
+    /// The size of a copy-mode receive; one of `Direction.bulkReceive` (half of it) or more switches the direction
+    /// to splice. 64 KiB, the segment of the loopback interface: a response from a server on this machine arrives
+    /// in one segment and goes through in one recv(2) and one send(2), where a 16 KiB receive took two of each for a
+    /// 16 KiB body with its headers, and then started splicing for the tail (Benchmarks/README.md, 16 KiB
+    /// responses: 1.11 to 1.23 times the floor, against 0.95 to 1.02).
     public var copyChunk = 64 << 10
     /// The per-connection settings of every service that has none of its own (the options given without a name).
     public var service = ServiceOptions()
