@@ -429,13 +429,22 @@ public struct Direction {
     /// Gives the destination the unsent limit, and a source on this machine the receive buffer, that the flow has
     /// earned, where they have not got them yet.
     private mutating func limitBuffers<IO: RelayIO>(_ io: inout IO) {
-        let unsent = Self.unsentPerPipe * earnedPipeCapacity
-        if unsent != unsentLimit {
-            io.limitUnsent(destination, to: unsent)
-            unsentLimit = unsent
-        }
+        limitUnsent(&io, forPipe: earnedPipeCapacity)
+        limitSourceBuffer(&io, forPipe: earnedPipeCapacity)
+    }
+
+    /// Gives the destination the unsent limit of a pipe of `capacity`, unless it has it already.
+    private mutating func limitUnsent<IO: RelayIO>(_ io: inout IO, forPipe capacity: Int) {
+        let unsent = Self.unsentPerPipe * capacity
+        guard unsent != unsentLimit else { return }
+        io.limitUnsent(destination, to: unsent)
+        unsentLimit = unsent
+    }
+
+    /// Gives a source on this machine the receive buffer of a pipe of `capacity`, unless it has it already.
+    private mutating func limitSourceBuffer<IO: RelayIO>(_ io: inout IO, forPipe capacity: Int) {
         guard boundsSourceBuffer else { return }
-        let wanted = Self.receiveBuffer(forPipe: earnedPipeCapacity)
+        let wanted = Self.receiveBuffer(forPipe: capacity)
         guard wanted != receiveBufferLimit else { return }
         io.limitReceiveBuffer(source, to: wanted)
         receiveBufferLimit = wanted
@@ -558,8 +567,7 @@ public struct Direction {
             // More than a small exchange, and possibly the start of a download whose reader stops: the destination
             // gets the unsent limit that a starting pipe would give it, before the send, so that what the relay's
             // socket takes in copy mode is bounded as it is when splicing (the rest of a receive is held instead).
-            unsentLimit = Self.unsentPerPipe * io.startingPipe
-            io.limitUnsent(destination, to: unsentLimit)
+            limitUnsent(&io, forPipe: io.startingPipe)
         }
         let sent: Int
         let unsent = UnsafeRawBufferPointer(rebasing: scratch[0..<count])
@@ -578,12 +586,11 @@ public struct Direction {
             buffer.baseAddress!.copyMemory(from: scratch.baseAddress! + sent, byteCount: rest)
             held = HeldBytes(buffer: buffer, start: 0, end: rest)
             if !spliceUnsupported { wantsSplice = true }
-            if boundsSourceBuffer && receiveBufferLimit == 0 {
+            if receiveBufferLimit == 0 {
                 // The reader may have stopped, and the direction splices only once the held bytes are out: a
                 // source on this machine gets the receive buffer of a starting pipe now, as splicing would give
                 // it, so that its window does not keep growing into the relay meanwhile.
-                receiveBufferLimit = Self.receiveBuffer(forPipe: io.startingPipe)
-                io.limitReceiveBuffer(source, to: receiveBufferLimit)
+                limitSourceBuffer(&io, forPipe: io.startingPipe)
             }
         } else if wantsSplice {
             startSplicing(&io)

@@ -55,8 +55,9 @@ extension EventLoop {
             downstreamPipe: adopted.downstreamPipe.map(resources.adoptPipe))
         // As `relay` after a connect: a server on this machine has its receive buffer follow the flow, and a socket to
         // it with the interface's segments holds a place in the budget of such connections, as it did before.
-        let serverLocal = try? Syscall.localAddress(adopted.server)
-        if remote.isLoopback || serverLocal.map({ remote.isOnThisMachine(localEnd: $0) }) == true {
+        if remote.isLoopback
+            || (try? Syscall.localAddress(adopted.server)).map({ remote.isOnThisMachine(localEnd: $0) }) == true
+        {
             connection.relay.serverIsOnThisMachine()
             if case .adaptive(let small) = engine.options.loopbackMSS,
                 let segment = Syscall.advertisedSegmentSize(adopted.server), segment > small
