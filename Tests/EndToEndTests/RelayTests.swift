@@ -702,6 +702,9 @@ import Testing
         #expect(segments.count == clients.count, "\(output)")
         // Other tests' connections move TCP memory meanwhile: the relay's own count is the one to check against.
         #expect((0...8).contains(wide), "\(text)")
+        // The line gives the threshold the relay read, in MiB.
+        let threshold = (pressure * Int(getpagesize())) >> 20
+        #expect(text.contains(", pressure threshold \(threshold) MiB)"), "\(text)")
         #expect(segments.filter { $0 > 16384 }.count == wide, "\(output)")
         #expect(segments.filter { $0 <= 4096 }.count == clients.count - wide, "\(output)")
         withExtendedLifetime(clients) {}

@@ -167,7 +167,8 @@ final class WideSegmentBudget: Sendable {
         let allocated = allocatedPages.load(ordering: .relaxed)
         let pressure = pressurePages.load(ordering: .relaxed)
         guard allocated >= 0 else { return "TCP memory that cannot be read (/proc/self/net/sockstat)" }
-        return
-            "TCP memory (\(allocated * pageSize >> 20) MiB held, pressure threshold \(pressure * pageSize >> 20) MiB)"
+        // Parenthesised: Swift's shifts bind more tightly than its multiplication.
+        let (heldMiB, thresholdMiB) = ((allocated * pageSize) >> 20, (pressure * pageSize) >> 20)
+        return "TCP memory (\(heldMiB) MiB held, pressure threshold \(thresholdMiB) MiB)"
     }
 }
