@@ -95,6 +95,8 @@ import Testing
             "tcp_crossover_connect_failures_total{reason=\"refused\",remote=\"\(closed)\",service=\"down\"}": 1,
             "tcp_crossover_connection_duration_seconds_count{service=\"down\"}": 0,
             "tcp_crossover_event_loops{}": 2,
+            // The backend is on this machine: the open connection holds a place in the wide-segment budget.
+            "tcp_crossover_loopback_wide_segment_connections{}": 1,
         ]
         var samples: [String: Double] = [:]
         // The figures follow the traffic within a turn of the event loop: scrape until they do (bounded).
@@ -105,6 +107,7 @@ import Testing
         for (sample, value) in open.sorted(by: { $0.key < $1.key }) {
             #expect(samples[sample] == value, "\(sample)")
         }
+        #expect((samples["tcp_crossover_loopback_wide_segment_room{}"] ?? 0) >= 1, "\(samples)")
         // A histogram's +Inf bucket holds every observation.
         #expect(samples["tcp_crossover_connect_duration_seconds_bucket{le=\"+Inf\",service=\"default\"}"] == 4)
         // No label holds a client's address (the clients were 127.0.0.1 and ::1 on ephemeral ports).
@@ -125,6 +128,7 @@ import Testing
             "tcp_crossover_connections_ended_total{end=\"client-closed\",service=\"default\"}": 4,
             "tcp_crossover_connection_duration_seconds_count{service=\"default\"}": 4,
             "tcp_crossover_bytes_total{direction=\"client-to-server\",service=\"default\"}": 650,
+            "tcp_crossover_loopback_wide_segment_connections{}": 0,
         ]
         _ = try eventually(timeout: 20) {
             samples = try Self.scrape(metrics)

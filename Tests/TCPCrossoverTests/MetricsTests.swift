@@ -126,6 +126,23 @@ import Testing
         }
     }
 
+    /// The wide-segment budget's gauges: none with another `--loopback-mss`, the count alone before the first
+    /// reading of TCP memory (a restart's taken-over connections hold places without one), and both after.
+    @Test func exposition_givesTheWideSegmentBudget_whenThereIsOne() {
+        var snapshot = MetricsSnapshot(serviceNames: [nil])
+        #expect(!MetricsExposition.render(snapshot).contains("wide_segment"))
+        snapshot.loopbackWideSegments = .init(open: 2, room: nil)
+        var text = MetricsExposition.render(snapshot)
+        #expect(text.contains("# TYPE tcp_crossover_loopback_wide_segment_connections gauge\n"))
+        #expect(text.contains("\ntcp_crossover_loopback_wide_segment_connections 2\n"))
+        #expect(!text.contains("wide_segment_room"))
+        snapshot.loopbackWideSegments = .init(open: 3, room: 93)
+        text = MetricsExposition.render(snapshot)
+        #expect(text.contains("\ntcp_crossover_loopback_wide_segment_connections 3\n"))
+        #expect(text.contains("# TYPE tcp_crossover_loopback_wide_segment_room gauge\n"))
+        #expect(text.contains("\ntcp_crossover_loopback_wide_segment_room 93\n"))
+    }
+
     @Test func exposition_escapesLabelValues() {
         #expect(MetricsExposition.escapedLabelValue("plain") == "plain")
         #expect(MetricsExposition.escapedLabelValue("a\"b\\c\nd") == "a\\\"b\\\\c\\nd")

@@ -102,6 +102,21 @@ public enum MetricsExposition {
         family(&text, "tcp_crossover_event_loops", "gauge", "Event loop threads relaying connections.")
         sample(&text, "tcp_crossover_event_loops", [], String(snapshot.eventLoops))
 
+        if let wide = snapshot.loopbackWideSegments {
+            family(
+                &text, "tcp_crossover_loopback_wide_segment_connections", "gauge",
+                "Connections to servers on this machine that have the loopback interface's segments "
+                    + "(--loopback-mss auto); the others get the small ones.")
+            sample(&text, "tcp_crossover_loopback_wide_segment_connections", [], String(wide.open))
+            if let room = wide.room {
+                family(
+                    &text, "tcp_crossover_loopback_wide_segment_room", "gauge",
+                    "How many such connections the last reading of TCP memory left room for (read at most once a "
+                        + "second, as connections to servers on this machine start).")
+                sample(&text, "tcp_crossover_loopback_wide_segment_room", [], String(room))
+            }
+        }
+
         let process = snapshot.process
         family(&text, "process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.")
         sample(&text, "process_start_time_seconds", [], seconds(process.startTime))

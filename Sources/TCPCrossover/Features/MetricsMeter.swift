@@ -261,6 +261,19 @@ public struct MetricsSnapshot: Sendable, Equatable {
         }
     }
 
+    /// The wide-segment budget's figures (`WideSegmentBudget`).
+    public struct WideSegmentFigures: Sendable, Equatable {
+        /// Connections to servers on this machine that have the loopback interface's segments.
+        public var open: Int
+        /// How many the last reading of TCP memory left room for; nil before the first reading.
+        public var room: Int?
+
+        public init(open: Int, room: Int?) {
+            self.open = open
+            self.room = room
+        }
+    }
+
     /// Figures of the process as a whole; nil where /proc could not be read.
     public struct ProcessFigures: Sendable, Equatable {
         /// Seconds since the epoch, to the millisecond.
@@ -281,6 +294,9 @@ public struct MetricsSnapshot: Sendable, Equatable {
     public var acceptPauses = [UInt64](repeating: 0, count: AcceptPause.allCases.count)
     public var connectionLimit: Int = 0
     public var eventLoops: Int = 0
+    /// The places taken in the wide-segment budget (`--loopback-mss auto`), and the room the last reading of TCP
+    /// memory left (nil before the first); nil with another `--loopback-mss`.
+    public var loopbackWideSegments: WideSegmentFigures?
     public var process = ProcessFigures()
 
     public init(serviceNames: [String?]) {

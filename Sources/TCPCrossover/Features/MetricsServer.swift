@@ -38,6 +38,8 @@ public final class MetricsServer: @unchecked Sendable {
         let serviceNames: [String?]
         let meters: [LoopMeter]
         let connectionLimit: Int
+        /// The wide-segment budget, with `--loopback-mss auto` (the default) only.
+        let wideSegments: WideSegmentBudget?
     }
 
     /// Starts the thread. A failure is logged and the relay goes on without metrics.
@@ -64,6 +66,9 @@ public final class MetricsServer: @unchecked Sendable {
         for meter in source.meters { meter.addFigures(to: &snapshot) }
         snapshot.connectionLimit = source.connectionLimit
         snapshot.eventLoops = source.meters.count
+        if let budget = source.wideSegments {
+            snapshot.loopbackWideSegments = .init(open: budget.openConnections, room: budget.roomAtLastReading)
+        }
         snapshot.process.startTime = startTime
         snapshot.process.maximumDescriptors = Syscall.descriptorLimit().soft
         snapshot.process.openDescriptors = Syscall.directoryEntryCount("/proc/self/fd").map { $0 - 1 }

@@ -175,7 +175,8 @@ public final class Engine: @unchecked Sendable {
             metrics.start(
                 MetricsServer.Source(
                     serviceNames: services.map(\.name), meters: loops.compactMap(\.meter),
-                    connectionLimit: options.maximumConnections))
+                    connectionLimit: options.maximumConnections,
+                    wideSegments: { if case .adaptive = options.loopbackMSS { wideSegments } else { nil } }()))
         }
         defer { metrics?.stop() }
         onReady()
@@ -270,6 +271,19 @@ public final class Engine: @unchecked Sendable {
             }
         }
         return own - leastLoad > max(2, (own + leastLoad) / 8) ? least : nil
+    }
+
+    /// `; 3 with the loopback interface's segments, room for 93`: the places taken in the wide-segment budget (see
+    /// `LoopbackSegments.adaptive`) and what the last reading of TCP memory left room for (once there is one), for
+    /// the SIGUSR1 line; empty with another `--loopback-mss`, or while no connection to a server on this machine has
+    /// asked for a place or holds one.
+    var wideSegmentFigures: String {
+        guard case .adaptive = options.loopbackMSS else { return "" }
+        let open = wideSegments.openConnections
+        guard let room = wideSegments.roomAtLastReading else {
+            return open > 0 ? "; \(open) with the loopback interface's segments" : ""
+        }
+        return "; \(open) with the loopback interface's segments, room for \(room)"
     }
 
     /// `; per thread 16, 15`: the connections of each loop, for the SIGUSR1 line; empty with one loop.

@@ -433,7 +433,8 @@ final class EventLoop: @unchecked Sendable {
                     engineChanged()
                 }
             case SIGUSR1:
-                Log.notice("statistics: \(engine.statistics.snapshot())\(engine.loadPerThread)")
+                Log.notice(
+                    "statistics: \(engine.statistics.snapshot())\(engine.wideSegmentFigures)\(engine.loadPerThread)")
             case SIGUSR2:
                 prepareHandOver(slots: Int(value))
             default:

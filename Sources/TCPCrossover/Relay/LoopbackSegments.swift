@@ -147,6 +147,10 @@ final class WideSegmentBudget: Sendable {
     /// Connections with the interface's segments now open.
     var openConnections: Int { open.load(ordering: .relaxed) }
 
+    /// How many connections the last reading of TCP memory left room for; nil before the first reading (the first
+    /// connection to a server on this machine takes it).
+    var roomAtLastReading: Int? { haveReading.load(ordering: .acquiring) ? room.load(ordering: .relaxed) : nil }
+
     private func refresh() {
         let memory = read()
         room.store(memory.map { $0.headroomPages * pageSize / Self.reservedBytes } ?? 0, ordering: .relaxed)
