@@ -116,6 +116,9 @@ struct TCPCrossoverCommand: ParsableCommand {
     @Option(name: .table(.logConnections), help: .table(.logConnections))
     var logConnections: [String] = []
 
+    @Option(name: .table(.splice), help: .table(.splice))
+    var splice: [String] = []
+
     // Names and help come from `optionTable`; QuickCommandLineTests checks that each wrapper's kind (value, repeated
     // value, flag) is the table's.
 
@@ -132,7 +135,7 @@ struct TCPCrossoverCommand: ParsableCommand {
             proxyProtocol: proxyProtocol, source: source, allow: allow, deny: deny, resolveInterval: resolveInterval,
             loopbackCongestionControl: loopbackCongestionControl, loopbackMSS: loopbackMSS,
             noProxyWarning: noProxyWarning, metrics: metrics,
-            logConnections: logConnections)
+            logConnections: logConnections, splice: splice)
     }
 
     func validate() throws {

@@ -159,6 +159,10 @@ import Testing
             return Behaviour(
                 arguments: ["--log-connections", "no"], change: { $0.relay.service.logConnections = false },
                 invalid: ["--log-connections", "maybe"])
+        case .splice:
+            return Behaviour(
+                arguments: ["--splice", "no"], change: { $0.relay.service.splice = false },
+                invalid: ["--splice", "sometimes"])
         case .dualStack:
             return Behaviour(
                 arguments: ["--dual-stack"], change: { $0.dualStack = true }, invalid: ["--dual-stack=yes"])

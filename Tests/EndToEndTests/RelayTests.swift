@@ -572,6 +572,59 @@ import Testing
         #expect(relay.process.exitStatus() == nil)
     }
 
+    /// `--splice no`: a bulk download from a server on this machine is copied through the relay and never takes a
+    /// pipe (the default relay, beside it, has one after the same download), every byte arrives as sent, and when
+    /// the client stops reading the relay holds it to the bounds of a splicing direction: little unsent in its socket
+    /// towards the client, a limited receive buffer towards the server.
+    @Test func relay_withSpliceNo_copiesBulkDataWithoutAPipe_withinTheSameBounds() throws {
+        let block = testBytes(1 << 20, seed: 9)
+        let backend = try TestServer { connection in
+            connection.setTimeout(20)
+            while (try? connection.send(block)) != nil {}
+        }
+        func download(_ arguments: [String]) throws -> (relay: Relay, pipesBefore: Int, client: TestSocket) {
+            let relay = try Relay(remote: backend.address, arguments)
+            let pipesBefore = relayPipes(of: relay.process.pid).count
+            let client = try TestSocket.connect(to: relay.address)
+            client.setTimeout(20)
+            var received: [UInt8] = []
+            while received.count < 8 << 20 {
+                let chunk = try client.receive(upTo: 1 << 20)
+                try #require(!chunk.isEmpty, "the download ended after \(received.count) bytes")
+                received += chunk
+            }
+            for index in 0..<8 {
+                #expect(Array(received[(index << 20)..<((index + 1) << 20)]) == block, "MiB \(index), \(arguments)")
+            }
+            return (relay, pipesBefore, client)
+        }
+        let spliced = try download([])
+        #expect(relayPipes(of: spliced.relay.process.pid).count > spliced.pipesBefore, "the default relay splices")
+        spliced.client.close()
+        #expect(spliced.relay.stop() == 0)
+
+        let copied = try download(["--splice", "no"])
+        // The client has stopped reading: settled once the relay's socket towards the server has taken the same
+        // bytes twice in a row, 0.5 s apart.
+        var previous: [Int] = []
+        let settled = eventually(timeout: 20) {
+            let received =
+                (try? socketField("bytes_received:", details: "i", filter: "dst \(backend.address)").values) ?? []
+            defer { previous = received }
+            usleep(500_000)
+            return received.count == 1 && received == previous
+        }
+        #expect(settled, "taken from the server: \(previous)")
+        #expect(relayPipes(of: copied.relay.process.pid).count == copied.pipesBefore, "a pipe with --splice no")
+        let (receiveBuffers, ss) = try socketField("rb", details: "m", filter: "dst \(backend.address)")
+        #expect(receiveBuffers.count == 1 && receiveBuffers.allSatisfy { $0 <= 512 << 10 }, "\(ss)")
+        let (unsent, towardsClient) = try socketField(
+            "notsent:", details: "i", filter: "src \(copied.relay.address)", absent: 0)
+        #expect(unsent.count == 1 && unsent.allSatisfy { $0 <= 512 << 10 }, "\(towardsClient)")
+        copied.client.close()
+        #expect(copied.relay.stop() == 0)
+    }
+
     /// An honest client that reads as fast as the server sends earns the largest pipe (`--bs 64k` here), and the
     /// relay's socket towards the server on this machine gets a receive buffer of the pipe's size, no more (at least
     /// 64 KiB, which the kernel doubles): the pipe is the relay's buffer. A larger one only queues in the relay what

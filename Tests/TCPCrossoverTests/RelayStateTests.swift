@@ -691,6 +691,43 @@ import Testing
         #expect(kernel.pipesAcquired == 1)
     }
 
+    /// `--splice no` (`copyOnly`): bulk data both ways, and a destination that falls behind, take no pipe; every byte
+    /// arrives in order, and a reader that stops is held to a starting pipe's unsent limit.
+    @Test func relay_copyOnly_movesBulkDataWithoutAPipe() {
+        let kernel = SimulatedKernel(seed: 37, copyChunk: RelayOptions().copyChunk)
+        kernel.client.window = 200_000
+        kernel.server.window = 200_000
+        var relay = RelayState.connected()
+        relay.serverIsOnThisMachine()
+        relay.copyOnly()
+        var io = SimulatedKernel.IO(kernel: kernel)
+        let download = (0..<3_000_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        let upload = (0..<1_000_000).map { UInt8(truncatingIfNeeded: $0 &* 13) }
+        var sentDown = 0
+        var sentUp = 0
+        for _ in 0..<10_000 where kernel.client.delivered.count < download.count {
+            if sentDown < download.count {
+                let next = min(download.count, sentDown + 65_483)
+                kernel.peerSends(.server, Array(download[sentDown..<next]), readiness: &relay.readiness)
+                sentDown = next
+            }
+            if sentUp < upload.count {
+                let next = min(upload.count, sentUp + 65_483)
+                kernel.peerSends(.client, Array(upload[sentUp..<next]), readiness: &relay.readiness)
+                sentUp = next
+            }
+            _ = relay.advance(&io, budget: 16)
+            kernel.peerReads(.client, upTo: 40_000, readiness: &relay.readiness)
+            kernel.peerReads(.server, upTo: 40_000, readiness: &relay.readiness)
+            _ = relay.advance(&io, budget: 16)
+        }
+        #expect(kernel.pipesAcquired == 0)
+        #expect(kernel.client.delivered == download)
+        #expect(kernel.server.delivered.count <= upload.count)
+        #expect(kernel.server.delivered == Array(upload[0..<kernel.server.delivered.count]))
+        #expect(kernel.client.unsentLimit == Direction.unsentPerPipe * io.startingPipe)
+    }
+
     /// When the destination takes only part of a receive, the direction holds the rest in a buffer of the rest's
     /// size, not of a whole receive's: a client that stops reading in the middle of a response pins what it did not
     /// take, and every byte arrives once it reads again.

@@ -74,6 +74,15 @@ import Testing
         #expect(configuration.serviceOptions["smtp"]?.logConnections == false)
     }
 
+    /// `--splice app=no`: that service copies, the others splice bulk data.
+    @Test func splice_perService() throws {
+        let configuration = try Self.mailRelay { $0.splice = ["imap=no"] }
+        #expect(configuration.relay.service.splice)
+        #expect(configuration.serviceOptions["imap"]?.splice == false)
+        #expect(configuration.serviceOptions["smtp"] == nil)
+        #expect(throws: OptionError.self) { try Self.mailRelay { $0.splice = ["imap=never"] } }
+    }
+
     @Test func perClientLimits_perService() throws {
         let configuration = try Self.mailRelay {
             $0.maxConnectionsPerClient = ["smtp=5"]
@@ -128,7 +137,7 @@ import Testing
     /// The table's `perService` and the parsing agree: every option it marks takes a name (and repeats).
     @Test func everyPerServiceOptionOfTheTable_takesAServiceName() throws {
         let marked = optionTable.filter(\.perService)
-        #expect(marked.count == 12)
+        #expect(marked.count == 13)
         for option in marked {
             #expect(option.kind == .repeatable, "--\(option.name)")
             let options = try #require(

@@ -60,7 +60,7 @@ private let selectedOptions: [OptionKey?] = {
         .idleTimeout, .keepalive, .shutdownTimeout, .user, .group, .proxyProtocol, .source, .allow, .deny,
         .resolveInterval, .debug, .foreground, .dualStack, nil, .maxConnectionsPerClient, .clientPrefixLength,
         .metrics, .logConnections, .connectDeadline, .maxNewConnectionsPerClient, .pipeMemory,
-        .loopbackCongestionControl, .loopbackMSS, .noProxyWarning,
+        .loopbackCongestionControl, .loopbackMSS, .noProxyWarning, .splice,
     ]
     let missing = OptionKey.allCases.filter { key in !keys.contains(key) }
     if !missing.isEmpty || keys.count != OptionKey.allCases.count + 1 || keys.count > 64 {
@@ -177,6 +177,7 @@ private func checkService(
     inherits(\.access.deny, unless: options.deny, "--deny")
     inherits(\.keepalive, unless: options.keepalive, "--keepalive")
     inherits(\.logConnections, unless: options.logConnections, "--log-connections")
+    inherits(\.splice, unless: options.splice, "--splice")
     inherits(\.maximumConnectionsPerClient, unless: options.maxConnectionsPerClient, "--max-connections-per-client")
     inherits(
         \.newConnectionRatePerClient, unless: options.maxNewConnectionsPerClient, "--max-new-connections-per-client")
@@ -191,6 +192,9 @@ private func checkService(
     }
     if let last = values(options.logConnections, for: name).last {
         require(service.logConnections == (last == "yes"), "\(label): --log-connections \(last)", input: input)
+    }
+    if let last = values(options.splice, for: name).last {
+        require(service.splice == (last == "yes"), "\(label): --splice \(last)", input: input)
     }
     for (entries, given, option) in [
         (service.sources.count, options.source, "--source"), (service.access.allow.count, options.allow, "--allow"),
@@ -242,6 +246,7 @@ private func perServiceValues(of key: OptionKey, in options: Options) -> [String
     case .allow: options.allow
     case .deny: options.deny
     case .logConnections: options.logConnections
+    case .splice: options.splice
     case .local, .remote, .pidfile, .bufferSize, .pipeMemory, .threads, .exitIdleTime, .maxConnections,
         .shutdownTimeout, .user, .group, .resolveInterval, .loopbackCongestionControl, .loopbackMSS, .noProxyWarning,
         .metrics, .dualStack, .foreground, .debug:
@@ -320,6 +325,7 @@ private func spelling(_ options: Options) -> [String] {
         case .loopbackMSS: add("loopback-mss", options.loopbackMSS, default: defaults.loopbackMSS)
         case .metrics: add("metrics", options.metrics)
         case .logConnections: add("log-connections", every: options.logConnections)
+        case .splice: add("splice", every: options.splice)
         case .noProxyWarning: add("--no-proxy-warning", if: options.noProxyWarning)
         case .dualStack: add("--dual-stack", if: options.dualStack)
         case .foreground: add("-f", if: options.foreground)

@@ -191,6 +191,7 @@ extension EventLoop {
         // A server on this machine gets a receive buffer that follows the flow (`Direction.boundsSourceBuffer`).
         connection.relay.serverIsOnThisMachine(
             address.isLoopback || ownAddresses.isOnThisMachine(address, now: now) == true)
+        if !engine.services[connection.service].options.splice { connection.relay.copyOnly() }
         meter?.connected(connection.service, after: now - connection.startedAt)
         connection.relay.readiness.server.writable = true
         connection.lastActivity = now

@@ -245,6 +245,12 @@ public struct Direction {
         if earnedPipeCapacity == 0 { earnedPipeCapacity = io.startingPipe }
     }
 
+    /// Copy for good, as for a source that splice(2) refuses (`--splice no`).
+    mutating func copyOnly() {
+        spliceUnsupported = true
+        wantsSplice = false
+    }
+
     /// Lets go of the pipe when it holds bytes, for a hand-over: the caller passes it on with the snapshot taken
     /// just before. The direction holds nothing afterwards.
     mutating func detachPipeInTransit() -> PipeHandle? {

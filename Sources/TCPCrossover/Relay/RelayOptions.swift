@@ -59,6 +59,8 @@ public struct ServiceOptions: Sendable, Equatable {
     public var keepalive: Keepalive? = .standard
     /// Each finished connection gets its log line (`--log-connections`); the figures are counted either way.
     public var logConnections = true
+    /// Bulk data moves with splice(2) (`--splice`); false copies every byte (see `RelayState.copyOnly()`).
+    public var splice = true
     /// Connections one client (an address block, see `clientPrefixes`) may have open at once; nil for no such limit
     /// (`--max-connections-per-client`).
     public var maximumConnectionsPerClient: Int?

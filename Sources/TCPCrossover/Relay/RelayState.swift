@@ -127,6 +127,13 @@ public struct RelayState {
         serverToClient.boundsSourceBuffer = onThisMachine
     }
 
+    /// `--splice no`: both directions copy every byte, and never take a pipe (one handed over with bytes in it is
+    /// emptied first).
+    public mutating func copyOnly() {
+        clientToServer.copyOnly()
+        serverToClient.copyOnly()
+    }
+
     /// What a relay is when neither direction holds bytes and no failure is being judged: the two directions'
     /// snapshots and who ended first. A process that stops hands its connections over with it (see `StoredConnection`)
     /// and the next one goes on from there with `init(restoring:)`. Readiness is not part of it: the driver learns it

@@ -43,6 +43,7 @@ public struct Options: Equatable, Sendable {
     public var loopbackMSS: String
     public var metrics: String?
     public var logConnections: [String]
+    public var splice: [String]
 
     public static let defaults = Options()
 
@@ -55,7 +56,8 @@ public struct Options: Equatable, Sendable {
         keepalive: [String] = [], shutdownTimeout: String = "10", user: String? = nil, group: String? = nil,
         proxyProtocol: [String] = [], source: [String] = [], allow: [String] = [], deny: [String] = [],
         resolveInterval: String = "60", loopbackCongestionControl: String = "reno", loopbackMSS: String = "auto",
-        noProxyWarning: Bool = false, metrics: String? = nil, logConnections: [String] = []
+        noProxyWarning: Bool = false, metrics: String? = nil, logConnections: [String] = [],
+        splice: [String] = []
     ) {
         self.local = local
         self.remote = remote
@@ -88,6 +90,7 @@ public struct Options: Equatable, Sendable {
         self.noProxyWarning = noProxyWarning
         self.metrics = metrics
         self.logConnections = logConnections
+        self.splice = splice
     }
 
     /// The options as a configuration; throws a `ValidationError` naming the bad value and what is accepted.
@@ -166,6 +169,7 @@ extension Options {
         try collectServiceNames(deny, option: "--deny", remotes: remotes, into: &names)
         try collectServiceNames(keepalive, option: "--keepalive", remotes: remotes, into: &names)
         try collectServiceNames(logConnections, option: "--log-connections", remotes: remotes, into: &names)
+        try collectServiceNames(splice, option: "--splice", remotes: remotes, into: &names)
         try collectServiceNames(
             maxConnectionsPerClient, option: "--max-connections-per-client", remotes: remotes, into: &names)
         try collectServiceNames(
@@ -227,6 +231,7 @@ extension Options {
         if let value = values(logConnections, for: name).last {
             options.logConnections = try yesOrNo(value, option: "--log-connections")
         }
+        if let value = values(splice, for: name).last { options.splice = try yesOrNo(value, option: "--splice") }
         if let value = values(maxConnectionsPerClient, for: name).last {
             options.maximumConnectionsPerClient = try count(
                 value, option: "--max-connections-per-client", range: 1...10_000_000)

@@ -82,6 +82,24 @@ extension OptionKey {
                     most half of `fs.pipe-user-pages-soft` (32 MiB of its 64 MiB by default), so that pipes of the \
                     starting size are always there for new connections.
                     """)
+        case .splice:
+            entry(
+                "splice", .repeatable, perService: true, valueName: "[name=]yes|no",
+                help: """
+                    Move bulk data with splice(2), without copying it (default); 'no' copies everything, for a \
+                    server on this machine that writes large responses from its own memory and is short of CPU.
+                    """,
+                manual: """
+                    Bulk data (a receive of 32 KiB or more, or a reader that falls behind) moves through a pipe with \
+                    splice(2), without passing through the relay's memory: the least CPU for the machine. `no` copies \
+                    every byte through the relay (recv(2) and send(2)), as HAProxy does by default. Splicing hands \
+                    the server's own socket pages on to the client, so a server on this machine that writes from its \
+                    memory (not a file with sendfile) cannot reuse them until the client has read them, and writes \
+                    each response into fresh memory: where that server is the bottleneck (one worker, short of CPU) \
+                    and large responses are its work, `no` gives it back some 10 % of its rate, at about twice the \
+                    relay's CPU per byte (Benchmarks/README.md: the chart). Clients that stop reading are held to \
+                    the same bounds either way. Default `yes`.
+                    """)
         case .connectTimeout:
             entry(
                 "connect-timeout", .repeatable, perService: true, valueName: "[name=]seconds",
@@ -354,7 +372,8 @@ public var optionTable: [OptionDescription] { OptionKey.allCases.map(\.option) }
 
 /// Which option an entry of `optionTable` is: what `QuickCommandLine` switches on to store a value in `Options`.
 public enum OptionKey: UInt8, CaseIterable, Sendable {
-    case local, remote, pidfile, bufferSize, pipeMemory, connectTimeout, connectDeadline, threads, exitIdleTime
+    case local, remote, pidfile, bufferSize, pipeMemory, splice, connectTimeout, connectDeadline, threads
+    case exitIdleTime
     case maxConnections, maxConnectionsPerClient, maxNewConnectionsPerClient, clientPrefixLength, idleTimeout
     case keepalive, shutdownTimeout, user, group, proxyProtocol, source, allow, deny, resolveInterval
     case loopbackCongestionControl, loopbackMSS, noProxyWarning, metrics, logConnections, dualStack, foreground

@@ -74,6 +74,7 @@ extension Options {
         case .loopbackMSS: loopbackMSS = value
         case .metrics: metrics = value
         case .logConnections: logConnections.append(value)
+        case .splice: splice.append(value)
         case .noProxyWarning: noProxyWarning = true
         case .dualStack: dualStack = true
         case .foreground: foreground = true
