@@ -703,7 +703,14 @@ import Testing
         var io = SimulatedKernel.IO(kernel: kernel)
         let download = (0..<3_000_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
         let upload = (0..<1_000_000).map { UInt8(truncatingIfNeeded: $0 &* 13) }
-        var sentDown = 0
+        // The first bulk receive, which the client takes whole: the server is on this machine, so its receive
+        // buffer is bounded now, as a splicing direction's would be when it starts.
+        kernel.peerSends(.server, Array(download[0..<65_483]), readiness: &relay.readiness)
+        _ = relay.advance(&io, budget: 16)
+        kernel.peerReads(.client, upTo: 65_483, readiness: &relay.readiness)
+        #expect(kernel.client.delivered.count == 65_483)
+        #expect(kernel.server.receiveBuffer == Direction.receiveBuffer(forPipe: io.startingPipe))
+        var sentDown = 65_483
         var sentUp = 0
         for _ in 0..<10_000 where kernel.client.delivered.count < download.count {
             if sentDown < download.count {
@@ -726,6 +733,7 @@ import Testing
         #expect(kernel.server.delivered.count <= upload.count)
         #expect(kernel.server.delivered == Array(upload[0..<kernel.server.delivered.count]))
         #expect(kernel.client.unsentLimit == Direction.unsentPerPipe * io.startingPipe)
+        #expect(kernel.server.receiveBufferChanges == 1)
     }
 
     /// When the destination takes only part of a receive, the direction holds the rest in a buffer of the rest's

@@ -74,7 +74,8 @@ public enum PumpOutcome: Equatable, Sendable {
 /// at its start. While a direction still copies, a receive of `sizeableReceive` or more gives the destination the
 /// unsent limit of a starting pipe, and the rest of a receive that the destination did not take bounds a local
 /// source's receive buffer as a starting pipe would: a reader that stops before the direction splices is held to
-/// the same bounds.
+/// the same bounds. A direction that copies for good (`--splice no`, urgent data) gives a local source that receive
+/// buffer at its first bulk receive, where it would have started splicing.
 public struct Direction {
     // Stored properties in order of size (8-byte figures, the pipe and the held bytes, then flags), so that the
     // flags share words rather than each padding one: 152 bytes a direction instead of 184.
@@ -566,8 +567,15 @@ public struct Direction {
                 }
             }
         }
-        if count >= min(Self.bulkReceive, scratch.count) && !spliceUnsupported {
-            wantsSplice = true
+        if count >= min(Self.bulkReceive, scratch.count) {
+            if !spliceUnsupported {
+                wantsSplice = true
+            } else if receiveBufferLimit == 0 {
+                // Bulk data that is copied for good (`--splice no`, urgent data): a source on this machine gets the
+                // receive buffer a starting pipe would give it at this point, so that autotuning does not grow it
+                // while the flow is fast and leave it holding megabytes once the reader stops.
+                limitSourceBuffer(&io, forPipe: io.startingPipe)
+            }
         }
         if count >= Self.sizeableReceive && unsentLimit == 0 {
             // More than a small exchange, and possibly the start of a download whose reader stops: the destination
