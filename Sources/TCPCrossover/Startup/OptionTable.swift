@@ -91,14 +91,15 @@ extension OptionKey {
                     """,
                 manual: """
                     Bulk data (a receive of 32 KiB or more, or a reader that falls behind) moves through a pipe with \
-                    splice(2), without passing through the relay's memory: the least CPU for the machine. `no` copies \
-                    every byte through the relay (recv(2) and send(2)), as HAProxy does by default. Splicing hands \
-                    the server's own socket pages on to the client, so a server on this machine that writes from its \
-                    memory (not a file with sendfile) cannot reuse them until the client has read them, and writes \
-                    each response into fresh memory: where that server is the bottleneck (one worker, short of CPU) \
-                    and large responses are its work, `no` gives it back some 10 % of its rate, at about twice the \
-                    relay's CPU per byte (Benchmarks/README.md: the chart). Clients that stop reading are held to \
-                    the same bounds either way. Default `yes`.
+                    splice(2), without passing through the relay's memory: the least CPU for the machine, and by far \
+                    the fastest from a server that sends files (sendfile). `no` copies every byte through the relay \
+                    (recv(2) and send(2)), as HAProxy does by default. Splicing hands the server's own socket pages \
+                    on to the client, so a server on this machine that writes large responses from its memory cannot \
+                    reuse them until the client has read them, and writes each response into fresh memory: where such \
+                    a server is the bottleneck and serves many connections at once, `no` can give it back a few per \
+                    cent of its rate. It costs the relay about twice its CPU per byte, one connection at a time a \
+                    fifth of its rate, and responses from files a third (Benchmarks/README.md: The chart). Clients \
+                    that stop reading are held to the same bounds either way. Default `yes`.
                     """)
         case .connectTimeout:
             entry(
