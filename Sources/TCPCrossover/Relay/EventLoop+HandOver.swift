@@ -53,7 +53,9 @@ extension EventLoop {
         connection.relay = RelayState(
             restoring: stored.relay, upstreamPipe: adopted.upstreamPipe.map(resources.adoptPipe),
             downstreamPipe: adopted.downstreamPipe.map(resources.adoptPipe))
-        // This process's `--splice` counts from now on.
+        // `--splice no` here copies a taken-over connection too. (One that copied in the process before goes on
+        // copying whatever this process's setting: the snapshot does not tell `--splice no` from a source that splice
+        // refused.)
         if !engine.services[connection.service].options.splice { connection.relay.copyOnly() }
         // As `relay` after a connect: a server on this machine has its receive buffer follow the flow, and a socket to
         // it with the interface's segments holds a place in the budget of such connections, as it did before.
