@@ -529,12 +529,7 @@ import Testing
     /// most 64 KiB, `RelayStateTests`) and no pipe, with the same bounds on its sockets. The pipes are read through
     /// /proc/PID/fd (F_GETPIPE_SZ, FIONREAD), the sockets with `ss -tm` and `ss -ti`.
     @Test func relay_whenClientsNeverRead_eachPinsASmallPipeAndALimitedReceiveBuffer() throws {
-        let backend = try TestServer { connection in
-            let block = testBytes(1 << 20, seed: 3)
-            connection.setTimeout(20)
-            // Sends without end, until the relay goes away (or 20 s without progress).
-            while (try? connection.send(block)) != nil {}
-        }
+        let backend = try Self.endlessSender(testBytes(1 << 20, seed: 3))
         let relay = try Relay(remote: backend.address)
         let clients = try (0..<4).map { _ in try TestSocket.connect(to: relay.address) }
         // Settled: the relay's sockets towards the server have taken the same bytes, and its pipes hold the same,
@@ -578,10 +573,7 @@ import Testing
     /// towards the client, a limited receive buffer towards the server.
     @Test func relay_withSpliceNo_copiesBulkDataWithoutAPipe_withinTheSameBounds() throws {
         let block = testBytes(1 << 20, seed: 9)
-        let backend = try TestServer { connection in
-            connection.setTimeout(20)
-            while (try? connection.send(block)) != nil {}
-        }
+        let backend = try Self.endlessSender(block)
         func download(_ arguments: [String]) throws -> (relay: Relay, pipesBefore: Int, client: TestSocket) {
             let relay = try Relay(remote: backend.address, arguments)
             let pipesBefore = relayPipes(of: relay.process.pid).count
@@ -633,11 +625,7 @@ import Testing
     /// times a 1 MiB pipe, 8 MiB, an honest download beside 500 stalled clients lost hundreds of segments where
     /// HAProxy's autotuned 0.5 MiB lost none). Read with `ss -tm` (rb) while the download runs.
     @Test func relay_toAServerOnThisMachine_givesAFastFlowAReceiveBufferOfItsPipeNoMore() throws {
-        let backend = try TestServer { connection in
-            let block = testBytes(1 << 20, seed: 5)
-            connection.setTimeout(20)
-            while (try? connection.send(block)) != nil {}
-        }
+        let backend = try Self.endlessSender(testBytes(1 << 20, seed: 5))
         let relay = try Relay(remote: backend.address, ["--bs", "64k"])
         let client = try TestSocket.connect(to: relay.address)
         client.setTimeout(20)
@@ -712,6 +700,15 @@ import Testing
             try serverSegmentSize(["--loopback-mss", "4096"], tcpMem: "3000000000 4000000000 5000000000\n").mss <= 4096)
         #expect(try serverSegmentSize(["--loopback-mss", "1200"]).mss <= 1200)
         #expect(try serverSegmentSize(["--loopback-mss", "system"], tcpMem: "1 1 2\n").mss > 16384)
+    }
+
+    /// A server that sends `block` over and over on every connection, until its peer goes away (or 20 s pass
+    /// without progress).
+    static func endlessSender(_ block: [UInt8]) throws -> TestServer {
+        try TestServer { connection in
+            connection.setTimeout(20)
+            while (try? connection.send(block)) != nil {}
+        }
     }
 
     /// A command that runs the relay (its command line after it) in a mount namespace where

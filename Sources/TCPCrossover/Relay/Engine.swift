@@ -176,7 +176,7 @@ public final class Engine: @unchecked Sendable {
                 MetricsServer.Source(
                     serviceNames: services.map(\.name), meters: loops.compactMap(\.meter),
                     connectionLimit: options.maximumConnections,
-                    wideSegments: { if case .adaptive = options.loopbackMSS { wideSegments } else { nil } }()))
+                    wideSegments: adaptiveWideSegments))
         }
         defer { metrics?.stop() }
         onReady()
@@ -273,14 +273,19 @@ public final class Engine: @unchecked Sendable {
         return own - leastLoad > max(2, (own + leastLoad) / 8) ? least : nil
     }
 
+    /// The wide-segment budget when `--loopback-mss auto` (the default) uses it, for the figures that report it.
+    var adaptiveWideSegments: WideSegmentBudget? {
+        if case .adaptive = options.loopbackMSS { wideSegments } else { nil }
+    }
+
     /// `; 3 with the loopback interface's segments, room for 93`: the places taken in the wide-segment budget (see
     /// `LoopbackSegments.adaptive`) and what the last reading of TCP memory left room for (once there is one), for
     /// the SIGUSR1 line; empty with another `--loopback-mss`, or while no connection to a server on this machine has
     /// asked for a place or holds one.
     var wideSegmentFigures: String {
-        guard case .adaptive = options.loopbackMSS else { return "" }
-        let open = wideSegments.openConnections
-        guard let room = wideSegments.roomAtLastReading else {
+        guard let budget = adaptiveWideSegments else { return "" }
+        let open = budget.openConnections
+        guard let room = budget.roomAtLastReading else {
             return open > 0 ? "; \(open) with the loopback interface's segments" : ""
         }
         return "; \(open) with the loopback interface's segments, room for \(room)"
