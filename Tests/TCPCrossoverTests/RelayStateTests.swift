@@ -540,10 +540,11 @@ import Testing
         #expect(kernel.client.available > 9_000_000)
     }
 
-    /// A client that never reads what the server sends pins little: the relay's client socket fills, then the pipe,
-    /// which grew once at most (the client's socket buffers took too little to earn more), and the server's socket
-    /// was limited to a receive buffer in proportion (SO_RCVBUF), so that the kernel's autotuning does not grow it to
-    /// tcp_rmem's maximum while nothing is read.
+    /// A client that never reads what the server sends pins little: the relay's client socket fills, then the pipe
+    /// (the first pipe, 64 KiB: the flow earned one growth at most, since the client's socket buffers took too
+    /// little to earn more), and the server's socket was limited to a receive buffer in proportion to what the flow
+    /// earned (SO_RCVBUF), so that the kernel's autotuning does not grow it to tcp_rmem's maximum while nothing is
+    /// read.
     @Test func relay_whenTheClientNeverReads_thePipeStaysSmallAndTheServerSocketIsLimited() {
         let absorbed = 2_600_000  // what the relay's client socket and the client's receive buffer take, as measured
         let kernel = SimulatedKernel(seed: 47, pipeCapacity: 16 << 10, largestPipeCapacity: 1 << 20)
@@ -558,10 +559,10 @@ import Testing
         #expect(kernel.client.unread == absorbed)
         let earned = relay.serverToClient.earnedPipeCapacity
         #expect(earned >= 16 << 10 && earned <= 32 << 10)
-        #expect(kernel.pipeCapacityInUse == earned)
+        #expect(kernel.pipeCapacityInUse == Direction.firstPipe)
         #expect(kernel.server.receiveBuffer == Direction.receiveBuffer(forPipe: earned))
         // What the relay took from the server and holds: the pipe and the copy buffer at most.
-        #expect(kernel.server.incomingOffset - absorbed <= earned + 16 << 10)
+        #expect(kernel.server.incomingOffset - absorbed <= Direction.firstPipe + 16 << 10)
         // The client's socket takes little more than what is in flight.
         #expect(kernel.client.unsentLimit == Direction.unsentPerPipe * earned)
         // The direction that carried nothing left the client's socket to the kernel.
@@ -596,26 +597,68 @@ import Testing
         // No more than the pipe: the pipe is the relay's buffer (see `Direction.receiveBufferPerPipe`).
         #expect((kernel.server.receiveBuffer ?? .max) <= 256 << 10)
         #expect(kernel.client.unsentLimit == Direction.unsentPerPipe * 256 << 10)
-        // 16 KiB to 256 KiB: four doublings; one receive buffer at the start (64 KiB, the least), then one for each
-        // pipe beyond that (128 and 256 KiB).
-        #expect(kernel.pipeGrowths == 4)
+        // 16 KiB to 256 KiB: the first pipe (64 KiB) at the start, then two doublings; one receive buffer at the
+        // start (64 KiB, the least), then one for each pipe beyond that (128 and 256 KiB).
+        #expect(kernel.pipeGrowths == 3)
         #expect(kernel.server.receiveBufferChanges == 3)
     }
 
+    /// A response of most of a mebibyte on a new connection, which earns no growth, goes through the first pipe
+    /// (64 KiB, lent by the budget) rather than the starting 16 KiB: fewer than half the splices, while the limits
+    /// that bound a reader that stops stay those of the starting pipe. The budget gets its loan back when the pipe
+    /// goes back to the pool; with the budget spent, the starting pipe carries the response.
+    @Test func relay_whenANewConnectionDownloads_itSplicesThroughTheFirstPipe() {
+        let size = 900_000
+        func download(budget: Int) -> (kernel: SimulatedKernel, relay: RelayState, largestPipe: Int) {
+            let kernel = SimulatedKernel(seed: 67, pipeCapacity: 16 << 10, largestPipeCapacity: 1 << 20)
+            kernel.pipeBudget = budget
+            kernel.client.window = 64 << 20
+            var relay = RelayState.connected()
+            relay.serverIsOnThisMachine()
+            var io = SimulatedKernel.IO(kernel: kernel)
+            kernel.peerSends(.server, Array(repeating: 9, count: size), readiness: &relay.readiness)
+            var largestPipe = 0
+            for _ in 0..<2_000 where kernel.client.delivered.count < size {
+                _ = relay.advance(&io, budget: 16)
+                largestPipe = max(largestPipe, kernel.pipeCapacityInUse)
+                kernel.peerReads(.client, upTo: 64 << 20, readiness: &relay.readiness)
+            }
+            #expect(kernel.client.delivered.count == size)
+            #expect(relay.serverToClient.earnedPipeCapacity == 16 << 10)
+            #expect(kernel.server.receiveBuffer == Direction.receiveBuffer(forPipe: 16 << 10))
+            #expect(kernel.client.unsentLimit == Direction.unsentPerPipe * 16 << 10)
+            return (kernel, relay, largestPipe)
+        }
+        let starting = download(budget: 0)
+        #expect(starting.largestPipe == 16 << 10)
+        let first = download(budget: 1 << 20)
+        let kernel = first.kernel
+        var relay = first.relay
+        #expect(first.largestPipe == Direction.firstPipe)
+        #expect(kernel.server.receives * 2 < starting.kernel.server.receives)
+        #expect(kernel.pipeBudget == (1 << 20) - (Direction.firstPipe - 16 << 10))
+        // The source goes quiet: the pipe goes back, and the budget gets its loan back.
+        var io = SimulatedKernel.IO(kernel: kernel)
+        kernel.peerSends(.server, [1], readiness: &relay.readiness)
+        _ = relay.advance(&io, budget: 16)
+        #expect(kernel.pipesInUse == 0)
+        #expect(kernel.pipeBudget == 1 << 20)
+    }
+
     /// A server elsewhere keeps the kernel's autotuning of the relay's receive buffer: over a long round trip the
-    /// window, not the pipe, sets the pace, and a limited one would slow the download for good. The pipe still starts
-    /// small and grows with the flow.
+    /// window, not the pipe, sets the pace, and a limited one would slow the download for good. The pipe still grows
+    /// with the flow.
     @Test func relay_whenTheServerIsElsewhere_itsReceiveBufferIsLeftToTheKernel() {
         let kernel = SimulatedKernel(seed: 61, pipeCapacity: 16 << 10, largestPipeCapacity: 256 << 10)
         kernel.client.window = 64 << 20
         var relay = RelayState.connected()
         var io = SimulatedKernel.IO(kernel: kernel)
-        kernel.peerSends(.server, Array(repeating: 3, count: 20_000_000), readiness: &relay.readiness)
-        for _ in 0..<20_000 where kernel.client.delivered.count < 20_000_000 {
+        kernel.peerSends(.server, Array(repeating: 3, count: 32_000_000), readiness: &relay.readiness)
+        for _ in 0..<40_000 where kernel.client.delivered.count < 32_000_000 {
             _ = relay.advance(&io, budget: 16)
             kernel.peerReads(.client, upTo: 64 << 20, readiness: &relay.readiness)
         }
-        #expect(kernel.client.delivered.count == 20_000_000)
+        #expect(kernel.client.delivered.count == 32_000_000)
         #expect(kernel.server.receiveBuffer == nil && kernel.client.receiveBuffer == nil)
         #expect(relay.serverToClient.earnedPipeCapacity == 256 << 10)
     }

@@ -60,22 +60,23 @@ public enum PumpOutcome: Equatable, Sendable {
 /// destination cannot keep up, the direction switches to splice(2) through a pipe, which moves bytes without
 /// copying them; when the source goes quiet with the pipe empty, the pipe goes back to the pool.
 ///
-/// What a splicing direction holds is bounded by what its flow has earned, so that a destination that stops reading
-/// (a client that never reads what the server sends) pins little: the pipe starts small, and a source on this
-/// machine (`boundsSourceBuffer`) has its receive buffer (SO_RCVBUF) limited to `receiveBuffer(forPipe:)` of the
-/// earned size from the moment the direction starts splicing, so that the kernel's autotuning does not grow it to
-/// tcp_rmem's maximum and the server's data waits in the server's send buffer, not in the relay's. A source
-/// elsewhere keeps autotuning: over a long round trip the window, not the pipe, sets the pace, and a limited window
-/// would slow it for good. The destination, for its part, takes only up to `unsentPerPipe` times the earned size
-/// beyond what is in flight (TCP_NOTSENT_LOWAT), rather than all its send buffer's autotuning allows (tcp_wmem's
-/// maximum): a reader that stops leaves little unsent in the relay's socket. All three double each time the pipe,
-/// filled up by the source, has delivered `growthSpan` times its capacity to the destination: a destination that
-/// stops reading stops that count, and one that takes only its socket buffers' worth before it stops leaves the pipe
-/// at its start. While a direction still copies, a receive of `sizeableReceive` or more gives the destination the
-/// unsent limit of a starting pipe, and the rest of a receive that the destination did not take bounds a local
-/// source's receive buffer as a starting pipe would: a reader that stops before the direction splices is held to
-/// the same bounds. A direction that copies for good (`--splice no`, urgent data) gives a local source that receive
-/// buffer at its first bulk receive, where it would have started splicing.
+/// What a splicing direction holds is bounded by what its flow has earned, so that a destination that stops reading (a
+/// client that never reads what the server sends) pins little. A flow starts having earned the starting pipe size; its
+/// pipe is `firstPipe` when the process's budget lends the difference, the starting size when not. A source on this
+/// machine (`boundsSourceBuffer`) has its receive buffer (SO_RCVBUF) limited to `receiveBuffer(forPipe:)` of the earned
+/// size from the moment the direction starts splicing, so that the kernel's autotuning does not grow it to tcp_rmem's
+/// maximum and the server's data waits in the server's send buffer, not in the relay's. A source elsewhere keeps
+/// autotuning: over a long round trip the window, not the pipe, sets the pace, and a limited window would slow it for
+/// good. The destination, for its part, takes only up to `unsentPerPipe` times the earned size beyond what is in flight
+/// (TCP_NOTSENT_LOWAT), rather than all its send buffer's autotuning allows (tcp_wmem's maximum): a reader that stops
+/// leaves little unsent in the relay's socket. The earned size (and the pipe, once that is the smaller) doubles each
+/// time the pipe, holding what was earned, has delivered `growthSpan` times that to the destination: a destination that
+/// stops reading stops that count, and one that takes only its socket buffers' worth before it stops leaves the flow at
+/// its start. While a direction still copies, a receive of `sizeableReceive` or more gives the destination the unsent
+/// limit of a starting pipe, and the rest of a receive that the destination did not take bounds a local source's
+/// receive buffer as a starting pipe would: a reader that stops before the direction splices is held to the same
+/// bounds. A direction that copies for good (`--splice no`, urgent data) gives a local source that receive buffer at
+/// its first bulk receive, where it would have started splicing.
 public struct Direction {
     // Stored properties in order of size (8-byte figures, the pipe and the held bytes, then flags), so that the
     // flags share words rather than each padding one: 152 bytes a direction instead of 184.
@@ -124,18 +125,27 @@ public struct Direction {
     /// can reach it. What the direction held was dropped, and what the source still sends is read and dropped, so
     /// that the source's peer is not held up in its writes while it reads the other direction to its end.
     public private(set) var abandoned = false
-    /// The pipe filled up (a splice into it left no room, or its slots were all taken) since it was last empty.
+    /// The pipe filled up (it holds what the flow has earned, or its slots were all taken) since it was last empty.
     private var pipeFilled = false
     /// The source is on this machine (a loopback address or the machine's own): its receive buffer follows the
     /// earned pipe capacity.
     public var boundsSourceBuffer = false
 
-    /// A pipe that filled up grows (and the source's receive buffer with it) after delivering this many times its
-    /// capacity: from 16 KiB to 1 MiB after some 64 MiB, a small part of a bulk transfer, while a client that stops
-    /// reading has usually taken no more than its socket buffers (1 to 3 MiB over loopback) and leaves its pipe at 16
-    /// or 32 KiB. A destination that keeps saying it is full (a slow reader, or the machine short of TCP memory) does
-    /// not stop the growth: it still drains the pipe, and a fresh connection must reach its speed under load too.
+    /// A flow whose pipe filled up earns twice its capacity (and the source's receive buffer and the destination's
+    /// unsent limit follow) after delivering this many times the earned capacity: from 16 KiB to 1 MiB after some
+    /// 64 MiB, a small part of a bulk transfer, while a client that stops reading has usually taken no more than its
+    /// socket buffers (1 to 3 MiB over loopback) and leaves its flow at 16 or 32 KiB. A destination that keeps saying
+    /// it is full (a slow reader, or the machine short of TCP memory) does not stop the growth: it still drains the
+    /// pipe, and a fresh connection must reach its speed under load too.
     public static let growthSpan = 64
+    /// The pipe a direction splices through from its start, while it has earned less: 64 KiB, the kernel's default
+    /// pipe and what HAProxy and systemd-socket-proxyd splice through, taken from the budget beyond the starting size
+    /// (a direction that finds the budget spent keeps the starting pipe). A 1 MiB response on a new connection, which
+    /// never earns a growth, went through a 16 KiB pipe in 64 splices each way; through 64 KiB in 16, for a fifth
+    /// less of the relay's CPU per response (Benchmarks/README.md). The limits that bound a reader that stops (the
+    /// unsent limit, a local source's receive buffer) still follow what the flow has earned, so such a reader pins
+    /// at most the difference more, 48 KiB, within the budget.
+    public static let firstPipe = 64 << 10
     /// The source's receive buffer, in earned pipe capacities (the kernel doubles the figure for its bookkeeping),
     /// and no less than `smallestReceiveBuffer`: the pipe is the relay's buffer, and the receive buffer only has to
     /// keep it fed from a server on this machine, a round trip of microseconds. More lets the server queue in the relay
@@ -416,15 +426,16 @@ public struct Direction {
             pipeBytes -= count
             if pipeFilled {
                 deliveredThroughFullPipe += count
-                if deliveredThroughFullPipe >= Self.growthSpan * pipe.capacity { grow(&io) }
+                if deliveredThroughFullPipe >= Self.growthSpan * earnedPipeCapacity { grow(&io) }
                 if pipeBytes == 0 { pipeFilled = false }
             }
             return count > 0
         }
     }
 
-    /// The pipe, filled up, kept the destination waiting for long enough: the flow earns twice the pipe, the
-    /// destination twice the unsent limit, and a source on this machine twice the receive buffer.
+    /// The pipe, filled up, kept the destination waiting for long enough: the flow earns twice what it had (the pipe
+    /// grows to it where it is smaller), the destination twice the unsent limit, and a source on this machine twice
+    /// the receive buffer.
     private mutating func grow<IO: RelayIO>(_ io: inout IO) {
         deliveredThroughFullPipe = 0
         guard earnedPipeCapacity < io.largestPipe, let pipe else { return }
@@ -505,7 +516,9 @@ public struct Direction {
         case .processed(let count):
             pipeBytes += count
             inflowSinceEmpty += count
-            if pipeBytes >= pipe.capacity { pipeFilled = true }
+            // Full as far as growth goes once it holds what the flow has earned (less than the pipe while the
+            // first pipe is larger, see `firstPipe`).
+            if pipeBytes >= min(pipe.capacity, earnedPipeCapacity) { pipeFilled = true }
             return true
         case .wouldBlock:
             // With bytes in the pipe, EAGAIN may come from a pipe whose slots are all taken, not from an empty
@@ -631,11 +644,9 @@ public struct Direction {
         inflowSinceEmpty = 0
         pipeFilled = false
         deliveredThroughFullPipe = 0
-        if earnedPipeCapacity == 0 {
-            earnedPipeCapacity = pipe.capacity
-        } else if pipe.capacity < earnedPipeCapacity {
-            pipe.capacity = io.growPipe(pipe, to: earnedPipeCapacity)
-        }
+        if earnedPipeCapacity == 0 { earnedPipeCapacity = pipe.capacity }
+        let wanted = max(earnedPipeCapacity, Self.firstPipe)
+        if pipe.capacity < wanted { pipe.capacity = io.growPipe(pipe, to: wanted) }
         self.pipe = pipe
         limitBuffers(&io)
     }

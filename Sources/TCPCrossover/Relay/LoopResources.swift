@@ -1,9 +1,10 @@
 import Synchronization
 
 /// The pipe memory that the process's pipes may hold beyond their starting size, shared by its event loops: a pipe
-/// grows (see `Direction`) only with a share of it, and gives the share back when it shrinks or closes. So the
-/// splicing directions of clients that stop reading can never pin more than this in total, and honest connections
-/// keep pipes of the starting size however many of them there are.
+/// grows (see `Direction`; a splicing direction's first pipe, `Direction.firstPipe`, is such a growth) only with a
+/// share of it, and gives the share back when it shrinks or closes. So the splicing directions of clients that stop
+/// reading can never pin more than this in total, and honest connections keep pipes of the starting size however
+/// many of them there are.
 ///
 /// An unprivileged process is also held by the kernel to fs.pipe-user-pages-soft (64 MiB by default) for all its
 /// pipes, beyond which every new pipe of the user gets 2 pages and no pipe can grow: the budget is then half of that

@@ -60,27 +60,27 @@ extension OptionKey {
                 "bs", .value, valueName: "bytes",
                 help: """
                     Largest pipe per direction of a connection, 4096 to 16777216; k and m suffixes accepted. A pipe \
-                    starts at 16 KiB and grows while the connection's data flows.
+                    starts at 64 KiB (16 KiB once --pipe-memory is spent) and grows while the connection's data flows.
                     """,
                 manual: """
                     Largest pipe per direction of a connection while it carries bulk data, 4096 to 16777216 (`64k`, \
-                    `1m`); default 1 MiB. A pipe starts at 16 KiB and grows towards this only while the pipe, not the \
-                    reader, holds the data back (docs/OPERATIONS.md: Clients that stop reading). The kernel may \
-                    grant less \
+                    `1m`); default 1 MiB. A pipe starts at 64 KiB, of which all beyond 16 KiB comes from \
+                    `--pipe-memory`, and grows towards this only while the pipe, not the reader, holds the data back \
+                    (docs/OPERATIONS.md: Clients that stop reading). The kernel may grant less \
                     (`/proc/sys/fs/pipe-max-size`).
                     """)
         case .pipeMemory:
             entry(
                 "pipe-memory", .value, valueName: "bytes",
                 help: """
-                    Pipe memory all connections together may hold beyond their pipes' 16 KiB start; 0 keeps every pipe \
-                    at its start. Default: 64 times --bs, unprivileged at most half of fs.pipe-user-pages-soft.
+                    Pipe memory all connections together may hold beyond 16 KiB a pipe; 0 keeps every pipe at 16 \
+                    KiB. Default: 64 times --bs, unprivileged at most half of fs.pipe-user-pages-soft.
                     """,
                 manual: """
-                    Pipe memory that all connections together may hold beyond their pipes' 16 KiB start (`64m`; `0` \
-                    keeps every pipe at 16 KiB). Default: 64 times `--bs`, and for a relay that runs unprivileged at \
-                    most half of `fs.pipe-user-pages-soft` (32 MiB of its 64 MiB by default), so that pipes of the \
-                    starting size are always there for new connections.
+                    Pipe memory that all connections together may hold beyond 16 KiB a pipe (`64m`; `0` keeps every \
+                    pipe at 16 KiB): a pipe's start from 16 to 64 KiB, and its growth. Default: 64 times `--bs`, and \
+                    for a relay that runs unprivileged at most half of `fs.pipe-user-pages-soft` (32 MiB of its 64 MiB \
+                    by default), so that pipes of 16 KiB are always there for new connections.
                     """)
         case .splice:
             entry(
