@@ -36,11 +36,7 @@ final class PipeBudget: Sendable {
 
     /// Takes `bytes` from the budget; false, taking nothing, when fewer are left.
     func take(_ bytes: Int) -> Bool {
-        var current = available.load(ordering: .relaxed)
-        if current == Self.unset {
-            let (_, original) = available.compareExchange(expected: Self.unset, desired: size, ordering: .relaxed)
-            current = original == Self.unset ? available.load(ordering: .relaxed) : original
-        }
+        var current = settled()
         while current >= bytes {
             let (exchanged, original) = available.compareExchange(
                 expected: current, desired: current - bytes, ordering: .relaxed)
@@ -50,9 +46,24 @@ final class PipeBudget: Sendable {
         return false
     }
 
-    /// Gives back what `take` took.
+    /// Gives back what `take` or `charge` took.
     func give(_ bytes: Int) {
         available.add(bytes, ordering: .relaxed)
+    }
+
+    /// Takes `bytes` that are held already, however few are left (a pipe that came with bytes in it from the
+    /// previous process): the budget may fall below zero, and no pipe grows until as much has been given back.
+    func charge(_ bytes: Int) {
+        _ = settled()
+        available.subtract(bytes, ordering: .relaxed)
+    }
+
+    /// Bytes still available, the budget's size settled at the first call.
+    private func settled() -> Int {
+        let current = available.load(ordering: .relaxed)
+        guard current == Self.unset else { return current }
+        let (_, original) = available.compareExchange(expected: Self.unset, desired: size, ordering: .relaxed)
+        return original == Self.unset ? available.load(ordering: .relaxed) : original
     }
 }
 
@@ -148,11 +159,15 @@ final class LoopResources {
     }
 
     /// A pipe that the previous process handed over with bytes in it (see `EventLoop.adopt(_:)`): counted as in
-    /// use, and given back as any other when its connection is done with it.
+    /// use, its capacity beyond the starting size charged to the budget, and given back as any other when its
+    /// connection is done with it (before, giving back what was never taken grew the budget by that much for each
+    /// such pipe).
     func adoptPipe(_ ends: (read: CInt, write: CInt)) -> PipeHandle {
         pipesInUse += 1
-        return PipeHandle(
+        let pipe = PipeHandle(
             readEnd: ends.read, writeEnd: ends.write, capacity: max(Syscall.pipeCapacity(ends.write), 4096))
+        budget.charge(borrowed(pipe))
+        return pipe
     }
 
     func discardPipe(_ pipe: PipeHandle) {
