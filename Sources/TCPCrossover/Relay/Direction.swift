@@ -132,11 +132,11 @@ public struct Direction {
     public var boundsSourceBuffer = false
 
     /// A flow whose pipe filled up earns twice what it had earned (the pipe, the source's receive buffer and the
-    /// destination's unsent limit follow) after delivering this many times what it had earned: from 16 KiB to 1 MiB after some
-    /// 64 MiB, a small part of a bulk transfer, while a client that stops reading has usually taken no more than its
-    /// socket buffers (1 to 3 MiB over loopback) and leaves its flow at 16 or 32 KiB. A destination that keeps saying
-    /// it is full (a slow reader, or the machine short of TCP memory) does not stop the growth: it still drains the
-    /// pipe, and a fresh connection must reach its speed under load too.
+    /// destination's unsent limit follow) after delivering this many times what it had earned: from 16 KiB to 1 MiB
+    /// after some 64 MiB, a small part of a bulk transfer, while a client that stops reading has usually taken no more
+    /// than its socket buffers (1 to 3 MiB over loopback) and leaves its flow at 16 or 32 KiB. A destination that
+    /// keeps saying it is full (a slow reader, or the machine short of TCP memory) does not stop the growth: it still
+    /// drains the pipe, and a fresh connection must reach its speed under load too.
     public static let growthSpan = 64
     /// The pipe a direction splices through from its start, while it has earned less: 64 KiB, the kernel's default
     /// pipe and what HAProxy and systemd-socket-proxyd splice through, taken from the budget beyond the starting size
