@@ -161,6 +161,15 @@ import Testing
         #expect(answer("after relay").hasSuffix("Relay access denied"), "\(context)")
         #expect(answer("after local").hasPrefix("after local 250 "), "\(context)")
         #expect(answer("after data").hasPrefix("after data 250 2.0.0 Ok: queued as "), "\(context)")
+        // A message of 3.2 MB (bulk data: the relay splices it) arrives whole: Postfix accepts it after its final
+        // dot, and its queue manager counts all of its 3,200,036 bytes (40,000 lines of 80 and the Subject line)
+        // and the headers Postfix adds.
+        #expect(answer("after large").hasPrefix("after large 250 2.0.0 Ok: queued as "), "\(context)")
+        let sizes = lines.filter { $0.contains("postfix/qmgr") }.compactMap { line -> Int? in
+            guard let range = line.range(of: "size=") else { return nil }
+            return Int(line[range.upperBound...].prefix { $0.isNumber })
+        }
+        #expect(sizes.contains { $0 >= 3_200_036 }, "\(context)")
         // Postfix logs the client's own address.
         let relayed = lines.filter { $0.contains("postfix/relayed/smtpd") && $0.contains("connect from") }
         #expect(relayed.count == 2, "\(context)")

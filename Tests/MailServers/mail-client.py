@@ -2,8 +2,9 @@
 """The "outside" mail client of the mail server tests: one SMTP or IMAP session, its answers printed one per line.
 
     mail-client.py smtp LABEL HOST PORT   MAIL FROM a stranger, RCPT TO a far-away domain, then RCPT TO root of the
-                                          local domain and DATA: prints "LABEL relay CODE TEXT",
-                                          "LABEL local CODE TEXT", "LABEL data CODE TEXT"
+                                          local domain and DATA, then a message of 3.2 MB to root (bulk data,
+                                          which the relay splices): prints "LABEL relay CODE TEXT",
+                                          "LABEL local CODE TEXT", "LABEL data CODE TEXT", "LABEL large CODE TEXT"
     mail-client.py imap LABEL HOST PORT USER PASSWORD
                                           a plaintext LOGIN: prints "LABEL login ok" or "LABEL login refused TEXT"
 
@@ -15,6 +16,8 @@ import socket
 import sys
 
 TIMEOUT = 20
+# Lines of 80 bytes in the large message: 3.2 MB, which Postfix's qmgr logs as size=.
+LARGE_LINES = 40_000
 
 
 def say(*words):
@@ -35,6 +38,11 @@ def smtp(label, host, port):
         if code == 250:
             code, text = session.data(b"Subject: tcp-crossover test\r\n\r\nHello over IPv6.\r\n")
             say(label, "data", code, text.decode(errors="replace"))
+            session.mail("sender@client.example.net")
+            session.rcpt("root@mx.example.org")
+            lines = b"".join(b"%07d %s\r\n" % (number, b"x" * 70) for number in range(LARGE_LINES))
+            code, text = session.data(b"Subject: tcp-crossover large test\r\n\r\n" + lines)
+            say(label, "large", code, text.decode(errors="replace"))
         session.quit()
     except (smtplib.SMTPException, OSError) as error:
         say(label, "closed", type(error).__name__, error)
