@@ -181,6 +181,7 @@ import Testing
         for recipe in ["untrusted", "source"] {
             #expect(answer("\(recipe) relay").hasPrefix("\(recipe) relay 454 4.7.1"), "\(context)")
             #expect(answer("\(recipe) local").hasPrefix("\(recipe) local 250 "), "\(context)")
+            #expect(answer("\(recipe) large").hasPrefix("\(recipe) large 250 2.0.0 Ok: queued as "), "\(context)")
         }
 
         // Dovecot: the password is right (a local client logs in), and the outside client's plaintext login is
