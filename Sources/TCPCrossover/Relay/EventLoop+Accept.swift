@@ -83,7 +83,7 @@ extension EventLoop {
     /// listener, and has the loopback congestion control if the client is on this machine.
     func admit(_ incoming: IncomingConnection) {
         let (fd, peer, local, service) = (incoming.fd, incoming.peer, incoming.local, incoming.service)
-        engine.statistics.accepted.add(1, ordering: .relaxed)
+        tally.add(.accepted, 1)
         meter?.accepted(service)
         let connection = place { slot, generation in
             Connection(

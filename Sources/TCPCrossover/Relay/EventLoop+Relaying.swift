@@ -52,8 +52,8 @@ extension EventLoop {
         let step = connection.relay.advance(&io, budget: engine.options.budget)
         let (up, down) = connection.relay.bytes
         if up != connection.accountedUp || down != connection.accountedDown {
-            engine.statistics.bytesUp.add(up - connection.accountedUp, ordering: .relaxed)
-            engine.statistics.bytesDown.add(down - connection.accountedDown, ordering: .relaxed)
+            tally.add(.bytesUp, up - connection.accountedUp)
+            tally.add(.bytesDown, down - connection.accountedDown)
             meter?.moved(connection.service, up: up - connection.accountedUp, down: down - connection.accountedDown)
             connection.accountedUp = up
             connection.accountedDown = down

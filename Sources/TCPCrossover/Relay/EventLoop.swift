@@ -83,6 +83,8 @@ final class EventLoop: @unchecked Sendable {
     var connectActions: [ConnectPhase.Action] = []
     /// The per-connection log lines of the current turn.
     var logBatch = LogBatch()
+    /// This loop's share of the process's figures (`Statistics`).
+    let tally: LoopTally
     /// This loop's counters for the metrics endpoint; nil without one.
     let meter: LoopMeter?
     /// Connections this loop serves, plus those handed to it and not yet taken: what the other loops compare when
@@ -125,6 +127,7 @@ final class EventLoop: @unchecked Sendable {
             startingPipe: engine.options.startingPipeSize, largestPipe: engine.options.pipeSize,
             budget: engine.pipeBudget)
         now = Syscall.monotonicMilliseconds()
+        tally = engine.statistics.addTally()
         meter = engine.metrics == nil ? nil : LoopMeter(serviceCount: engine.services.count)
         try control(EPOLL_CTL_ADD, wake, EPOLLIN.rawValue, EventTag.make(EventTag.control, index: EventTag.wake))
     }
