@@ -70,9 +70,10 @@ public enum PumpOutcome: Equatable, Sendable {
 /// good. The destination, for its part, takes only up to `unsentPerPipe` times the earned size beyond what is in flight
 /// (TCP_NOTSENT_LOWAT), rather than all its send buffer's autotuning allows (tcp_wmem's maximum): a reader that stops
 /// leaves little unsent in the relay's socket. The earned size (and the pipe, once that is the smaller) doubles each
-/// time the pipe, holding what was earned, has delivered `growthSpan` times that to the destination: a destination that
-/// stops reading stops that count, and one that takes only its socket buffers' worth before it stops leaves the flow at
-/// its start. While a direction still copies, a receive of `sizeableReceive` or more gives the destination the unsent
+/// time the pipe, holding what was earned, has delivered `growthSpan` times that to the destination within one
+/// splicing episode (the count starts again when the direction starts splicing): a destination that stops reading
+/// stops that count, one that takes only its socket buffers' worth before it stops leaves the flow at its start, and
+/// so does one that reads many short responses, each its own episode, and then stops. While a direction still copies, a receive of `sizeableReceive` or more gives the destination the unsent
 /// limit of a starting pipe, and the rest of a receive that the destination did not take bounds a local source's
 /// receive buffer as a starting pipe would: a reader that stops before the direction splices is held to the same
 /// bounds. A direction that copies for good (`--splice no`, urgent data) gives a local source that receive buffer at
@@ -94,7 +95,7 @@ public struct Direction {
     public private(set) var lostBytes: UInt64 = 0
     /// Bytes received in copy mode whose send failed: gone with the destination, and counted lost if it is abandoned.
     private var unsentAtFailure = 0
-    /// Bytes delivered from a pipe that had filled up, since the last growth.
+    /// Bytes delivered from a pipe that had filled up, since the last growth or the start of this splicing episode.
     private var deliveredThroughFullPipe = 0
     /// The pipe capacity the flow has earned (0 before the first splice): the pipe grows to it within the process's
     /// budget, and the destination's unsent limit and a local source's receive buffer follow it.
