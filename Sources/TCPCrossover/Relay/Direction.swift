@@ -73,11 +73,12 @@ public enum PumpOutcome: Equatable, Sendable {
 /// time the pipe, holding what was earned, has delivered `growthSpan` times that to the destination within one
 /// splicing episode (the count starts again when the direction starts splicing): a destination that stops reading
 /// stops that count, one that takes only its socket buffers' worth before it stops leaves the flow at its start, and
-/// so does one that reads many short responses, each its own episode, and then stops. While a direction still copies, a receive of `sizeableReceive` or more gives the destination the unsent
-/// limit of a starting pipe, and the rest of a receive that the destination did not take bounds a local source's
-/// receive buffer as a starting pipe would: a reader that stops before the direction splices is held to the same
-/// bounds. A direction that copies for good (`--splice no`, urgent data) gives a local source that receive buffer at
-/// its first bulk receive, where it would have started splicing.
+/// so does one that reads many short responses, each its own episode, and then stops. While a direction still
+/// copies, a receive of `sizeableReceive` or more gives the destination the unsent limit of a starting pipe, and the
+/// rest of a receive that the destination did not take bounds a local source's receive buffer as a starting pipe
+/// would: a reader that stops before the direction splices is held to the same bounds. A direction that copies for
+/// good (`--splice no`, urgent data) gives a local source that receive buffer at its first bulk receive, where it
+/// would have started splicing.
 public struct Direction {
     // Stored properties in order of size (8-byte figures, the pipe and the held bytes, then flags), so that the
     // flags share words rather than each padding one: 152 bytes a direction instead of 184.
