@@ -39,8 +39,8 @@ import Testing
         let statistics = Statistics()
         let first = statistics.addTally()
         let second = statistics.addTally()
-        let lines = [first.address, second.address].map { $0 / LoopTally.blockSize }
-        #expect(first.address % LoopTally.blockSize == 0 && second.address % LoopTally.blockSize == 0)
+        let lines = [first.address, second.address].map { $0 / CounterBlock.alignment }
+        #expect(first.address % CounterBlock.alignment == 0 && second.address % CounterBlock.alignment == 0)
         #expect(lines[0] != lines[1])
     }
 }

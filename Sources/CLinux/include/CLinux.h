@@ -61,7 +61,7 @@ extern const int tcx_ip_bind_address_no_port;
 /// SOCK_NONBLOCK | SOCK_CLOEXEC, for socket(2).
 extern const int tcx_sock_flags;
 
-/// A counter of the metrics that one thread (an event loop) adds to while another (the metrics thread) reads it: a
+/// A counter that one thread (an event loop) adds to while others (the metrics thread, SIGUSR1's line) read it: a
 /// relaxed atomic load and store, which compile to plain moves, so that counting costs the loop no more than a plain
 /// add (no locked instruction, as only its own thread writes) and a reader never sees a torn value.
 static inline void tcx_counter_add(uint64_t *counter, uint64_t amount) {

@@ -1,4 +1,3 @@
-import CLinux
 import Synchronization
 
 /// Why accepting paused: the `reason` label of `tcp_crossover_accept_pauses_total`. At either, a new client is not
@@ -45,9 +44,8 @@ public struct HistogramBuckets: Sendable, Equatable {
     }
 }
 
-/// One event loop's share of the metrics (`--metrics`): plain counters that only the loop's thread writes, with
-/// relaxed atomic stores (`tcx_counter_add`), and the metrics thread reads and sums over the loops when it is
-/// scraped. Counting takes no lock and allocates nothing; only a failed connect, off the relaying path, takes the
+/// One event loop's share of the metrics (`--metrics`): counters that only the loop's thread writes (a
+/// `CounterBlock`), and the metrics thread reads and sums over the loops when it is scraped. Counting takes no lock and allocates nothing; only a failed connect, off the relaying path, takes the
 /// loop's own lock, to count per remote address. A loop has no meter at all without `--metrics`.
 final class LoopMeter: @unchecked Sendable {
     /// Where each figure of a service sits in its block of counters.
@@ -64,7 +62,7 @@ final class LoopMeter: @unchecked Sendable {
     }
 
     let serviceCount: Int
-    private let counters: UnsafeMutablePointer<UInt64>
+    private let counters: CounterBlock
     /// The process's counters, after the services' blocks.
     private var processBase: Int { serviceCount * Field.count }
     /// Failed connects by service, remote address and reason.
@@ -79,22 +77,17 @@ final class LoopMeter: @unchecked Sendable {
     init(serviceCount: Int) {
         self.serviceCount = serviceCount
         let total = serviceCount * Field.count + AcceptPause.allCases.count
-        counters = .allocate(capacity: total)
-        counters.initialize(repeating: 0, count: total)
-    }
-
-    deinit {
-        counters.deallocate()
+        counters = CounterBlock(count: total)
     }
 
     @inline(__always)
     private func add(_ index: Int, _ amount: UInt64 = 1) {
-        tcx_counter_add(counters + index, amount)
+        counters.add(index, amount)
     }
 
     @inline(__always)
     private func load(_ index: Int) -> UInt64 {
-        tcx_counter_load(counters + index)
+        counters.load(index)
     }
 
     // MARK: counting, on the loop's thread

@@ -1,4 +1,3 @@
-import CLinux
 import Synchronization
 
 /// The process's figures, shared by the event loops. The counters of what every connection does (accepted, bytes
@@ -72,37 +71,27 @@ public final class Statistics: Sendable {
     }
 }
 
-/// One event loop's share of the process's figures (`Statistics`): counters that only the loop's thread adds to,
-/// with a relaxed load and store (`tcx_counter_add`, no locked instruction), in a block of their own that shares
-/// its cache lines with nothing another thread writes.
-final class LoopTally: @unchecked Sendable {
+/// One event loop's share of the process's figures (`Statistics`): counters that only the loop's thread adds to, in a
+/// block of their own (`CounterBlock`).
+struct LoopTally: Sendable {
     enum Figure: Int {
         case accepted, bytesUp, bytesDown
     }
 
-    /// Two cache lines: the hardware's adjacent-line prefetch fetches lines in pairs.
-    static let blockSize = 128
-    private let counters: UnsafeMutablePointer<UInt64>
+    private let counters = CounterBlock(count: 3)
 
-    /// Where the block starts, for the tests.
-    var address: Int { Int(bitPattern: counters) }
+    /// Where the counters start, for the tests.
+    var address: Int { counters.address }
 
-    fileprivate init() {
-        let block = UnsafeMutableRawPointer.allocate(byteCount: Self.blockSize, alignment: Self.blockSize)
-        counters = block.initializeMemory(as: UInt64.self, repeating: 0, count: Self.blockSize / 8)
-    }
-
-    deinit {
-        counters.deallocate()
-    }
+    fileprivate init() {}
 
     @inline(__always)
     func add(_ figure: Figure, _ amount: UInt64) {
-        tcx_counter_add(counters + figure.rawValue, amount)
+        counters.add(figure.rawValue, amount)
     }
 
     func load(_ figure: Figure) -> UInt64 {
-        tcx_counter_load(counters + figure.rawValue)
+        counters.load(figure.rawValue)
     }
 }
 
