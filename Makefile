@@ -199,6 +199,7 @@ docs:
 
 lint:
 	$(SWIFT) format lint --strict --recursive Package.swift Sources Tests Fuzz/Package.swift Fuzz/Sources
+	python3 Benchmarks/test-report
 
 clean:
 	rm -rf .build
