@@ -14,6 +14,21 @@ import Testing
         return probe.port
     }
 
+    /// A listener on 0.0.0.0 (not accepting) on a port that was free on [::] too when it was chosen: a port probed on
+    /// one family can be taken on the other (by a connection from 127.0.0.1 that another test makes), so the kernel
+    /// picks the IPv4 port and the IPv6 side is checked.
+    static func ipv4ListenerWithItsPortFreeOnIPv6() throws -> TestServer {
+        for _ in 0..<20 {
+            let holder = try TestServer(host: "0.0.0.0", accepting: false) { _ in }
+            if let probe = try? TestServer(host: "::", port: holder.port, accepting: false, handler: { _ in }) {
+                probe.stop()
+                return holder
+            }
+            holder.stop()
+        }
+        throw TestFailure(message: "no port was free on both 0.0.0.0 and [::] in 20 tries")
+    }
+
     /// A server that sends a banner, then echoes, then ends its side when the client ends.
     static func bannerEchoServer() throws -> TestServer {
         try TestServer { connection in
@@ -165,9 +180,9 @@ import Testing
     @Test func xinetd_runningTheShippedEntry_relaysTenConnections() throws {
         let backend = try Self.bannerEchoServer()
         // The shipped entry binds [::] IPv6-only: it starts beside an IPv4 daemon on the same port.
-        let port = try Self.freePort()
-        let ipv4Holder = try TestServer(host: "0.0.0.0", port: port, accepting: false) { _ in }
+        let ipv4Holder = try Self.ipv4ListenerWithItsPortFreeOnIPv6()
         defer { ipv4Holder.stop() }
+        let port = ipv4Holder.port
         let directory = TemporaryDirectory()
         let shipped = try String(contentsOfFile: repositoryPath("xinetd/tcp-crossover-smtp"), encoding: .utf8)
         let config =
