@@ -45,8 +45,9 @@ public struct HistogramBuckets: Sendable, Equatable {
 }
 
 /// One event loop's share of the metrics (`--metrics`): counters that only the loop's thread writes (a
-/// `CounterBlock`), and the metrics thread reads and sums over the loops when it is scraped. Counting takes no lock and allocates nothing; only a failed connect, off the relaying path, takes the
-/// loop's own lock, to count per remote address. A loop has no meter at all without `--metrics`.
+/// `CounterBlock`), and the metrics thread reads and sums over the loops when it is scraped. Counting takes no lock
+/// and allocates nothing; only a failed connect, off the relaying path, takes the loop's own lock, to count per remote
+/// address. A loop has no meter at all without `--metrics`.
 final class LoopMeter: @unchecked Sendable {
     /// Where each figure of a service sits in its block of counters.
     private enum Field {
