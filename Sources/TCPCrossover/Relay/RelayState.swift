@@ -56,14 +56,21 @@ public struct RelayState {
             reportedFailure = nil
             if let step = failed(reported.side, reported.errno, inReceive: false, &io) { return step }
         }
-        let upstream = clientToServer.pump(
-            &io, &readiness, budget: budget, closeFollowsEnd: serverToClient.finished && serverToClient.lostBytes == 0)
+        // A direction with nothing to do is left out (see `Direction.hasWork`); most events are about one.
+        let upstream =
+            clientToServer.hasWork(readiness)
+            ? clientToServer.pump(
+                &io, &readiness, budget: budget,
+                closeFollowsEnd: serverToClient.finished && serverToClient.lostBytes == 0) : .idle
         if case .failed(let side, let errno) = upstream {
             if let step = failed(side, errno, inReceive: side == .client, &io) { return step }
             survivedFailure = true
         }
-        let downstream = serverToClient.pump(
-            &io, &readiness, budget: budget, closeFollowsEnd: clientToServer.finished && clientToServer.lostBytes == 0)
+        let downstream =
+            serverToClient.hasWork(readiness)
+            ? serverToClient.pump(
+                &io, &readiness, budget: budget,
+                closeFollowsEnd: clientToServer.finished && clientToServer.lostBytes == 0) : .idle
         if case .failed(let side, let errno) = downstream {
             if let step = failed(side, errno, inReceive: side == .server, &io) { return step }
             survivedFailure = true
