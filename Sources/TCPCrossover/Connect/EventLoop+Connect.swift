@@ -13,10 +13,10 @@ extension EventLoop {
 
     /// Starts the connect phase of an admitted connection: the service's addresses, failed ones last.
     func connect(_ connection: Connection) {
-        let options = engine.services[connection.service].options
+        let options = engine.settings[connection.service].options
         connection.connecting = Connection.Connecting(
             ConnectPhase(
-                targets: engine.services[connection.service].pool.candidates(now: now), sources: options.sources,
+                targets: engine.settings[connection.service].pool.candidates(now: now), sources: options.sources,
                 timing: ConnectPhase.Timing(attemptTimeout: options.connectTimeout, deadline: options.connectDeadline)))
         drive(connection, .start(now: now))
     }
@@ -82,7 +82,7 @@ extension EventLoop {
                             Log.debug(
                                 ConnectFailureReport.describe(
                                     target, failure,
-                                    deadline: engine.services[connection.service].options.connectDeadline))
+                                    deadline: engine.settings[connection.service].options.connectDeadline))
                         }
                     }
                     close(connection, attempt)
@@ -90,7 +90,7 @@ extension EventLoop {
                     connection.connectTimer = due
                     armTimer(connection)
                 case .backOff(let address):
-                    engine.services[connection.service].pool.failed(address, now: now)
+                    engine.settings[connection.service].pool.failed(address, now: now)
                 case .relay(let attempt, let address):
                     relay(connection, attempt, address)
                 case .giveUp(let failure):
@@ -191,16 +191,16 @@ extension EventLoop {
         // A server on this machine gets a receive buffer that follows the flow (`Direction.boundsSourceBuffer`).
         connection.relay.serverIsOnThisMachine(
             address.isLoopback || ownAddresses.isOnThisMachine(address, now: now) == true)
-        if !engine.services[connection.service].options.splice { connection.relay.copyOnly() }
+        if !engine.settings[connection.service].options.splice { connection.relay.copyOnly() }
         meter?.connected(connection.service, after: now - connection.startedAt)
         connection.relay.readiness.server.writable = true
         connection.lastActivity = now
         // Not for a server whose end of stream came with the connect (see `stopKeepalive`).
-        let keepalive = engine.services[connection.service].options.keepalive
+        let keepalive = engine.settings[connection.service].options.keepalive
         if keepalive != nil && !connection.relay.readiness.server.endReported {
             connection.keepaliveDue = now + Self.keepaliveDelay
         }
-        engine.services[connection.service].pool.succeeded(address)
+        engine.settings[connection.service].pool.succeeded(address)
         if Log.enabled(.debug) {
             Log.debug("relaying \(connection.clientAddress) to \(address)")
         }

@@ -91,7 +91,7 @@ extension EventLoop {
                 clientAddress: peer, localAddress: local, now: now)
         }
         if Log.enabled(.debug) { Log.debug("accepted \(peer) on \(local)") }
-        let access = engine.services[connection.service].options.access
+        let access = engine.settings[connection.service].options.access
         if !access.isEmpty, let reason = access.refusal(of: peer) {
             engine.statistics.refusedByAccessRule.add(1, ordering: .relaxed)
             finish(connection, .refused(.accessRule, reason))
@@ -131,7 +131,7 @@ extension EventLoop {
     /// costs one recv that finds nothing. Returns false when the client's socket failed: the connection is over.
     private func readFirstBytes(_ connection: Connection) -> Bool {
         let header =
-            engine.services[connection.service].options.proxyProtocol?.header(
+            engine.settings[connection.service].options.proxyProtocol?.header(
                 source: connection.clientAddress, destination: connection.localAddress) ?? []
         let room = UnsafeMutableRawBufferPointer(rebasing: resources.scratch[header.count...])
         var received = 0

@@ -20,7 +20,7 @@ extension EventLoop {
         // Refusals over a per-client limit are counted and logged once per episode (`ClientLimits`): a line each
         // would let one client flood the log.
         if case .refusedForClient = ending, !Log.enabled(.debug) { return }
-        if engine.services[connection.service].options.logConnections {
+        if engine.settings[connection.service].options.logConnections {
             logBatch.info { connection.summary(ending, now: now, into: &$0) }
         }
     }

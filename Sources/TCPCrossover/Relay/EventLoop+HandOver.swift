@@ -56,7 +56,7 @@ extension EventLoop {
         // `--splice no` here copies a taken-over connection too. (One that copied in the process before goes on
         // copying whatever this process's setting: the snapshot does not tell `--splice no` from a source that splice
         // refused.)
-        if !engine.services[connection.service].options.splice { connection.relay.copyOnly() }
+        if !engine.settings[connection.service].options.splice { connection.relay.copyOnly() }
         // As `relay` after a connect: a server on this machine has its receive buffer follow the flow, and a socket to
         // it with the interface's segments holds a place in the budget of such connections, as it did before.
         if remote.isLoopback
@@ -94,7 +94,7 @@ extension EventLoop {
             finish(connection, .failed(.client, error.errno))
             return
         }
-        let keepalive = engine.services[connection.service].options.keepalive
+        let keepalive = engine.settings[connection.service].options.keepalive
         if keepalive != nil && !stored.relay.serverToClient.sourceEnded {
             connection.keepaliveDue = now + Self.keepaliveDelay
         }

@@ -14,7 +14,7 @@ extension EventLoop {
         switch connection.phase {
         case .connecting: return connection.connectTimer
         case .relaying:
-            let idle = engine.services[connection.service].options.idleTimeout.map { connection.lastActivity + $0 }
+            let idle = engine.settings[connection.service].options.idleTimeout.map { connection.lastActivity + $0 }
             return earlier(earlier(idle, connection.keepaliveDue), connection.acknowledgementCheckAt)
         }
     }
@@ -45,7 +45,7 @@ extension EventLoop {
                 if connections[Int(connection.slot)] === connection { armTimer(connection) }
             case .relaying where connection.keepaliveDue.map({ $0 <= now }) ?? false:
                 connection.keepaliveDue = nil
-                if let keepalive = engine.services[connection.service].options.keepalive {
+                if let keepalive = engine.settings[connection.service].options.keepalive {
                     do {
                         try Syscall.setKeepalive(connection.server, keepalive)
                         connection.keepaliveOnServer = true

@@ -213,7 +213,7 @@ final class EventLoop: @unchecked Sendable {
         do {
             try Syscall.setNonBlocking(accepted.fd)
             try Syscall.setConnectionOptions(
-                accepted.fd, keepalive: engine.services[accepted.service].options.keepalive)
+                accepted.fd, keepalive: engine.settings[accepted.service].options.keepalive)
             if peer.isOnThisMachine(localEnd: local) { useLoopbackCongestionControl(accepted.fd) }
         } catch {
             Log.error("cannot make the connection from \(peer) non-blocking: \(error)")
