@@ -64,7 +64,7 @@ TEST_PACKAGES = systemd xinetd nginx-light util-linux mount iproute2 python3 pyt
 BENCHMARK_PACKAGES = nginx-light iperf3 wrk haproxy 6tunnel socat hyperfine systemd curl python3-matplotlib
 
 .PHONY: all build release release-nopie run check check-systemd deb check-deb test deps test-deps install \
-	install-files uninstall lint docs clean benchmark benchmark-matrix reliability startup-order
+	install-files uninstall lint docs clean benchmark benchmark-matrix benchmark-instructions reliability startup-order
 
 all: build
 
@@ -185,6 +185,12 @@ GRID = quick
 benchmark-matrix: release
 	@./.ci/install-packages $(BENCHMARK_PACKAGES)
 	Benchmarks/run --binary $(RELEASE_BINARY) --grid $(GRID) $(BENCHMARK_FLAGS)
+
+# What the relay's own code executes per connection and per request, counted by callgrind (not a timing: far steadier):
+# see Benchmarks/README.md, "The matrix". A few seconds after the release build.
+benchmark-instructions: release
+	@./.ci/install-packages valgrind binutils python3
+	TCP_CROSSOVER_BINARY=$(RELEASE_BINARY) Benchmarks/instructions
 
 # The full-size reliability runs (the default test run keeps fast versions): see RELIABILITY.md.
 reliability: test-deps
