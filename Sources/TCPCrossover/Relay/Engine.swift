@@ -31,7 +31,7 @@ public final class Engine: @unchecked Sendable {
     public let services: [Service]
     /// What the loops read of each service, by the same index, behind a reference: reading a field through
     /// `services[index]` copied the whole `Service` where the optimizer did not read it in place (4 copies per
-    /// connection, each retaining and releasing its 16 references: some 1,500 instructions, by callgrind).
+    /// connection, each retaining and releasing its 16 references: some 1,800 instructions, by callgrind).
     let settings: [ServiceSettings]
     public let statistics: Statistics
     /// The connections of each client block (`--max-connections-per-client`, `--max-new-connections-per-client`),
