@@ -44,6 +44,19 @@ final class Connection {
     let client: CInt
     var server: CInt = -1
     var phase = Phase.connecting
+    // What every event reads or writes comes first, beside the slot and generation that `dispatch` checks: with
+    // thousands of connections a turn finds its connection out of the cache, and these then share its first line.
+    /// The connection is on the loop's list of connections to come back to.
+    var queued = false
+    /// The client's socket is watched for room to write (EPOLLOUT), since a write found it full once.
+    var watchesClientOutput = false
+    /// Bytes the client sent before the connect are held for the server: the connect delays its handshake's ACK to
+    /// send it with them (see `EventLoop.readFirstBytes`).
+    var firstBytesHeld = false
+    var lastActivity: Int64
+    /// Bytes each way already added to the process's figures; a change means activity.
+    var accountedUp: UInt64 = 0
+    var accountedDown: UInt64 = 0
     var relay = RelayState()
     /// The connect phase: which addresses to try, in which order, until when (see `EventLoop.connect`). Out of line
     /// and only while the connection connects: inline, its 136 bytes would stay with every relaying and idle
@@ -67,20 +80,9 @@ final class Connection {
     /// When to ask again whether the client or the server has acknowledged everything sent to it, for a connection
     /// that waits to reset it (`RelayState.Step.failedOnceAcknowledged`).
     var acknowledgementCheckAt: Int64?
-    var lastActivity: Int64
-    /// Bytes each way already added to the process's figures; a change means activity.
-    var accountedUp: UInt64 = 0
-    var accountedDown: UInt64 = 0
     /// The deadline of this connection's entry in the loop's timer heap; nil when it has none. Other entries for
     /// it (pushed before its deadline moved earlier) are stale and skipped.
     var armedDeadline: Int64?
-    /// The connection is on the loop's list of connections to come back to.
-    var queued = false
-    /// The client's socket is watched for room to write (EPOLLOUT), since a write found it full once.
-    var watchesClientOutput = false
-    /// Bytes the client sent before the connect are held for the server: the connect delays its handshake's ACK to
-    /// send it with them (see `EventLoop.readFirstBytes`).
-    var firstBytesHeld = false
     /// The client block the connection is counted in (`--max-connections-per-client`,
     /// `--max-new-connections-per-client`), until `EventLoop.finish` gives the count back.
     var clientBlock: ClientBlock?

@@ -14,15 +14,16 @@
 ///   other side ends its stream too, the connection is complete as usual;
 /// - otherwise wait for readiness, or come back at once when a direction used up its budget.
 public struct RelayState {
+    // What `advance` reads on every turn first, then the two directions (see `Direction` for why the order).
     public var readiness = Readiness()
-    public private(set) var clientToServer = Direction(from: .client, to: .server)
-    public private(set) var serverToClient = Direction(from: .server, to: .client)
     /// The side whose end of stream came first: who closed.
     public private(set) var firstToEnd: Side?
     /// The side whose socket failed after it had ended its stream, and how.
     public private(set) var failedAfterEnd: Failure?
     /// A failure the driver found on a socket (SO_ERROR), for the next `advance` to judge.
     private var reportedFailure: Failure?
+    public private(set) var clientToServer = Direction(from: .client, to: .server)
+    public private(set) var serverToClient = Direction(from: .server, to: .client)
 
     public init() {}
 
