@@ -84,7 +84,7 @@ public struct Direction {
     // (`hasWork`: the held bytes' presence, the flags, the pipe's count) and what a copy updates, within the first 64
     // bytes, the flags in the held bytes' tail padding; then the pipe and the figures of splicing and of failures.
     // With thousands of connections a turn finds its connection out of the cache: an idle direction costs one cache
-    // line, not two or three (callgrind's cache simulation). 152 bytes, as many as in order of size.
+    // line, not two or three (callgrind's cache simulation). 152 bytes, the stride it had in order of size.
 
     /// Copy mode: bytes the destination did not take at once.
     private var held: HeldBytes?
