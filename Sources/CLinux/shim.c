@@ -15,10 +15,6 @@ const int tcx_sock_flags = SOCK_NONBLOCK | SOCK_CLOEXEC;
 #endif
 const int tcx_ip_bind_address_no_port = IP_BIND_ADDRESS_NO_PORT;
 
-ssize_t tcx_splice(int fd_in, int fd_out, size_t length, unsigned int flags) {
-    return splice(fd_in, NULL, fd_out, NULL, length, flags);
-}
-
 int tcx_accept(int fd, struct sockaddr *address, socklen_t *length) {
     return accept4(fd, address, length, SOCK_NONBLOCK | SOCK_CLOEXEC);
 }

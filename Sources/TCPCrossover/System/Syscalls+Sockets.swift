@@ -202,10 +202,10 @@ extension Syscall {
         return address
     }
 
-    /// recv(2), non-blocking.
+    /// recv(2), non-blocking (not a cancellation point: see `tcx_recv`).
     @inline(__always)
     static func receive(_ fd: CInt, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> IOResult<Int> {
-        try nonBlocking { Glibc.recv(fd, buffer.baseAddress, buffer.count, 0) }
+        try nonBlocking { tcx_recv(fd, buffer.baseAddress, buffer.count) }
     }
 
     /// send(2) with MSG_NOSIGNAL, non-blocking; with `more`, MSG_MORE too: TCP holds the bytes back for what
@@ -213,13 +213,13 @@ extension Syscall {
     @inline(__always)
     static func send(_ fd: CInt, _ buffer: UnsafeRawBufferPointer, more: Bool) throws(Errno) -> IOResult<Int> {
         let flags = more ? CInt(MSG_NOSIGNAL) | CInt(MSG_MORE) : CInt(MSG_NOSIGNAL)
-        return try nonBlocking { Glibc.send(fd, buffer.baseAddress, buffer.count, flags) }
+        return try nonBlocking { tcx_send(fd, buffer.baseAddress, buffer.count, flags) }
     }
 
     /// send(2) of one byte with MSG_OOB and MSG_NOSIGNAL, non-blocking: TCP sends it as urgent data.
     static func sendUrgent(_ fd: CInt, _ byte: UInt8) throws(Errno) -> IOResult<Int> {
         var byte = byte
-        return try nonBlocking { Glibc.send(fd, &byte, 1, CInt(MSG_NOSIGNAL) | CInt(MSG_OOB)) }
+        return try nonBlocking { tcx_send(fd, &byte, 1, CInt(MSG_NOSIGNAL) | CInt(MSG_OOB)) }
     }
 
     /// sockatmark(3): whether the next byte to receive is the urgent byte (the socket reads it in line).
