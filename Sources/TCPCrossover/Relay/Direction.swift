@@ -307,7 +307,8 @@ public struct Direction {
             if !hasWork(readiness) { return .idle }
             var progressed = false
             do {
-                progressed = try deliverHeldBytes(&io, &readiness)
+                // Usually nothing is held: the call (with its prologue, some 40 instructions) is left out.
+                if holdsBytes { progressed = try deliverHeldBytes(&io, &readiness) }
                 if try takeIn(&io, &readiness) { progressed = true }
                 if try passOnEnd(&io, closeFollows: closeFollowsEnd) { progressed = true }
             } catch {
