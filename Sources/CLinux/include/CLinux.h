@@ -21,18 +21,19 @@
 /// writer) each call turns asynchronous cancellation on before the system call and off after it: some 32
 /// instructions of the 60 to 95 that a relayed send or receive took in user space (callgrind,
 /// `make benchmark-instructions`). The relay never cancels a thread. The system calls are the same (glibc's recv and
-/// send are recvfrom and sendto), so a unit's SystemCallFilter sees nothing new.
+/// send are recvfrom and sendto), so a unit's SystemCallFilter sees nothing new. syscall(2) takes its arguments as
+/// variadic ones: each is passed at the width of a long, as the kernel reads it.
 static inline ssize_t tcx_recv(int fd, void *buffer, size_t length) {
-    return syscall(SYS_recvfrom, fd, buffer, length, 0, NULL, NULL);
+    return syscall(SYS_recvfrom, (long)fd, buffer, length, 0L, NULL, NULL);
 }
 
 static inline ssize_t tcx_send(int fd, const void *buffer, size_t length, int flags) {
-    return syscall(SYS_sendto, fd, buffer, length, flags, NULL, 0);
+    return syscall(SYS_sendto, (long)fd, buffer, length, (long)flags, NULL, 0L);
 }
 
 /// splice(2) between a descriptor and a pipe, without offsets.
 static inline ssize_t tcx_splice(int fd_in, int fd_out, size_t length, unsigned int flags) {
-    return syscall(SYS_splice, fd_in, NULL, fd_out, NULL, length, flags);
+    return syscall(SYS_splice, (long)fd_in, NULL, (long)fd_out, NULL, length, (long)flags);
 }
 
 /// accept4(2) with SOCK_NONBLOCK | SOCK_CLOEXEC.
