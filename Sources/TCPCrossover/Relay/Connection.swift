@@ -40,7 +40,6 @@ final class Connection {
 
     let slot: Int32
     let generation: UInt32
-    let service: Int
     let client: CInt
     var server: CInt = -1
     var phase = Phase.connecting
@@ -53,20 +52,32 @@ final class Connection {
     /// Bytes the client sent before the connect are held for the server: the connect delays its handshake's ACK to
     /// send it with them (see `EventLoop.readFirstBytes`).
     var firstBytesHeld = false
+    /// `serverAttempt`'s bits in the events of its socket (`EventTag.attemptBits`): `dispatch` compares them with
+    /// those of every event of the server's socket.
+    private(set) var serverAttemptBits: UInt8 = 0
     var lastActivity: Int64
     /// Bytes each way already added to the process's figures; a change means activity.
     var accountedUp: UInt64 = 0
     var accountedDown: UInt64 = 0
     var relay = RelayState()
+    let service: Int
+    /// The connect attempt whose socket `server` is.
+    var serverAttempt: Int {
+        get { serverAttemptNumber }
+        set {
+            serverAttemptNumber = newValue
+            serverAttemptBits = UInt8(EventTag.attemptBits(newValue))
+        }
+    }
+    private var serverAttemptNumber = 0
     /// The connect phase: which addresses to try, in which order, until when (see `EventLoop.connect`). Out of line
     /// and only while the connection connects: inline, its 136 bytes would stay with every relaying and idle
     /// connection, a sixth of what one costs the relay.
     var connecting: Connecting?
     /// When the connect phase's timer is due.
     var connectTimer: Int64?
-    /// The connect attempt whose socket `server` is, and the sockets of other attempts in flight beside it (Happy
-    /// Eyeballs), whose events carry their attempt in the tag (see `EventTag.make(attempt:)`).
-    var serverAttempt = 0
+    /// The sockets of connect attempts in flight beside `serverAttempt`'s (Happy Eyeballs), whose events carry their
+    /// attempt in the tag (see `EventTag.make(attempt:)`).
     var otherAttempts: [(attempt: Int, fd: CInt)] = []
     let clientAddress: SocketAddress
     let localAddress: SocketAddress

@@ -40,6 +40,11 @@ struct HeldBytes {
     var end: Int
 
     var isEmpty: Bool { start == end }
+
+    /// What `Direction.heldBytes` is while nothing is held.
+    static var none: HeldBytes {
+        HeldBytes(buffer: UnsafeMutableRawBufferPointer(start: nil, count: 0), start: 0, end: 0)
+    }
 }
 
 /// How one direction of a relay ended its turn.
@@ -81,13 +86,11 @@ public enum PumpOutcome: Equatable, Sendable {
 /// would have started splicing.
 public struct Direction {
     // Stored properties in the order a turn reads them: first what tells whether the direction has anything to do
-    // (`hasWork`: the held bytes' presence, the flags, the pipe's count) and what a copy updates, within the first 64
-    // bytes, the flags in the held bytes' tail padding; then the pipe and the figures of splicing and of failures.
-    // With thousands of connections a turn finds its connection out of the cache: an idle direction costs one cache
-    // line, not two or three (callgrind's cache simulation). 152 bytes, the stride it had in order of size.
+    // (`hasWork`: the flags, whether bytes are held, the pipe's count) and what a copy updates, in the first 32 bytes;
+    // then the held bytes and the pipe themselves, and the figures of splicing and of failures. With thousands of
+    // connections a turn finds its connection out of the cache: the first direction's first bytes follow the relay's
+    // readiness, and a direction costs a turn one cache line, not two or three (callgrind's cache simulation).
 
-    /// Copy mode: bytes the destination did not take at once.
-    private var held: HeldBytes?
     public let source: Side
     public let destination: Side
     /// The source sent its end of stream (recv returned 0).
@@ -109,16 +112,22 @@ public struct Direction {
     /// The source is on this machine (a loopback address or the machine's own): its receive buffer follows the
     /// earned pipe capacity.
     public var boundsSourceBuffer = false
+    /// `heldBytes` holds bytes (see `held`).
+    private var holding = false
     /// An urgent byte received and not yet sent: it goes out alone, with MSG_OOB, before anything after it.
     private var urgentByte: UInt8?
     /// Bytes in the pipe, spliced in and not yet out.
     private(set) var pipeBytes = 0
     /// Bytes delivered to the destination.
     public private(set) var bytes: UInt64 = 0
+    /// `pipeHandle` is the direction's pipe (see `pipe`).
+    private var splicing = false
+    /// What `held` is while `holding`, and `pipe` while `splicing`; stale otherwise. Stored apart from their
+    /// presence, so that a turn that holds nothing and copies does not read them.
+    private var heldBytes = HeldBytes.none
+    private var pipeHandle = PipeHandle(readEnd: -1, writeEnd: -1, capacity: 0)
     /// Bytes received in copy mode whose send failed: gone with the destination, and counted lost if it is abandoned.
     private var unsentAtFailure = 0
-    /// The pipe while the direction splices; nil while it copies.
-    private(set) var pipe: PipeHandle?
     /// Bytes spliced in since the source was last found empty: a small figure means the source went quiet.
     private var inflowSinceEmpty = 0
     /// Bytes of a header put before the source's (`hold`) still to be sent: they are not counted as relayed.
@@ -135,6 +144,24 @@ public struct Direction {
     public private(set) var receiveBufferLimit = 0
     /// The limit of unsent bytes given to the destination (TCP_NOTSENT_LOWAT), 0 before the first splice.
     public private(set) var unsentLimit = 0
+
+    /// The pipe while the direction splices; nil while it copies.
+    private(set) var pipe: PipeHandle? {
+        @inline(__always) get { splicing ? pipeHandle : nil }
+        @inline(__always) set {
+            splicing = newValue != nil
+            if let newValue { pipeHandle = newValue }
+        }
+    }
+
+    /// Copy mode: bytes the destination did not take at once.
+    private var held: HeldBytes? {
+        @inline(__always) get { holding ? heldBytes : nil }
+        @inline(__always) set {
+            holding = newValue != nil
+            if let newValue { heldBytes = newValue }
+        }
+    }
 
     /// A flow whose pipe filled up earns twice what it had earned (the pipe, the source's receive buffer and the
     /// destination's unsent limit follow) after delivering this many times what it had earned: from 16 KiB to 1 MiB
@@ -277,10 +304,10 @@ public struct Direction {
     }
 
     /// Whether bytes are held in the pipe or in a buffer, received and not yet delivered.
-    public var holdsBytes: Bool { pipeBytes > 0 || held != nil || urgentByte != nil }
+    public var holdsBytes: Bool { pipeBytes > 0 || holding || urgentByte != nil }
 
     /// Whether this direction holds a pipe or a buffer that `releaseResources` must give back.
-    public var holdsResources: Bool { pipe != nil || held != nil }
+    public var holdsResources: Bool { splicing || holding }
 
     /// Whether `pump` would do anything: bytes held to send, a source to read (or to drain, once abandoned), or an
     /// end to pass on. Without, none of its steps would make a call, and the relay leaves it out: the usual case
@@ -495,15 +522,15 @@ public struct Direction {
             spliceUnsupported = true
             wantsSplice = false
         }
-        if let pipe {
-            if !spliceUnsupported { return try spliceIn(&io, &readiness, pipe) }
+        if splicing {
+            if !spliceUnsupported { return try spliceIn(&io, &readiness, pipeHandle) }
             // Copy from here on, once the pipe's bytes are out.
             guard pipeBytes == 0 else { return false }
             stopSplicing(&io)
         }
         // Copy mode receives only what it can send at once: with a full destination the bytes stay in the
         // source's socket, and the sender slows down.
-        guard held == nil, urgentByte == nil, readiness[destination].writable else { return false }
+        guard !holding, urgentByte == nil, readiness[destination].writable else { return false }
         return try copy(&io, &readiness)
     }
 
@@ -614,12 +641,15 @@ public struct Direction {
         }
         let sent: Int
         let unsent = UnsafeRawBufferPointer(rebasing: scratch[0..<count])
-        unsentAtFailure = count
-        switch try on(destination, try io.send(to: destination, unsent, endFollows: endsAfterThese)) {
-        case .processed(let accepted): sent = accepted
-        case .wouldBlock: sent = 0
+        do {
+            switch try on(destination, try io.send(to: destination, unsent, endFollows: endsAfterThese)) {
+            case .processed(let accepted): sent = accepted
+            case .wouldBlock: sent = 0
+            }
+        } catch {
+            unsentAtFailure = count
+            throw error
         }
-        unsentAtFailure = 0
         bytes += UInt64(sent)
         if sent < count {
             // The destination is full: keep the rest (the next round tries again and learns from EAGAIN when to

@@ -312,7 +312,7 @@ final class EventLoop: @unchecked Sendable {
                     return
                 }
                 // A connect attempt that lost to this one, closed earlier in the batch.
-                if attempt != EventTag.attemptBits(connection.serverAttempt) { return }
+                if attempt != Int(connection.serverAttemptBits) { return }
             }
             connectionEvent(connection, side: kind == EventTag.client ? .client : .server, events: event.events)
         }
