@@ -66,7 +66,8 @@ extension EventLoop {
         var pending: ConnectPhase.Input? = input
         while let input = pending {
             pending = nil
-            actions.removeAll(keepingCapacity: true)
+            // Empty at first (the last drive left it so): removeAll is a call of some 60 instructions even then.
+            if !actions.isEmpty { actions.removeAll(keepingCapacity: true) }
             connecting.phase.processInput(input, into: &actions)
             for action in actions {
                 switch action {
