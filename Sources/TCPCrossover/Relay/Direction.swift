@@ -114,14 +114,14 @@ public struct Direction {
     public var boundsSourceBuffer = false
     /// `heldBytes` holds bytes (see `held`).
     private var holding = false
+    /// `pipeHandle` is the direction's pipe (see `pipe`).
+    private var splicing = false
     /// An urgent byte received and not yet sent: it goes out alone, with MSG_OOB, before anything after it.
     private var urgentByte: UInt8?
     /// Bytes in the pipe, spliced in and not yet out.
     private(set) var pipeBytes = 0
     /// Bytes delivered to the destination.
     public private(set) var bytes: UInt64 = 0
-    /// `pipeHandle` is the direction's pipe (see `pipe`).
-    private var splicing = false
     /// What `held` is while `holding`, and `pipe` while `splicing`; stale otherwise. Stored apart from their
     /// presence, so that a turn that holds nothing and copies does not read them.
     private var heldBytes = HeldBytes.none
