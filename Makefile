@@ -61,7 +61,7 @@ BUILD_PACKAGES = libsystemd-dev pkg-config
 TEST_PACKAGES = systemd xinetd nginx-light util-linux mount iproute2 python3 python3-prometheus-client \
 	systemd-container procps
 
-BENCHMARK_PACKAGES = nginx-light iperf3 wrk haproxy 6tunnel socat hyperfine systemd curl python3-matplotlib
+BENCHMARK_PACKAGES = nginx-light iperf3 wrk haproxy 6tunnel socat hyperfine systemd curl iproute2 python3-matplotlib
 
 .PHONY: all build release release-nopie run check check-systemd deb check-deb test deps test-deps install \
 	install-files uninstall lint docs clean benchmark benchmark-matrix benchmark-instructions reliability startup-order
