@@ -7,11 +7,30 @@ import Testing
 @Suite struct ActivationTests {
     static let socketActivate = "/usr/bin/systemd-socket-activate"
 
-    /// A port that was free a moment ago, for tools that bind it themselves.
+    /// A port that was free a moment ago, for tools that bind it themselves. It is picked below the kernel's range of
+    /// ephemeral ports: a port the kernel picks for a listener (port 0) comes from that range, from which every
+    /// connection the tests running beside this one make takes its local port too, and one could take it between
+    /// this probe and the tool's own bind. Below the range only another test's choice of a port can collide.
     static func freePort(host: String = "::1") throws -> UInt16 {
+        let ephemeralStart = ephemeralPortRangeStart()
+        if ephemeralStart > 10_001 {
+            for _ in 0..<50 {
+                let candidate = UInt16.random(in: 10_000..<ephemeralStart)
+                if let probe = try? TestServer(host: host, port: candidate, accepting: false, handler: { _ in }) {
+                    probe.stop()
+                    return candidate
+                }
+            }
+        }
         let probe = try TestServer(host: host, accepting: false) { _ in }
         defer { probe.stop() }
         return probe.port
+    }
+
+    /// The first port of the kernel's ephemeral range (`net.ipv4.ip_local_port_range`, for IPv6 too); 0 when unread.
+    static func ephemeralPortRangeStart() -> UInt16 {
+        let text = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)) ?? ""
+        return text.split(whereSeparator: \.isWhitespace).first.flatMap { UInt16($0) } ?? 0
     }
 
     /// A listener on 0.0.0.0 (not accepting) on a port that was free on [::] too when it was chosen: a port probed on
